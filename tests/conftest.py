@@ -1,0 +1,24 @@
+"""Shared fixtures: real data from package registries (cached under $TAGS_CACHE)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("TAGS_TEST_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def lits117():
+    """LiTS volume 117 crop: (image HU, labels 0/1 liver/2 tumor), from the registry wheel."""
+    from training.registry_data import lits117 as load
+
+    return load()
+
+
+@pytest.fixture(scope="session")
+def liver_mask(lits117) -> np.ndarray:
+    return lits117[1] >= 1

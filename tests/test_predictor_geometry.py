@@ -1,0 +1,124 @@
+"""ROI crop, resampling and map-back, checked with a network that echoes the organ channel.
+
+The network is replaced on purpose: what is under test is the geometry around it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import small_config
+from tags.config import PreprocessingConfig
+from tags.geometry import affine_from_spacing, reorientation, to_canonical
+from tags.predictor import TagsPredictor
+
+
+class EchoOrganNet(nn.Module):
+    """Returns +-10 logits from the organ channel: prediction == organ on the model grid."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.img_size = 256
+        self.prompt_encoder = type("PE", (), {"mask_input_size": (256, 256)})()
+        self.windows = []
+
+    def forward(self, image, text, prompts, organ):
+        self.windows.append(tuple(image.shape[2:]))
+        return organ * 20.0 - 10.0
+
+
+def _predictor(spacing, roi=(16, 32, 32), margin=4.0):
+    cfg = small_config(
+        roi_size=roi,
+        preprocessing=PreprocessingConfig(spacing=spacing, margin_mm=margin),
+    )
+    net = EchoOrganNet(cfg)
+    text = {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}
+    return TagsPredictor(net, text, device="cpu"), net
+
+
+def _object(shape, box):
+    m = np.zeros(shape, bool)
+    m[box] = True
+    return m
+
+
+def test_exact_round_trip_on_aligned_grid():
+    """CT spacing (3.0, 0.75, 0.75), model grid 1.5 mm: z up 2x, in-plane down 2x."""
+    shape = (30, 90, 110)
+    organ = _object(shape, (slice(7, 19), slice(50, 78), slice(12, 40)))  # off-centre
+    pred, net = _predictor((1.5, 1.5, 1.5), margin=6.0)
+    res = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((3.0, 0.75, 0.75)), {"liver": organ})
+    r = res["liver_tumor"]
+    assert r.status == "ok"
+    # ROI = organ bbox + 6 mm margin (2 slices, 8 pixels), clipped to the volume.
+    assert r.roi == (slice(5, 21), slice(42, 86), slice(4, 48))
+    assert np.array_equal(r.mask(), organ), "map-back is not exact"
+    outside = np.ones(shape, bool)
+    outside[r.roi] = False
+    assert (r.probability[outside] == 0).all()
+    # The ROI (16 x 44 x 44 at CT spacing -> 32 x 22 x 22 on the model grid) needed 2 windows in z.
+    assert len(net.windows) >= 2
+
+
+def test_non_integer_ratios_within_one_voxel():
+    shape = (25, 70, 80)
+    spacing = (2.5, 0.7, 0.9)
+    organ = _object(shape, (slice(3, 15), slice(40, 63), slice(5, 33)))
+    pred, _ = _predictor((1.5, 1.5, 1.5))
+    r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing(spacing), {"liver": organ})["liver_tumor"]
+    m = r.mask()
+    dice = 2 * (m & organ).sum() / (m.sum() + organ.sum())
+    c_pred = np.array(np.nonzero(m)).mean(1)
+    c_true = np.array(np.nonzero(organ)).mean(1)
+    print(f"dice {dice:.4f}, centroid error (voxels) {np.abs(c_pred - c_true)}")
+    assert dice > 0.93
+    assert (np.abs(c_pred - c_true) < 0.5).all()
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [
+        np.diag([1.0, 1.0, 1.0]),  # canonical
+        np.diag([1.0, -1.0, -1.0]),  # flipped rows and columns
+        np.array([[0, 0, 1.0], [1.0, 0, 0], [0, -1.0, 0]]),  # permuted axes (coronal-like storage)
+    ],
+)
+def test_orientation_round_trip(direction):
+    shape = (20, 40, 36)
+    spacing = (2.0, 1.5, 1.5)
+    organ = _object(shape, (slice(3, 11), slice(5, 20), slice(20, 30)))
+    # Build an affine whose array axes point along permuted/flipped patient axes.
+    canon = affine_from_spacing(spacing)
+    affine = canon.copy()
+    affine[:3, :3] = direction @ canon[:3, :3]
+    reo = reorientation(affine, shape)
+    c, c_aff, _ = to_canonical(organ, affine)
+    assert np.array_equal(reo.invert(c), organ)
+    # The canonical affine maps canonical voxels to the same patient points as the source.
+    def points(mask, aff):
+        pts = aff[:3, :3] @ np.array(np.nonzero(mask)) + aff[:3, 3:4]
+        return pts[:, np.lexsort(np.round(pts, 6))]
+
+    assert np.allclose(points(organ, affine), points(c, c_aff))
+    assert np.allclose(sorted(np.linalg.norm(c_aff[:3, :3], axis=0)), sorted(spacing))
+    assert np.all(np.diag(c_aff[[2, 1, 0], :3]) > 0), "canonical axes must point to +z, +y, +x"
+    pred, _ = _predictor((1.5, 1.5, 1.5))
+    r = pred.predict(np.zeros(shape, np.float32), affine, {"liver": organ})["liver_tumor"]
+    m = r.mask()
+    assert 2 * (m & organ).sum() / (m.sum() + organ.sum()) > 0.9
+
+
+def test_absent_organ_gives_empty_result():
+    shape = (10, 20, 20)
+    pred, net = _predictor((1.5, 1.5, 1.5))
+    r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": np.zeros(shape, bool)})
+    assert r["liver_tumor"].status == "organ_absent"
+    assert not r["liver_tumor"].probability.any()
+    assert net.windows == []
+    with pytest.raises(KeyError, match="liver"):
+        pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {})

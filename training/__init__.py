@@ -1,0 +1,1 @@
+"""TAGS training package: datasets, training, evaluation and export of the model folder."""
