@@ -1,0 +1,73 @@
+"""Text encoders: the real MiniLM package model, and the CLIP path from a local folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tags.targets import organ_target, tumor_target
+from tags.text import ClipTextEncoder, MiniLMTextEncoder, build_text_encoder, embed_targets
+
+
+def test_minilm_real_embeddings_are_semantic():
+    enc = build_text_encoder("minilm")
+    assert enc.dim == 384
+    e = embed_targets(
+        enc,
+        {
+            "liver_tumor": tumor_target("liver").sentence,
+            "kidney_tumor": tumor_target("kidney").sentence,
+            "liver": organ_target("liver").sentence,
+            "other": "a recipe for apple pie",
+        },
+    )
+    assert all(v.shape == (384,) for v in e.values())
+    sim = lambda a, b: float(e[a] @ e[b])  # noqa: E731
+    print(f"cos(liver tumor, kidney tumor)={sim('liver_tumor', 'kidney_tumor'):.3f} "
+          f"cos(liver tumor, apple pie)={sim('liver_tumor', 'other'):.3f}")
+    # A real sentence encoder: related medical sentences are closer than unrelated text.
+    assert sim("liver_tumor", "kidney_tumor") > sim("liver_tumor", "other") + 0.2
+    assert sim("liver_tumor", "liver") > sim("liver_tumor", "other") + 0.2
+
+
+def _tiny_clip_folder(path):
+    """A randomly initialised CLIP text tower + BPE tokenizer saved as a local folder."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in letters:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt")).save_pretrained(str(path))
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=24,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    CLIPTextModelWithProjection(cfg).save_pretrained(str(path))
+    return path
+
+
+def test_clip_from_local_folder(tmp_path):
+    folder = _tiny_clip_folder(tmp_path)
+    enc = build_text_encoder("clip", str(folder))
+    assert isinstance(enc, ClipTextEncoder) and enc.dim == 24
+    v = enc.embed(["a computerized tomography of a liver tumor", "a computerized tomography of a kidney"])
+    assert v.shape == (2, 24)
+    assert torch.allclose(v.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(v[0], v[1])
+
+
+def test_clip_needs_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="local model folder"):
+        build_text_encoder("clip")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ClipTextEncoder(tmp_path / "missing")
+    with pytest.raises(KeyError, match="unknown text encoder"):
+        build_text_encoder("bert")
