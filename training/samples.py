@@ -78,6 +78,22 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return arr, a
 
 
+def same_grid(array: np.ndarray, affine: np.ndarray, shape, target_affine: np.ndarray) -> np.ndarray:
+    """``array`` re-indexed onto a grid that covers the same voxels in another axis order/flips.
+
+    Raises if the two grids are not the same set of voxel centres (no resampling is done).
+    """
+    from tags.geometry import reorientation, to_canonical
+
+    canon, canon_aff, _ = to_canonical(array, affine)
+    target = reorientation(target_affine, shape)
+    if canon.shape != tuple(shape[p] for p in target.perm) or not np.allclose(
+        canon_aff, target.apply_affine(target_affine), atol=1e-3
+    ):
+        raise ValueError("label and image grids differ (not the same voxels)")
+    return np.ascontiguousarray(target.invert(canon))
+
+
 def _dataset_json(path: Path, name: str, labels: Dict[str, int], n_train: int, extra: dict) -> None:
     d = {
         "name": name,
@@ -121,8 +137,7 @@ def build_totalseg(out: Path) -> Path:
 
     vol, daff = read_series(ref / "example_ct_dicom")
     dseg, saff = read_nifti(ref / "example_seg_dicom.nii.gz")
-    if dseg.shape != vol.shape or not np.allclose(saff, daff, atol=1e-2):
-        raise RuntimeError("TotalSegmentator DICOM label does not match the DICOM series geometry")
+    dseg = same_grid(dseg, saff, vol.shape, daff)
     write_nifti(ds / "imagesTs" / "totalseg_dicom_0000.nii.gz", vol.astype(np.int16), daff)
     write_nifti(ds / "labelsTs" / "totalseg_dicom.nii.gz", (dseg == TOTALSEG_LIVER).astype(np.uint8), daff)
     _dataset_json(

@@ -1,0 +1,110 @@
+"""Sample dataset builder and `tags-train check` on real and deliberately broken datasets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tags.geometry import to_canonical
+from training.cli import main
+from training.datasets import DatasetError, check_dataset, read_dataset
+from training.samples import build_samples, read_nifti, write_nifti
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    out = tmp_path_factory.mktemp("samples")
+    return build_samples(out, overwrite=True)
+
+
+def test_samples_are_valid_nnunet_datasets(samples, capsys):
+    for name, path in samples.items():
+        assert main(["check", str(path)]) == 0
+        assert "OK" in capsys.readouterr().out
+    lits = read_dataset(samples["lits117"])
+    assert lits.layout == "nnunetv2" and [c.name for c in lits.cases] == ["lits117"]
+    assert {t.name for t in lits.targets.values()} == {"liver", "liver_tumor"}
+    ts = read_dataset(samples["totalseg"])
+    assert [c.name for c in ts.test_cases] == ["totalseg_dicom"]
+
+
+def test_written_geometry_round_trips(samples):
+    img, aff = read_nifti(samples["lits117"] / "imagesTr" / "lits117_0000.nii.gz")
+    assert img.shape == (128, 128, 128)
+    assert np.allclose(np.linalg.norm(aff[:3, :3], axis=0), 1.5)
+    # The estimated orientation (slices -> inferior, rows -> posterior, columns -> right) is written.
+    from training.samples import lits117_affine
+
+    assert np.allclose(aff, lits117_affine())
+    canon, caff, _ = to_canonical(img, aff)
+    assert np.all(np.diag(caff[[2, 1, 0], :3]) > 0)
+    meta = json.loads((samples["lits117"] / "dataset.json").read_text())
+    assert meta["estimated_spacing_mm"] == [1.5, 1.5, 1.5]
+    # TotalSegmentator held-out label sits on the DICOM grid (liver present, plausible size).
+    tl, taff = read_nifti(samples["totalseg"] / "labelsTs" / "totalseg_dicom.nii.gz")
+    ml = tl.sum() * np.prod(np.linalg.norm(taff[:3, :3], axis=0)) / 1000
+    print(f"held-out liver volume in the 20-slice series: {ml:.0f} ml")
+    assert tl.shape == (20, 512, 512) and 200 < ml < 1500
+
+
+def _copy(samples, tmp_path):
+    dst = tmp_path / "Dataset501_LiTS117"
+    shutil.copytree(samples["lits117"], dst)
+    return dst, dst / "labelsTr" / "lits117.nii.gz", dst / "imagesTr" / "lits117_0000.nii.gz"
+
+
+def _expect(path, message, capsys):
+    with pytest.raises(DatasetError, match=message):
+        check_dataset(path)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and len(err.strip().splitlines()) >= 1
+
+
+def test_check_unknown_label_values(samples, tmp_path, capsys):
+    ds, lab, _ = _copy(samples, tmp_path)
+    a, aff = read_nifti(lab)
+    a[0, 0, 0] = 7
+    write_nifti(lab, a, aff)
+    _expect(ds, r"unknown label values \[7\]", capsys)
+
+
+def test_check_grid_mismatch(samples, tmp_path, capsys):
+    ds, lab, _ = _copy(samples, tmp_path)
+    a, aff = read_nifti(lab)
+    write_nifti(lab, a[:, :, :100], aff)
+    _expect(ds, "image grid .* and label grid .* differ", capsys)
+
+
+def test_check_empty_label(samples, tmp_path, capsys):
+    ds, lab, _ = _copy(samples, tmp_path)
+    a, aff = read_nifti(lab)
+    write_nifti(lab, np.zeros_like(a), aff)
+    _expect(ds, "label is empty", capsys)
+
+
+def test_check_odd_spacing_and_orientation(samples, tmp_path, capsys):
+    ds, lab, img = _copy(samples, tmp_path)
+    for f in (lab, img):
+        a, aff = read_nifti(f)
+        aff[:3, 0] *= 10  # 15 mm slices
+        write_nifti(f, a, aff)
+    _expect(ds, "odd spacing", capsys)
+    ds2, lab2, img2 = _copy(samples, tmp_path / "o")
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+    for f in (lab2, img2):
+        a, aff = read_nifti(f)
+        aff[:3, :3] = rot @ aff[:3, :3]
+        write_nifti(f, a, aff)
+    _expect(ds2, "oblique orientation", capsys)
+
+
+def test_check_unreadable_and_missing(samples, tmp_path, capsys):
+    ds, lab, img = _copy(samples, tmp_path)
+    img.write_bytes(b"not a nifti file")
+    _expect(ds, "unreadable", capsys)
+    _expect(tmp_path / "nothing", "no dataset.json", capsys)
