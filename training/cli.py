@@ -25,6 +25,31 @@ def _check(a: argparse.Namespace) -> int:
     return 0
 
 
+def _train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    z_split = {}
+    for item in a.z_split or []:
+        name, frac = item.split(":")
+        z_split[name] = float(frac)
+    cfg = TrainConfig(
+        datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
+        checkpoint_every=a.checkpoint_every, z_split=z_split, text_encoder=a.text_encoder,
+        clip_folder=a.clip_folder, backbone=a.backbone, backbone_checkpoint=a.backbone_checkpoint,
+        slab_size=a.slab, roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi),
+        train_mask_decoder=a.train_mask_decoder, progress=not a.no_progress,
+    )
+    print(f"run folder: {train(cfg)}")
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from .export import export_model
+
+    print(f"model folder: {export_model(a.run, a.out, overwrite=a.overwrite, limits=a.limits)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tags-train", description="Train, evaluate and export TAGS models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -41,6 +66,40 @@ def build_parser() -> argparse.ArgumentParser:
                                    "values, empty labels, odd spacing or oblique orientation.")
     c.add_argument("dataset", help="dataset folder holding dataset.json")
     c.set_defaults(func=_check)
+
+    t = sub.add_parser("train", help="train a TAGS model (resumes if OUT holds a checkpoint)",
+                       description="Train adapters, prompt fusion, text projection and 3D head on one or more "
+                                   "datasets. Runs under torchrun for several processes (gloo on CPU, NCCL on GPU).")
+    t.add_argument("datasets", nargs="+", help="dataset folders (MSD or nnU-Net v2 raw layout)")
+    t.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoint (resumed if present)")
+    t.add_argument("--steps", type=int, default=1000, help="total optimisation steps (default 1000)")
+    t.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (default 3e-4)")
+    t.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (default bf16)")
+    t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
+    t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints and log lines")
+    t.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
+                   help="train on the first FRACTION of that dataset's slices only (the rest is held out)")
+    t.add_argument("--text-encoder", choices=["minilm", "clip"], default="minilm", help="sentence encoder")
+    t.add_argument("--clip-folder", default=None, help="local CLIP text model folder (for --text-encoder clip)")
+    t.add_argument("--backbone", choices=["litemedsam", "sam_vit_b"], default="litemedsam", help="base SAM")
+    t.add_argument("--backbone-checkpoint", default=None, help="base checkpoint file (sam_vit_b needs it)")
+    t.add_argument("--slab", type=int, default=4, help="slices per encoder slab (default 4)")
+    t.add_argument("--roi", type=int, nargs=3, default=[64, 128, 128], metavar=("D", "H", "W"),
+                   help="tumor window on the model grid")
+    t.add_argument("--organ-roi", type=int, nargs=3, default=[32, 128, 128], metavar=("D", "H", "W"),
+                   help="organ window on the coarse grid")
+    t.add_argument("--train-mask-decoder", action="store_true", help="fine-tune SAM's mask decoder too")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("export", help="write the model folder of a run",
+                       description="Write config.json, weights.safetensors, text embeddings, metadata with "
+                                   "sha256 sums and a model card for the latest checkpoint of RUN.")
+    e.add_argument("run", help="run folder of tags-train train")
+    e.add_argument("out", help="model folder to write")
+    e.add_argument("--limits", default="", help="text for the model card's Limits section")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    e.set_defaults(func=_export)
     return p
 
 

@@ -1,0 +1,156 @@
+"""Training samples: cases on the model grids, crops around organs, prompt augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from tags.config import ModelConfig, TargetSpec
+from tags.geometry import spacing_from_affine, to_canonical
+from tags.preprocessing import grid_shape, normalize_hu, resample
+from tags.prompts import SlicePrompts, derive_prompts
+
+from .datasets import Dataset, load_case
+
+
+@dataclass
+class GridCase:
+    """One case on one model grid (canonical orientation). ``labels``: {target name: bool mask}."""
+
+    name: str
+    image: np.ndarray  # (D, H, W) float32 in [0, 1]
+    labels: Dict[str, np.ndarray]
+    spacing: Tuple[float, float, float]
+
+
+@dataclass
+class Sample:
+    target: TargetSpec
+    image: torch.Tensor  # (1, D, H, W) in [0, 1]
+    organ: Optional[torch.Tensor]  # (1, D, H, W) 0/1, None for organ targets
+    label: torch.Tensor  # (1, D, H, W) 0/1
+    prompts: Optional[SlicePrompts]
+
+
+def target_masks(label: np.ndarray, targets: Dict[int, TargetSpec]) -> Dict[str, np.ndarray]:
+    """{target name: mask}. An organ's mask includes the tumors labelled inside it."""
+    by_name = {t.name: v for v, t in targets.items()}
+    out = {}
+    for value, t in targets.items():
+        if t.kind == "organ":
+            values = [value] + [by_name[x.name] for x in targets.values() if x.kind == "tumor" and x.organ == t.name]
+            out[t.name] = np.isin(label, values)
+        else:
+            out[t.name] = label == value
+    return out
+
+
+def prepare_case(
+    image_hu: np.ndarray, affine: np.ndarray, label: np.ndarray, targets: Dict[int, TargetSpec],
+    model: ModelConfig, name: str, z_range: Optional[Tuple[float, float]] = None,
+) -> Dict[str, GridCase]:
+    """The case on the tumor grid and on the organ grid: {"tumor": GridCase, "organ": GridCase}.
+
+    ``z_range``: keep only this fraction range of the canonical slices (e.g. (0, 0.6)), for
+    splitting one volume into training and held-out parts along z.
+    """
+    canon, caff, _ = to_canonical(image_hu, affine)
+    lab = to_canonical(label, affine)[0]
+    if z_range is not None:
+        d = canon.shape[0]
+        lo, hi = int(round(z_range[0] * d)), int(round(z_range[1] * d))
+        canon, lab = canon[lo:hi], lab[lo:hi]
+    spacing = spacing_from_affine(caff)
+    masks = target_masks(lab, targets)
+    out = {}
+    for grid, sp in (("tumor", model.preprocessing.spacing), ("organ", model.preprocessing.organ_spacing)):
+        shape = grid_shape(canon.shape, spacing, sp)
+        img = resample(torch.from_numpy(np.ascontiguousarray(canon, dtype=np.float32)), shape, mode="linear")
+        labels = {
+            k: resample(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), shape, mode="nearest").numpy() > 0.5
+            for k, m in masks.items()
+        }
+        real = tuple(n * s / m for n, s, m in zip(canon.shape, spacing, shape))
+        out[grid] = GridCase(name, normalize_hu(img, model.preprocessing.hu_window).numpy(), labels, real)
+    return out
+
+
+def load_training_cases(
+    datasets: Sequence[Dataset], model: ModelConfig, z_split: Optional[Dict[str, float]] = None
+) -> List[Dict[str, GridCase]]:
+    """Every training case of ``datasets`` on both grids. ``z_split[name] = f`` keeps the first
+    fraction f of that dataset's slices (canonical order, inferior first) for training."""
+    cases = []
+    for ds in datasets:
+        for case in ds.cases:
+            img, aff, lab = load_case(case)
+            zr = (0.0, z_split[ds.name]) if z_split and ds.name in z_split else None
+            cases.append(prepare_case(img, aff, lab, ds.targets, model, f"{ds.name}/{case.name}", zr))
+    return cases
+
+
+def _crop(arrays: Sequence[np.ndarray], centre: Sequence[int], size: Sequence[int]) -> List[np.ndarray]:
+    """Crops of ``size`` centred near ``centre``, zero-padded where they leave the volume."""
+    shape = arrays[0].shape
+    out = []
+    starts = [int(c) - s // 2 for c, s in zip(centre, size)]
+    for a in arrays:
+        buf = np.zeros(tuple(size), a.dtype)
+        src = tuple(slice(max(0, st), min(n, st + s)) for st, s, n in zip(starts, size, shape))
+        dst = tuple(slice(sl.start - st, sl.stop - st) for sl, st in zip(src, starts))
+        buf[dst] = a[src]
+        out.append(buf)
+    return out
+
+
+def augment_prompts(p: SlicePrompts, rng: np.random.Generator, *, drop: float, jitter: float, img_size: int) -> SlicePrompts:
+    """Box jitter (fraction of box size), and each prompt type dropped with probability ``drop``."""
+    boxes = p.boxes.clone()
+    wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2).clamp(min=1.0)
+    boxes = (boxes + torch.from_numpy(rng.normal(0, jitter, boxes.shape).astype(np.float32)) * wh).clamp(0, img_size - 1)
+    box_valid = p.box_valid & (rng.random() >= drop)
+    labels = p.point_labels if rng.random() >= drop else torch.full_like(p.point_labels, -1)
+    dense = p.dense if rng.random() >= drop else None
+    return SlicePrompts(boxes, box_valid, p.points, labels, dense)
+
+
+def draw_sample(
+    cases: List[Dict[str, GridCase]], targets: Sequence[TargetSpec], model: ModelConfig, rng: np.random.Generator,
+    *, organ_fraction: float, prompt_drop: float, box_jitter: float, img_size: int, mask_size: int,
+    crop_size: Optional[Sequence[int]] = None,
+) -> Sample:
+    """One random training sample: a target, a case that labels it, a crop around its organ."""
+    organs = [t for t in targets if t.kind == "organ"]
+    tumors = [t for t in targets if t.kind == "tumor"]
+    use_organ = bool(organs) and (not tumors or rng.random() < organ_fraction)
+    pool = organs if use_organ else tumors
+    for _ in range(100):
+        t = pool[rng.integers(len(pool))]
+        grid = "organ" if use_organ else "tumor"
+        cands = [c[grid] for c in cases if t.name in c[grid].labels and (use_organ or t.organ in c[grid].labels)]
+        if cands:
+            break
+    else:
+        raise ValueError("no training case labels any of the targets")
+    gc = cands[rng.integers(len(cands))]
+    label = gc.labels[t.name]
+    organ = gc.labels[t.organ] if not use_organ else None
+    size = tuple(crop_size or (model.organ_roi_size if use_organ else model.roi_size))
+    focus = label if (label.any() and rng.random() < 0.7) else (organ if organ is not None and organ.any() else label)
+    if focus.any():
+        idx = np.argwhere(focus)
+        centre = idx[rng.integers(len(idx))]
+    else:
+        centre = np.array([rng.integers(n) for n in gc.image.shape])
+    arrays = [gc.image, label.astype(np.float32)] + ([organ.astype(np.float32)] if organ is not None else [])
+    crops = _crop(arrays, centre, size)
+    prompts = None
+    if organ is not None:
+        p = derive_prompts(crops[2] > 0.5, gc.spacing, img_size=img_size, mask_size=mask_size,
+                           config=model.prompts, seed=int(rng.integers(2**31)))
+        prompts = augment_prompts(p, rng, drop=prompt_drop, jitter=box_jitter, img_size=img_size)
+    as_t = lambda a: torch.from_numpy(a)[None]  # noqa: E731
+    return Sample(t, as_t(crops[0]), as_t(crops[2]) if organ is not None else None, as_t(crops[1]), prompts)

@@ -1,0 +1,81 @@
+"""Export a training run as the model folder the application loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from tags.config import ModelConfig
+from tags.model_folder import save_model_folder
+from tags.network import build_tags
+from tags.predictor import load_delta
+
+from .train import load_checkpoint
+
+CARD_TEMPLATE = """# TAGS model: {targets}
+
+**Research use only. Not for clinical use.**
+
+- Backbone: {backbone} (frozen, base checkpoint sha256 `{sha}`), 3D adapters, slab size {slab}.
+- Text encoder for the target sentences: {text_encoder}.
+- Targets: {target_lines}
+- Trained for {steps} steps ({world} process(es)) on: {datasets}.
+- Preprocessing: HU window {window}, tumor grid {spacing} mm, organ grid {organ_spacing} mm.
+
+## Held-out metrics
+{metrics}
+
+## Limits
+{limits}
+"""
+
+
+def export_model(
+    run: str | Path, out: str | Path, *, metrics: Optional[Dict] = None, limits: str = "", overwrite: bool = False,
+    extra_metadata: Optional[Dict] = None,
+) -> Path:
+    """Write the model folder for the latest checkpoint of ``run``."""
+    run = Path(run)
+    weights, _, state = load_checkpoint(run)
+    config = ModelConfig.from_dict(state["model_config"])
+    tc = state["train_config"]
+    net = build_tags(config, checkpoint=tc.get("backbone_checkpoint"))
+    if net.backbone_sha256 != state["base_checkpoint_sha256"]:
+        raise ValueError("the installed base checkpoint differs from the one this run was trained on")
+    load_delta(net, weights, where=str(run))
+    text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
+    p = config.preprocessing
+    card = CARD_TEMPLATE.format(
+        targets=", ".join(t.name for t in config.targets),
+        backbone=config.backbone,
+        sha=net.backbone_sha256,
+        slab=config.adapter.slab_size,
+        text_encoder=config.text_encoder,
+        target_lines="; ".join(f"{t.name} ({t.kind}: \"{t.sentence}\")" for t in config.targets),
+        steps=state["step"],
+        world=state.get("world_size", 1),
+        datasets=", ".join(Path(d).name for d in tc["datasets"]),
+        window=list(p.hu_window),
+        spacing=list(p.spacing),
+        organ_spacing=list(p.organ_spacing),
+        metrics=json.dumps(metrics, indent=2) if metrics else "Not evaluated.",
+        limits=limits or "Not validated for clinical use.",
+    )
+    meta = {
+        "training": {
+            "steps": state["step"],
+            "world_size": state.get("world_size", 1),
+            "datasets": [Path(d).name for d in tc["datasets"]],
+            "z_split": tc.get("z_split", {}),
+            "train_config": tc,
+        },
+        "metrics": metrics or {},
+    }
+    meta.update(extra_metadata or {})
+    return save_model_folder(
+        out, config=config, weights=net.delta_state_dict(), text_embeddings=text,
+        base_checkpoint_sha256=net.backbone_sha256, card=card, extra_metadata=meta, overwrite=overwrite,
+    )
