@@ -84,3 +84,22 @@ def test_export_then_predict(samples, tmp_path, capsys):
                      affine_from_spacing((2.0, 1.5, 1.5)), {"liver": organ})
     assert r["liver_tumor"].status == "ok" and r["liver_tumor"].probability.shape == organ.shape
     assert main(["export", str(run), str(out)]) == 2  # exists: refused
+
+
+def test_torchrun_two_cpu_processes_agree(samples, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "training.cli", "train", str(samples["lits117"]), "--out", str(run), "--steps", "2",
+           "--checkpoint-every", "1", "--roi", "8", "32", "32", "--organ-roi", "8", "32", "32",
+           "--no-progress", "--precision", "fp32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check = json.loads((run / "ddp_check.json").read_text())
+    print(check)
+    assert check["world_size"] == 2 and check["agree"]
+    assert load_checkpoint(run)[2]["world_size"] == 2

@@ -217,4 +217,20 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
             window = []
             if world > 1:
                 dist.barrier()
+    if world > 1:
+        _record_rank_agreement(run, net, rank, world)
     return run
+
+
+def _record_rank_agreement(run: Path, net: TagsNet, rank: int, world: int) -> None:
+    """Gather a checksum of every rank's trainable weights; rank 0 writes them to ddp_check.json."""
+    local = torch.stack(
+        [torch.cat([p.detach().double().flatten() for p in net.parameters() if p.requires_grad]).abs().sum(),
+         torch.cat([p.detach().double().flatten() for p in net.parameters() if p.requires_grad]).pow(2).sum()]
+    ).cpu()
+    gathered = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local)
+    if rank == 0:
+        sums = [g.tolist() for g in gathered]
+        (run / "ddp_check.json").write_text(json.dumps(
+            {"world_size": world, "checksums": sums, "agree": all(s == sums[0] for s in sums)}, indent=2))
