@@ -152,11 +152,24 @@ def build_totalseg(out: Path) -> Path:
 
 
 def build_samples(out: str | Path, overwrite: bool = False) -> Dict[str, Path]:
-    """Write both sample datasets under ``out``; returns {name: dataset folder}."""
+    """Write both sample datasets under ``out``; returns {name: dataset folder}.
+
+    Everything is written to a temporary sibling folder first and renamed at the end, so a
+    failure leaves nothing partial behind.
+    """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty (use --overwrite)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty (use --overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        names = {"lits117": build_lits117(tmp).name, "totalseg": build_totalseg(tmp).name}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return {"lits117": build_lits117(out), "totalseg": build_totalseg(out)}
+    tmp.rename(out)
+    return {k: out / v for k, v in names.items()}
