@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     torch.manual_seed(cfg.seed)
     resume = (run / CKPT_STATE).is_file()
     if resume:
-        _, _, state = load_checkpoint(run)
+        weights, opt_tensors, state = load_checkpoint(run)
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     else:
@@ -152,7 +152,6 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if resume:
-        weights, opt_tensors, state = load_checkpoint(run)
         net.load_state_dict(weights, strict=False)
         _restore_optimizer(opt, opt_tensors, state["param_groups"])
         start = int(state["step"])
@@ -224,10 +223,8 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
 
 def _record_rank_agreement(run: Path, net: TagsNet, rank: int, world: int) -> None:
     """Gather a checksum of every rank's trainable weights; rank 0 writes them to ddp_check.json."""
-    local = torch.stack(
-        [torch.cat([p.detach().double().flatten() for p in net.parameters() if p.requires_grad]).abs().sum(),
-         torch.cat([p.detach().double().flatten() for p in net.parameters() if p.requires_grad]).pow(2).sum()]
-    ).cpu()
+    flat = torch.cat([p.detach().double().flatten() for p in net.parameters() if p.requires_grad])
+    local = torch.stack([flat.abs().sum(), flat.pow(2).sum()]).cpu()
     gathered = [torch.zeros_like(local) for _ in range(world)]
     dist.all_gather(gathered, local)
     if rank == 0:
