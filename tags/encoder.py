@@ -78,7 +78,7 @@ class AdaptedImageEncoder(nn.Module):
         emb = self.encode_slabs(image)  # (B, Ns, C, e, e)
         if self.slab_size == 1:
             return emb
-        c, e = emb.shape[2], emb.shape[3]
+        e = emb.shape[3]
         vol = emb.permute(0, 2, 1, 3, 4)  # (B, C, Ns, e, e)
         vol = F.interpolate(vol, size=(d, e, e), mode="trilinear", align_corners=False)
         return vol.permute(0, 2, 1, 3, 4)

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 from tags.backbones import BACKBONE_REGISTRY, build_backbone, file_sha256
 from tags.config import AdapterConfig, ModelConfig
-from tags.network import TagsNet, build_tags
+from tags.network import build_tags
 from tags.preprocessing import normalize_hu
 
 FEATURE_ATOL = 1e-4

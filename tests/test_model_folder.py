@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from helpers import perturbed_net, random_text, small_config
 from tags.geometry import affine_from_spacing

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tags.targets import organ_target, tumor_target
-from tags.text import ClipTextEncoder, MiniLMTextEncoder, build_text_encoder, embed_targets
+from tags.text import ClipTextEncoder, build_text_encoder, embed_targets
 
 
 def test_minilm_real_embeddings_are_semantic():
