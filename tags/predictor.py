@@ -191,6 +191,31 @@ class TagsPredictor:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _window_logits(
+        self, x: torch.Tensor, target: TargetSpec, has_organ: bool, grid_spacing: Sequence[float]
+    ) -> torch.Tensor:
+        """Logits (B, 1, d, h, w) of one batch of windows; x: (B, 1 or 2, d, h, w) image [+ organ]."""
+        b = x.shape[0]
+        prompts, organ_ch = None, None
+        if has_organ:
+            organ_ch = x[:, 1:2]
+            prompts = SlicePrompts.cat(
+                [
+                    derive_prompts(
+                        organ_ch[i, 0].cpu().numpy() > 0.5,
+                        grid_spacing,
+                        img_size=self.net.img_size,
+                        mask_size=self.net.prompt_encoder.mask_input_size[0],
+                        config=self.config.prompts,
+                        seed=PROMPT_SEED,
+                    )
+                    for i in range(b)
+                ]
+            ).to(x.device)
+        with self._autocast():
+            out = self.net(x[:, :1], self.text[target.name].expand(b, -1), prompts, organ_ch)
+        return out.float()
+
     @torch.no_grad()
     def _run_roi(
         self,
@@ -214,29 +239,9 @@ class TagsPredictor:
             organ_t = torch.from_numpy(np.ascontiguousarray(organ[box])).to(self.device)
             channels.append(resample(organ_t.float(), shape, mode="nearest"))
         inputs = torch.stack(channels)[None]
-        text = self.text[target.name]
 
         def window(x: torch.Tensor) -> torch.Tensor:
-            b = x.shape[0]
-            prompts, organ_ch = None, None
-            if organ is not None:
-                organ_ch = x[:, 1:2]
-                prompts = SlicePrompts.cat(
-                    [
-                        derive_prompts(
-                            organ_ch[i, 0].cpu().numpy() > 0.5,
-                            grid_spacing,
-                            img_size=self.net.img_size,
-                            mask_size=self.net.prompt_encoder.mask_input_size[0],
-                            config=self.config.prompts,
-                            seed=PROMPT_SEED,
-                        )
-                        for i in range(b)
-                    ]
-                ).to(x.device)
-            with self._autocast():
-                out = self.net(x[:, :1], text.expand(b, -1), prompts, organ_ch)
-            return out.float()
+            return self._window_logits(x, target, organ is not None, grid_spacing)
 
         logits = sliding_window_inference(
             inputs,

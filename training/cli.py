@@ -50,6 +50,32 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(a: argparse.Namespace) -> int:
+    from tags.predictor import TagsPredictor
+
+    from .baseline import BaselinePredictor
+    from .evaluate import evaluate, write_report
+
+    predictors = {"tags": TagsPredictor.from_model_folder(a.model, progress=False)}
+    if a.baseline:
+        predictors["baseline"] = BaselinePredictor.from_folder(a.baseline)
+    report = evaluate(predictors, a.dataset, split=a.split, z_from=a.z_from, organ_source=a.organ_source,
+                      nsd_mm=a.nsd_mm)
+    write_report(report, a.out)
+    import json
+
+    print(json.dumps(report["summary"], indent=2))
+    print(f"organ prompts: {report['organ_prompt_source']}; report: {a.out}.json / .csv")
+    return 0
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from .demo import build_demo
+
+    print(f"demo model folder: {build_demo(a.out, a.minutes)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tags-train", description="Build sample datasets, check datasets, train and export TAGS models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,6 +126,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limits", default="", help="text for the model card's Limits section")
     e.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     e.set_defaults(func=_export)
+
+    v = sub.add_parser("evaluate", help="Dice, NSD, HD95, lesion detection; TAGS beside a baseline",
+                       description="Evaluate a model folder (and optionally a baseline folder) on a dataset; "
+                                   "writes OUT.json and OUT.csv.")
+    v.add_argument("model", help="TAGS model folder")
+    v.add_argument("dataset", help="dataset folder")
+    v.add_argument("--out", required=True, help="report path without extension")
+    v.add_argument("--baseline", default=None, help="baseline folder (tags-train demo writes one)")
+    v.add_argument("--split", choices=["train", "test"], default="train", help="imagesTr or imagesTs cases")
+    v.add_argument("--z-from", type=float, default=None,
+                   help="evaluate only slices from this fraction on (the part --z-split held out)")
+    v.add_argument("--organ-source", choices=["label", "model"], default="label",
+                   help="organ mask for tumor prompts: ground-truth label (oracle, default) or the model's organ pass")
+    v.add_argument("--nsd-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    v.set_defaults(func=_evaluate)
+
+    m = sub.add_parser("demo", help="build the demo model from registry data (samples, train, baseline, eval, export)",
+                       description="Builds OUT/samples, trains TAGS and a same-budget DynUNet baseline, evaluates "
+                                   "both on held-out data and exports OUT/model with a model card.")
+    m.add_argument("out", help="work folder")
+    m.add_argument("--minutes", type=float, default=55.0, help="approximate total budget (default 55)")
+    m.set_defaults(func=_demo)
     return p
 
 

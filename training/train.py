@@ -57,6 +57,7 @@ class TrainConfig:
     clip_folder: Optional[str] = None
     backbone: str = "litemedsam"
     backbone_checkpoint: Optional[str] = None
+    encoder_size: Optional[int] = None
     slab_size: int = 4
     roi_size: Tuple[int, int, int] = (64, 128, 128)
     organ_roi_size: Tuple[int, int, int] = (32, 128, 128)
@@ -81,6 +82,7 @@ def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
             targets.setdefault(t.name, t)
     return ModelConfig(
         backbone=cfg.backbone,
+        encoder_size=cfg.encoder_size,
         adapter=AdapterConfig(slab_size=cfg.slab_size),
         preprocessing=PreprocessingConfig(spacing=tuple(cfg.spacing), organ_spacing=tuple(cfg.organ_spacing)),
         roi_size=tuple(cfg.roi_size),

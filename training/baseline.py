@@ -1,0 +1,120 @@
+"""Same-data, same-budget baseline: a MONAI DynUNet trained on the same crops as TAGS.
+
+Input channels: image and organ mask (zeros for organ targets), the same information TAGS gets
+from its anatomy prompts; one output channel per target. It is run through the same ROI crop,
+resampling and sliding-window path as TAGS (:class:`BaselinePredictor`), so the comparison
+differs only in the network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import DynUNet
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from tags.config import ModelConfig, TargetSpec
+from tags.predictor import TagsPredictor
+
+from .data import draw_sample, load_training_cases
+from .datasets import read_dataset
+from .train import TrainConfig
+
+FILTERS = (16, 32, 64, 128)
+
+
+class BaselineNet(nn.Module):
+    """DynUNet (3D), 2 input channels (image, organ), one output channel per target."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.names = [t.name for t in config.targets]
+        self.unet = DynUNet(
+            spatial_dims=3, in_channels=2, out_channels=len(self.names), kernel_size=[3, 3, 3, 3],
+            strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2], filters=list(FILTERS), norm_name="instance",
+        )
+
+    def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
+        """x: (B, 2, D, H, W) with D, H, W multiples of 8 -> logits (B, 1, D, H, W) of ``target``."""
+        i = self.names.index(target)
+        return self.unet(x)[:, i : i + 1]
+
+
+class BaselinePredictor(TagsPredictor):
+    """TagsPredictor's ROI/sliding-window path with the baseline network in the window."""
+
+    def __init__(self, net: BaselineNet, **kwargs) -> None:
+        super().__init__(net, {}, **kwargs)
+
+    @classmethod
+    def from_folder(cls, path: str | Path, **kwargs) -> "BaselinePredictor":
+        path = Path(path)
+        config = ModelConfig.from_json((path / "config.json").read_text())
+        net = BaselineNet(config)
+        load_model(net, str(path / "weights.safetensors"))
+        return cls(net, **kwargs)
+
+    def _window_logits(self, x, target: TargetSpec, has_organ: bool, grid_spacing) -> torch.Tensor:
+        if not has_organ:
+            x = torch.cat([x, torch.zeros_like(x)], dim=1)
+        with self._autocast():
+            return self.net(_pad8(x), target.name)[..., : x.shape[2], : x.shape[3], : x.shape[4]].float()
+
+
+def _pad8(x: torch.Tensor) -> torch.Tensor:
+    pads = []
+    for n in reversed(x.shape[2:]):
+        pads += [0, (-n) % 8]
+    return torch.nn.functional.pad(x, pads)
+
+
+def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: str | Path,
+                   max_steps: Optional[int] = None) -> Dict:
+    """Train the baseline for ``seconds`` of wall time (the TAGS run's budget); write ``out``.
+
+    The learning rate follows the same warm-up + cosine shape over the time budget.
+    """
+    torch.manual_seed(cfg.seed)
+    net = BaselineNet(model).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
+    loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
+    cases = load_training_cases([read_dataset(d) for d in cfg.datasets], model, cfg.z_split)
+    t0 = time.time()
+    step = 0
+    losses = []
+    while time.time() - t0 < seconds and (max_steps is None or step < max_steps):
+        frac = (time.time() - t0) / seconds
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
+        rng = np.random.default_rng([cfg.seed, 7, step])
+        s = draw_sample(cases, model.targets, model, rng, organ_fraction=cfg.organ_fraction, prompt_drop=0.0,
+                        box_jitter=0.0, img_size=256, mask_size=256, crop_size=cfg.crop_size)
+        organ = s.organ if s.organ is not None else torch.zeros_like(s.image)
+        x = _pad8(torch.cat([s.image, organ])[None])
+        y = _pad8(s.label[None])
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else torch.autocast("cpu", enabled=False)
+        with ctx:
+            logits = net(x, s.target.name)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
+        opt.step()
+        losses.append(float(loss.detach()))
+        step += 1
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(model.to_json())
+    save_model(net, str(out / "weights.safetensors"))  # handles DynUNet's shared tensors
+    summary = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss_mean_last10": float(np.mean(losses[-10:])),
+               "parameters": sum(p.numel() for p in net.parameters()), "architecture": f"MONAI DynUNet filters {FILTERS}"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
