@@ -108,3 +108,32 @@ def test_check_unreadable_and_missing(samples, tmp_path, capsys):
     img.write_bytes(b"not a nifti file")
     _expect(ds, "unreadable", capsys)
     _expect(tmp_path / "nothing", "no dataset.json", capsys)
+
+
+def test_msd_layout_is_read_and_checked(samples, tmp_path):
+    """A Medical Segmentation Decathlon folder (Task03_Liver layout) built from the sample files."""
+    ds = tmp_path / "Task03_Liver"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "labelsTr").mkdir()
+    shutil.copy(samples["lits117"] / "imagesTr" / "lits117_0000.nii.gz", ds / "imagesTr" / "liver_117.nii.gz")
+    shutil.copy(samples["lits117"] / "labelsTr" / "lits117.nii.gz", ds / "labelsTr" / "liver_117.nii.gz")
+    (ds / "dataset.json").write_text(json.dumps({
+        "name": "LiTS", "labels": {"0": "background", "1": "liver", "2": "cancer"},
+        "training": [{"image": "./imagesTr/liver_117.nii.gz", "label": "./labelsTr/liver_117.nii.gz"}],
+        "test": [],
+    }))
+    d = check_dataset(ds)
+    assert d.layout == "msd" and [c.name for c in d.cases] == ["liver_117"]
+    assert {v: t.name for v, t in d.targets.items()} == {1: "liver", 2: "liver_tumor"}
+    assert d.targets[2].type.value == "108369006" and d.targets[1].type.value == "10200004"
+
+
+def test_augment_intensity_is_deterministic_and_bounded():
+    import torch
+
+    from training.data import augment_intensity
+
+    x = torch.rand(1, 4, 16, 16)
+    a, b = augment_intensity(x, 5), augment_intensity(x, 5)
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    assert any(not torch.equal(augment_intensity(x, s), x) for s in range(5))

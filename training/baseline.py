@@ -23,7 +23,7 @@ from torch import nn
 from tags.config import ModelConfig, TargetSpec
 from tags.predictor import TagsPredictor
 
-from .data import draw_sample, load_training_cases
+from .data import augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
 from .train import TrainConfig
 
@@ -98,7 +98,7 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
         s = draw_sample(cases, model.targets, model, rng, organ_fraction=cfg.organ_fraction, prompt_drop=0.0,
                         box_jitter=0.0, img_size=256, mask_size=256, crop_size=cfg.crop_size)
         organ = s.organ if s.organ is not None else torch.zeros_like(s.image)
-        x = _pad8(torch.cat([s.image, organ])[None])
+        x = _pad8(torch.cat([augment_intensity(s.image, int(rng.integers(2**31))), organ])[None])
         y = _pad8(s.label[None])
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else torch.autocast("cpu", enabled=False)
         with ctx:

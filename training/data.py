@@ -106,6 +106,23 @@ def _crop(arrays: Sequence[np.ndarray], centre: Sequence[int], size: Sequence[in
     return out
 
 
+def augment_intensity(image: torch.Tensor, seed: int) -> torch.Tensor:
+    """MONAI intensity augmentation of a (1, D, H, W) crop in [0, 1], deterministic for ``seed``.
+
+    No flips or rotations: the model relies on the canonical orientation.
+    """
+    from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+
+    t = Compose([
+        RandScaleIntensity(factors=0.1, prob=0.5),
+        RandShiftIntensity(offsets=0.05, prob=0.5),
+        RandAdjustContrast(gamma=(0.8, 1.25), prob=0.3),
+        RandGaussianNoise(std=0.02, prob=0.3),
+    ])
+    t.set_random_state(seed=seed)
+    return torch.as_tensor(t(image)).float().clamp(0, 1)
+
+
 def augment_prompts(p: SlicePrompts, rng: np.random.Generator, *, drop: float, jitter: float, img_size: int) -> SlicePrompts:
     """Box jitter (fraction of box size), and each prompt type dropped with probability ``drop``."""
     boxes = p.boxes.clone()

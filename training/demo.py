@@ -42,7 +42,7 @@ def demo_config(samples: Dict[str, Path], run: Path, steps: int) -> TrainConfig:
         steps=steps,
         lr=1e-3,
         warmup=10,
-        organ_fraction=0.35,
+        organ_fraction=0.45,
         checkpoint_every=25,
         z_split={"LiTS117": Z_SPLIT},
         encoder_size=128,

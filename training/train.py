@@ -27,7 +27,7 @@ from tags.config import AdapterConfig, ModelConfig, PreprocessingConfig
 from tags.network import TagsNet, build_tags
 from tags.text import build_text_encoder, embed_targets
 
-from .data import draw_sample, load_training_cases
+from .data import augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
 
 CKPT_WEIGHTS = "checkpoint.safetensors"
@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
         )
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg)
-        image = s.image[None].to(device)
+        image = augment_intensity(s.image, int(rng.integers(2**31)))[None].to(device)
         organ = s.organ[None].to(device) if s.organ is not None else None
         prompts = s.prompts.to(device) if s.prompts is not None else None
         with autocast:
