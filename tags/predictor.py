@@ -122,9 +122,18 @@ class TagsPredictor:
 
     # -- public API ---------------------------------------------------------------------------
     def segment_organs(
-        self, volume_hu: np.ndarray, affine: np.ndarray, organs: Optional[Iterable[str]] = None
+        self,
+        volume_hu: np.ndarray,
+        affine: np.ndarray,
+        organs: Optional[Iterable[str]] = None,
+        region: Optional[tuple] = None,
     ) -> Dict[str, TargetResult]:
-        """Organ targets, text prompt only, on the coarse organ grid over the whole volume.
+        """Organ targets, text prompt only, on the coarse organ grid.
+
+        Args:
+            organs: organ target names (default: every organ target of the model).
+            region: a box (three slices) of the canonical grid to search, e.g. the body box of
+                :func:`tags.preprocessing.prepare_ct`; default the whole volume.
 
         The mask of each organ keeps its largest connected component.
         """
@@ -136,13 +145,13 @@ class TagsPredictor:
             target = self.config.target(name)
             if target.kind != "organ":
                 raise ValueError(f"{name!r} is not an organ target")
-            full = tuple(slice(0, n) for n in canon.shape)
+            box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
             prob = self._run_roi(
-                canon, None, full, spacing, target,
+                canon, None, box, spacing, target,
                 self.config.preprocessing.organ_spacing, self.config.organ_roi_size,
             )
             prob = _keep_largest_component(prob)
-            results[name] = TargetResult(target, _restore(prob, reo), "ok", full)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
         return results
 
     def predict(

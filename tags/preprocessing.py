@@ -6,11 +6,15 @@ with spacing (z, y, x) in mm.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .geometry import Reorientation
 
 Box = Tuple[slice, slice, slice]
 
@@ -61,3 +65,74 @@ def resample(array: torch.Tensor, shape: Sequence[int], *, mode: str) -> torch.T
     else:
         raise ValueError(f"unknown resampling mode {mode!r}")
     return y[0, 0] if squeeze else y[0]
+
+
+# -- whole-volume preparation (model independent) -------------------------------------------------
+
+BODY_HU = -500.0
+"""Voxels above this HU count as body (or table) for the body bounding box."""
+
+
+class CTInputError(ValueError):
+    """A CT volume that cannot be processed; the message names the problem."""
+
+
+@dataclass
+class PreparedCT:
+    """A CT volume in canonical orientation with its geometry, before any model-specific step.
+
+    Attributes:
+        hu: (D, H, W) float32 HU, canonical orientation (d -> +z, h -> +y, w -> +x).
+        affine: canonical (d, h, w, 1) -> LPS mm.
+        reorientation: maps the source array to ``hu`` and back (:meth:`to_source`).
+        spacing: (z, y, x) mm, floats.
+        body_box: canonical box around voxels above :data:`BODY_HU` (the whole volume if none).
+    """
+
+    hu: np.ndarray
+    affine: np.ndarray
+    reorientation: "Reorientation"
+    spacing: Tuple[float, float, float]
+    body_box: Box
+
+    def to_source(self, array: np.ndarray) -> np.ndarray:
+        """A canonical (D, H, W) array back in the source slice/row/column order."""
+        return np.ascontiguousarray(self.reorientation.invert(array))
+
+    @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+
+def check_hu(volume: np.ndarray) -> None:
+    """Refuse values that cannot be Hounsfield units (raw stored values, NaN, wrong modality).
+
+    CT in HU spans air (-1000) to dense bone/metal (a few thousand); raw 12-bit stored values
+    without the rescale intercept are all >= 0 with soft tissue near 1000.
+    """
+    if not np.isfinite(volume).all():
+        raise CTInputError("the CT volume contains NaN or infinite values")
+    lo, med, hi = (float(v) for v in np.percentile(volume[:: max(1, volume.shape[0] // 16)], [0.5, 50, 99.5]))
+    # Padding outside the reconstruction circle is often -2048 or -3024 and metal can exceed
+    # 3000 (extended HU), so only a median far from body values is refused.
+    if not -2000 <= med <= 1500:
+        raise CTInputError(f"median pixel value {med:.0f} is not a Hounsfield value of a body CT (wrong rescale or modality?)")
+    if lo >= 0 and med > 500:
+        raise CTInputError(
+            f"pixel values {lo:.0f}..{hi:.0f} (median {med:.0f}) look like raw stored values, not Hounsfield units "
+            "(missing RescaleIntercept?)"
+        )
+
+
+def prepare_ct(volume_hu: np.ndarray, affine: np.ndarray) -> PreparedCT:
+    """Canonical orientation, HU check and body box of a (D, H, W) HU volume with its affine."""
+    from .geometry import spacing_from_affine, to_canonical
+
+    vol = np.asarray(volume_hu, dtype=np.float32)
+    check_hu(vol)
+    canon, canon_affine, reo = to_canonical(vol, affine)
+    canon = np.ascontiguousarray(canon)
+    spacing = spacing_from_affine(canon_affine)
+    body = bounding_box(canon > BODY_HU, 0.0, spacing)
+    full = tuple(slice(0, n) for n in canon.shape)
+    return PreparedCT(canon, canon_affine, reo, spacing, body or full)

@@ -35,3 +35,39 @@ def perturbed_net(config: ModelConfig, seed: int = 0):
 def random_text(config: ModelConfig, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return {t.name: torch.nn.functional.normalize(torch.randn(config.text_dim, generator=g), dim=0) for t in config.targets}
+
+
+def app_model_folder(path, seed: int = 0):
+    """A model folder shaped like the demo model (LiteMedSAM at 128, slab 4, 32x128x128
+    windows, liver + liver tumor) with perturbed trainable weights: real encoder, untrained
+    head. Wires and tests the application; its masks carry no clinical meaning."""
+    from tags.model_folder import save_model_folder
+
+    config = small_config(encoder_size=128, roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
+    net = perturbed_net(config, seed)
+    return save_model_folder(
+        path, config=config, weights=net.delta_state_dict(), text_embeddings=random_text(config, seed),
+        base_checkpoint_sha256=net.backbone_sha256, card="# test model\n\nUntrained head; tests only.\n",
+    )
+
+
+def exact_regrid(array, affine, shape, target_affine):
+    """Place ``array`` (with its (d, h, w) -> LPS affine) on another grid whose voxel centres it
+    shares (a signed axis permutation plus an integer shift); voxels outside it stay 0."""
+    import numpy as np
+
+    m = np.linalg.inv(target_affine) @ affine
+    rot = m[:3, :3]
+    if not (np.allclose(np.abs(rot).sum(axis=0), 1, atol=1e-3) and np.allclose(np.abs(rot).max(axis=0), 1, atol=1e-3)):
+        raise AssertionError(f"grids are not axis-aligned with each other:\n{rot}")
+    if not np.allclose(m[:3, 3], np.rint(m[:3, 3]), atol=1e-2):
+        raise AssertionError(f"grids are shifted by a fraction of a voxel: {m[:3, 3]}")
+    idx = np.indices(array.shape).reshape(3, -1)
+    tgt = np.rint(m[:3, :3] @ idx + m[:3, 3:4]).astype(int)
+    inside = np.all((tgt >= 0) & (tgt < np.array(shape)[:, None]), axis=0)
+    values = array.reshape(-1)
+    if values[~inside].any():
+        raise AssertionError("non-zero voxels fall outside the target grid")
+    out = np.zeros(shape, dtype=array.dtype)
+    out[tuple(tgt[:, inside])] = values[inside]
+    return out

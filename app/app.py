@@ -1,0 +1,179 @@
+"""TAGS tumor segmentation: CT DICOM study in, DICOM SEG out (MONAI Deploy App SDK 4.0).
+
+Run::
+
+    python app -i DICOM_FOLDER -o OUTPUT_FOLDER -m MODEL_FOLDER [--device cpu|cuda] [--organ-segments]
+
+or with HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH set (the MAP).
+Results are written to a staging folder and moved into the output folder only when the whole
+run succeeded: a failed run leaves the output folder as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application
+from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
+
+from operators import CTPreprocessOperator, OrganPromptOperator, SegWriterOperator, TagsInferenceOperator
+
+CT_SELECTION_RULES = json.dumps(
+    {
+        "selections": [
+            {
+                "name": "Axial CT, original/primary",
+                "conditions": {
+                    "Modality": "(?i)^CT$",
+                    "ImageType": ["ORIGINAL", "PRIMARY"],
+                    "ImageOrientationPatient": "Axial",
+                },
+            }
+        ]
+    }
+)
+"""Series selection: an axial ORIGINAL/PRIMARY CT series; with several, the one with the most
+instances (SDK all_matched + sort_by_sop_instance_count), so the choice is deterministic."""
+
+log = logging.getLogger("tags.app")
+
+
+@dataclass
+class AppOptions:
+    """Options beyond the SDK's -i/-o/-m (command line or environment)."""
+
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    organ_segments: bool = False
+    use_study_seg: bool = True
+
+
+class TagsSegApp(Application):
+    """CT study -> axial CT series -> organ prompts -> TAGS tumors -> DICOM SEG."""
+
+    def __init__(self, *args, options: Optional[AppOptions] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tags_options = options or AppOptions()
+        self.started = time.perf_counter()
+
+    def compose(self) -> None:
+        ctx: AppContext = Application.init_app_context(self.argv)
+        opts = self.tags_options
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=Path(ctx.input_path), name="loader")
+        selector = DICOMSeriesSelectorOperator(
+            self, rules=CT_SELECTION_RULES, all_matched=True, sort_by_sop_instance_count=True, name="selector"
+        )
+        to_volume = DICOMSeriesToVolumeOperator(self, name="to_volume")
+        preprocess = CTPreprocessOperator(self, started=self.started, name="preprocess")
+        organs = OrganPromptOperator(
+            self, model_path=ctx.model_path, device=opts.device, precision=opts.precision,
+            use_study_seg=opts.use_study_seg, name="organs",
+        )
+        tumors = TagsInferenceOperator(
+            self, model_path=ctx.model_path, device=opts.device, precision=opts.precision, name="tumors"
+        )
+        writer = SegWriterOperator(self, output_folder=ctx.output_path, include_organs=opts.organ_segments, name="seg_writer")
+
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(to_volume, preprocess, {("image", "image")})
+        self.add_flow(selector, preprocess, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(preprocess, organs, {("ct", "ct")})
+        self.add_flow(loader, organs, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(preprocess, tumors, {("ct", "ct")})
+        self.add_flow(organs, tumors, {("organs", "organs")})
+        self.add_flow(tumors, writer, {("segmentation", "segmentation")})
+
+
+# -- running it -------------------------------------------------------------------------------
+
+
+def _option_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default=os.environ.get("TAGS_DEVICE"), help="cpu, cuda, cuda:1 (default: $TAGS_DEVICE, else CUDA when available)")
+    p.add_argument("--precision", default=os.environ.get("TAGS_PRECISION"), choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--organ-segments", action="store_true", default=os.environ.get("TAGS_ORGAN_SEGMENTS", "") == "1",
+                   help="also write the organ masks as segments ($TAGS_ORGAN_SEGMENTS=1)")
+    p.add_argument("--ignore-study-seg", action="store_true", help="always use the model's organ pass")
+    return p
+
+
+def _paths(sdk_args: List[str]) -> tuple:
+    """Input, output and model paths as the SDK resolves them (arguments over environment)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-i", "--input")
+    p.add_argument("-o", "--output")
+    p.add_argument("-m", "--model")
+    a, _ = p.parse_known_args(sdk_args)
+    env = os.environ
+    return (a.input or env.get("HOLOSCAN_INPUT_PATH", "input"), a.output or env.get("HOLOSCAN_OUTPUT_PATH", "output"),
+            a.model or env.get("HOLOSCAN_MODEL_PATH", "models"))
+
+
+def run(argv: List[str]) -> Path:
+    """Run the application; ``argv`` as on the command line (without the program name).
+
+    Returns the output folder. Raises on any failure, after removing the staging folder.
+    """
+    opts_ns, sdk_args = _option_parser().parse_known_args(argv)
+    options = AppOptions(opts_ns.device, opts_ns.precision, opts_ns.organ_segments, not opts_ns.ignore_study_seg)
+    input_path, output_path, model_path = _paths(sdk_args)
+    output = Path(output_path)
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tags-partial-", dir=output))
+    args = [a for a in sdk_args]
+    rest = _strip_paths(args)
+    full = [sys.executable, "app", "-i", str(input_path), "-o", str(staging), "-m", str(model_path), *rest]
+    try:
+        TagsSegApp(full, options=options).run()
+        written = sorted(staging.iterdir())
+        if not written:
+            raise RuntimeError("the application finished without writing a result")
+        for f in written:
+            f.replace(output / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def _strip_paths(args: List[str]) -> List[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("-i", "--input", "-o", "--output", "-m", "--model"):
+            skip = True
+            continue
+        if any(a.startswith(f"{k}=") for k in ("--input", "--output", "--model")):
+            continue
+        out.append(a)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        _option_parser().print_help()
+        return 0
+    try:
+        out = run(argv)
+    except Exception as e:  # one clear line; details are in the log above
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"results in {out}")
+    return 0

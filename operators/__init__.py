@@ -1,0 +1,11 @@
+"""Custom MONAI Deploy operators: small adapters from SDK ports to plain library calls."""
+
+from .ct_preprocess_operator import CTPreprocessOperator, CTSeries
+from .organ_prompt_operator import OrganMasks, OrganPromptOperator
+from .seg_writer_operator import SegWriterOperator
+from .tags_inference_operator import Segmentation, TagsInferenceOperator, TargetOutcome
+
+__all__ = [
+    "CTPreprocessOperator", "CTSeries", "OrganMasks", "OrganPromptOperator", "SegWriterOperator",
+    "Segmentation", "TagsInferenceOperator", "TargetOutcome",
+]

@@ -1,0 +1,110 @@
+"""CT preprocessing operator: SDK volume -> canonical HU volume with its checked geometry.
+
+Whole-volume, model-independent work only (the model grid, HU window and ROI come later from
+the model folder's config): geometry from the DICOM attributes (:mod:`operators.ct_geometry`),
+HU sanity, canonical orientation, spacing as floats and the body box, through the library's
+single definition :func:`tags.preprocessing.prepare_ct`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import List
+
+import numpy as np
+from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
+
+from tags.preprocessing import CTInputError, PreparedCT, prepare_ct
+
+from .ct_geometry import series_affine
+
+MIN_SLICES = 8
+"""Fewer slices than this are not a 3D CT volume the model can use (its windows and 3D adapters
+span several slices); such series are refused rather than padded into a meaningless result."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CTSeries:
+    """The selected CT series, prepared for the model.
+
+    Attributes:
+        prepared: canonical HU volume, affine, reorientation, spacing, body box.
+        datasets: the source pydicom datasets in the SDK volume's slice order (index d of the
+            source array; :meth:`PreparedCT.to_source` maps canonical arrays to that order).
+        study_uid, series_uid: of the source series.
+        label: a log-safe description (series number, slice count, grid; no identifiers).
+        timings: seconds per stage, filled in by the operators as the data passes.
+    """
+
+    prepared: PreparedCT
+    datasets: list
+    study_uid: str
+    series_uid: str
+    label: str
+    timings: dict = field(default_factory=dict)
+
+
+def prepare_series(image: Image, datasets: List) -> CTSeries:
+    """Check and prepare the volume the SDK built from ``datasets`` (its sorted slices)."""
+    volume = image.asnumpy() if isinstance(image, Image) else np.asarray(image)
+    if volume.ndim != 3 or volume.shape[0] != len(datasets):
+        raise CTInputError(f"volume shape {volume.shape} does not match the {len(datasets)} slices of the series")
+    if volume.shape[0] < MIN_SLICES:
+        raise CTInputError(f"the CT series has {volume.shape[0]} slices; at least {MIN_SLICES} are needed for a 3D volume")
+    missing = sum(1 for d in datasets if not str(d.get("SOPInstanceUID", "")).strip())
+    if missing:
+        raise CTInputError(
+            f"{missing} of {len(datasets)} CT instances have an empty SOPInstanceUID; "
+            "a DICOM Segmentation could not reference them"
+        )
+    first = datasets[0]
+    for key in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(first.get(key, "")).strip():
+            raise CTInputError(f"the CT series has an empty {key}")
+    affine = series_affine(datasets)
+    prepared = prepare_ct(volume, affine)
+    sp = prepared.spacing
+    label = (
+        f"series #{first.get('SeriesNumber', '?')} ({volume.shape[0]} slices, {volume.shape[1]}x{volume.shape[2]}, "
+        f"spacing z/y/x {sp[0]:.2f}/{sp[1]:.2f}/{sp[2]:.2f} mm)"
+    )
+    return CTSeries(prepared, list(datasets), str(first.StudyInstanceUID), str(first.SeriesInstanceUID), label)
+
+
+class CTPreprocessOperator(Operator):
+    """Checks the selected CT series and prepares its volume.
+
+    Named inputs:
+        image: the SDK Image from DICOMSeriesToVolumeOperator.
+        study_selected_series_list: the selection the image was made from.
+
+    Named output:
+        ct: :class:`CTSeries`.
+    """
+
+    def __init__(self, fragment: Fragment, *args, started: float | None = None, **kwargs) -> None:
+        """``started``: time.perf_counter() when the application started (to log the load time)."""
+        self.started = started
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("image")
+        spec.input("study_selected_series_list")
+        spec.output("ct")
+
+    def compute(self, op_input, op_output, context) -> None:
+        t0 = time.perf_counter()
+        image = op_input.receive("image")
+        selection = op_input.receive("study_selected_series_list")
+        series = selection[0].selected_series[0].series
+        datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
+        ct = prepare_series(image, datasets)
+        ct.timings["preprocess"] = time.perf_counter() - t0
+        if self.started is not None:
+            ct.timings["load"] = t0 - self.started
+        log.info("CT %s selected and prepared in %.1f s", ct.label, ct.timings["preprocess"])
+        op_output.emit(ct, "ct")

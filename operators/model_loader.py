@@ -1,0 +1,53 @@
+"""One TAGS predictor per process, shared by the organ and tumor operators.
+
+The model folder is read and verified once (on the first operator's start), not per compute.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from tags.model_folder import METADATA, ModelFolderError
+from tags.predictor import TagsPredictor
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_folder(path: str | os.PathLike) -> Path:
+    """The model folder itself, or the only model folder inside ``path`` (the MAP's models dir)."""
+    path = Path(path)
+    if (path / METADATA).is_file():
+        return path
+    if not path.is_dir():
+        raise ModelFolderError(f"model folder not found: {path}")
+    found = sorted(p for p in path.iterdir() if (p / METADATA).is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ModelFolderError(f"no TAGS model folder (with {METADATA}) in {path}")
+    raise ModelFolderError(f"several model folders in {path}: {[p.name for p in found]}; pass one")
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str, device: Optional[str], precision: Optional[str]) -> TagsPredictor:
+    return TagsPredictor.from_model_folder(path, device=device, precision=precision)
+
+
+def shared_predictor(path: str | os.PathLike, device: Optional[str] = None, precision: Optional[str] = None) -> TagsPredictor:
+    """Load (once) and return the predictor for the model folder at ``path``."""
+    folder = resolve_model_folder(path)
+    first = _load.cache_info().currsize == 0
+    predictor = _load(str(folder.resolve()), device, precision)
+    if first:
+        how = "requested" if device or os.environ.get("TAGS_DEVICE") else "automatic: " + (
+            "CUDA available" if predictor.device.type == "cuda" else "no CUDA device"
+        )
+        log.info(
+            "model %s loaded: targets %s; device %s (%s), precision %s",
+            folder.name, [t.name for t in predictor.config.targets], predictor.device, how, predictor.precision,
+        )
+    return predictor

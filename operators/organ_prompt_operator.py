@@ -1,0 +1,104 @@
+"""Organ prompt operator: the organ masks that give each tumor target its anatomy prompts.
+
+Per organ: from a DICOM SEG in the input study that references the CT series (see
+:mod:`operators.organ_seg_reader`), otherwise from the model's own organ target. The source
+of each mask is logged and carried to the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+from pydicom.sr.coding import Code
+
+from .ct_preprocess_operator import CTSeries
+from .model_loader import shared_predictor
+from .organ_seg_reader import organs_from_segs, seg_datasets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OrganMasks:
+    """Organ masks on the canonical grid of the CT, with where each came from.
+
+    Attributes:
+        masks: {organ name: (D, H, W) bool, canonical}.
+        sources: {organ name: "model" or a description of the study SEG}.
+    """
+
+    masks: Dict[str, np.ndarray]
+    sources: Dict[str, str]
+
+
+class OrganPromptOperator(Operator):
+    """Finds the organs the configured tumor targets live in.
+
+    Named inputs:
+        ct: :class:`~operators.ct_preprocess_operator.CTSeries`.
+        dicom_study_list: the loaded studies (searched for organ SEGs); optional.
+
+    Named output:
+        organs: :class:`OrganMasks`.
+    """
+
+    def __init__(
+        self, fragment: Fragment, *args, model_path: str, device: Optional[str] = None,
+        precision: Optional[str] = None, use_study_seg: bool = True, **kwargs,
+    ) -> None:
+        self.model_path = model_path
+        self.device = device
+        self.precision = precision
+        self.use_study_seg = use_study_seg
+        self.predictor = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("ct")
+        spec.input("dicom_study_list").condition(ConditionType.NONE)
+        spec.output("organs")
+
+    def start(self) -> None:
+        self.predictor = shared_predictor(self.model_path, self.device, self.precision)
+
+    def compute(self, op_input, op_output, context) -> None:
+        ct: CTSeries = op_input.receive("ct")
+        studies = op_input.receive("dicom_study_list") if self.use_study_seg else None
+        op_output.emit(self.find_organs(ct, studies), "organs")
+
+    def find_organs(self, ct: CTSeries, studies=None) -> OrganMasks:
+        """Plain entry point (also used by tests without a graph)."""
+        if self.predictor is None:
+            self.start()
+        t0 = time.perf_counter()
+        config = self.predictor.config
+        wanted = sorted({t.organ for t in config.tumor_targets} | {t.name for t in config.organ_targets})
+        codes = {}
+        for name in wanted:
+            t = config.target(name)
+            codes[name] = Code(t.type.value, t.type.scheme, t.type.meaning)
+        masks, sources = {}, {}
+        if studies:
+            for name, found in organs_from_segs(seg_datasets(studies), ct.datasets, codes).items():
+                masks[name] = np.ascontiguousarray(ct.prepared.reorientation.apply(found.mask))
+                sources[name] = found.source
+        organ_targets = {t.name for t in config.organ_targets}
+        missing = [n for n in wanted if n not in masks and n in organ_targets]
+        for name in wanted:
+            if name not in masks and name not in organ_targets:
+                raise ValueError(f"the study has no SEG of the {name} and the model has no {name} organ target")
+        if missing:
+            p = ct.prepared
+            results = self.predictor.segment_organs(p.hu, p.affine, organs=missing, region=p.body_box)
+            for name, r in results.items():
+                masks[name] = r.mask()
+                sources[name] = "model organ pass"
+        for name in wanted:
+            log.info("organ %s: %.1f ml, from %s", name, masks[name].sum() * ct.prepared.voxel_ml, sources[name])
+        ct.timings["organs"] = time.perf_counter() - t0
+        return OrganMasks(masks, sources)

@@ -1,0 +1,65 @@
+"""DICOM-SEG writer operator, and the run summary (tags_results.json) beside it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from .seg_writer import write_seg
+from .tags_inference_operator import Segmentation
+
+log = logging.getLogger(__name__)
+
+RESULTS_JSON = "tags_results.json"
+
+
+def summary(result: Segmentation, seg_file: str) -> dict:
+    """A JSON-ready summary without patient identifiers."""
+    ct = result.ct
+
+    def entry(o):
+        return {"status": o.status, "voxels": o.voxels, "volume_ml": round(o.ml, 3), "organ_source": o.organ_source}
+
+    return {
+        "seg_file": seg_file,
+        "model": {"name": result.model_name, "version": result.model_version},
+        "ct": {"series": ct.label, "spacing_mm": [round(s, 4) for s in ct.prepared.spacing]},
+        "tumors": {o.target.name: entry(o) for o in result.tumors},
+        "organs": {o.target.name: {**entry(o), "organ_source": o.organ_source} for o in result.organs},
+        "timings_s": {k: round(v, 2) for k, v in ct.timings.items()},
+        "note": "research use only, not for clinical use",
+    }
+
+
+class SegWriterOperator(Operator):
+    """Writes the DICOM SEG (and tags_results.json) into the output folder.
+
+    Named input:
+        segmentation: :class:`~operators.tags_inference_operator.Segmentation`.
+    """
+
+    def __init__(self, fragment: Fragment, *args, output_folder: str, include_organs: bool = False, **kwargs) -> None:
+        self.output_folder = Path(output_folder)
+        self.include_organs = include_organs
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("segmentation")
+
+    def compute(self, op_input, op_output, context) -> None:
+        self.write(op_input.receive("segmentation"))
+
+    def write(self, result: Segmentation) -> Path:
+        t0 = time.perf_counter()
+        path = write_seg(result, self.output_folder, include_organs=self.include_organs)
+        result.ct.timings["write"] = time.perf_counter() - t0
+        info = summary(result, path.name)
+        (self.output_folder / RESULTS_JSON).write_text(json.dumps(info, indent=2) + "\n")
+        log.info("SEG written: %s (%d tumor segment(s)%s)", path.name, len(result.tumors),
+                 f", {len(result.organs)} organ segment(s)" if self.include_organs else "")
+        log.info("stage timings (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in result.ct.timings.items()))
+        return path

@@ -1,0 +1,191 @@
+"""The whole application in-process and as `python app`, on real DICOM (registry samples, dcmqi data).
+
+The model folder here has the demo model's shape and the real LiteMedSAM encoder but an
+untrained head (tests/helpers.app_model_folder): the tests check the data path, geometry and
+DICOM conformance, not segmentation quality (see the README for the demo model's numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from app import run
+from operators.organ_seg_reader import organs_from_segs, seg_datasets
+from operators.model_loader import shared_predictor
+from tags.preprocessing import prepare_ct
+from training.dicom_series import read_series
+from training.samples import read_nifti
+
+from helpers import app_model_folder, exact_regrid
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DCMQI_DATA = REPO.parent / "shared" / "data" / "dcmqi"
+SAMPLE_PATIENT = ("Sample^TotalSegmentator", "TAGS-SAMPLE-TS")
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    from training.sample_study import build_sample_studies
+
+    return build_sample_studies(tmp_path_factory.mktemp("studies") / "studies")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return app_model_folder(tmp_path_factory.mktemp("models") / "tags")
+
+
+@pytest.fixture(scope="module")
+def totalseg_run(studies, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    run(["-i", str(studies["totalseg"]), "-o", str(out), "-m", str(model)])
+    return out
+
+
+def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True)
+
+
+def _errors(proc: subprocess.CompletedProcess) -> list:
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+
+
+def test_jpeg2000_series_decodes(studies):
+    files = sorted(studies["totalseg"].glob("*.dcm"))
+    ds = pydicom.dcmread(files[0])
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    vol, affine = read_series(studies["totalseg"])
+    assert vol.shape == (20, 512, 512)
+    assert vol.min() == -1024 and 1000 < vol.max() < 3100  # air and bone in HU
+    assert np.allclose(np.linalg.norm(affine[:3, :3], axis=0), (2.0, 0.9765625, 0.9765625))
+
+
+def test_app_writes_a_conformant_seg_in_the_same_study(studies, totalseg_run):
+    out = totalseg_run
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2 and names[0].startswith("SEG_") and names[1] == "tags_results.json", names  # no staging left
+    seg_path = out / names[0]
+    assert _errors(_tool("dciodvfy", "-new", str(seg_path))) == []
+    ct_files = sorted(str(p) for p in studies["totalseg"].glob("*.dcm"))
+    proc = _tool("dcentvfy", str(seg_path), *ct_files)
+    assert proc.returncode == 0 and _errors(proc) == [], proc.stdout + proc.stderr
+
+    seg = pydicom.dcmread(seg_path)
+    cts = [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_files]
+    assert seg.StudyInstanceUID == cts[0].StudyInstanceUID
+    assert seg.SeriesInstanceUID not in {c.SeriesInstanceUID for c in cts}
+    assert "NOT FOR CLINICAL USE" in seg.SeriesDescription
+    ct_uids = {c.SOPInstanceUID for c in cts}
+    refs = [f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID for f in seg.PerFrameFunctionalGroupsSequence]
+    assert refs and set(refs) <= ct_uids
+    s = seg.SegmentSequence[0]
+    assert (s.SegmentedPropertyTypeCodeSequence[0].CodeValue, s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("108369006", "SCT")
+    assert s.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+    assert s.AnatomicRegionSequence[0].CodeValue == "10200004"  # liver
+    assert s.SegmentAlgorithmName == "TAGS" and seg.ContentCreatorName == "TAGS^Algorithm"
+    assert seg.ContributingEquipmentSequence[0].ManufacturerModelName.startswith("TAGS")
+    summary = json.loads((out / "tags_results.json").read_text())
+    assert summary["organs"]["liver"]["organ_source"] == "model organ pass"
+    assert summary["tumors"]["liver_tumor"]["status"] == "ok"
+
+
+def test_seg_read_by_dcmqi_equals_the_predictor_mask(studies, model, totalseg_run, tmp_path):
+    """Independent path: pydicom reader + TagsPredictor vs dcmqi's reading of the app's SEG."""
+    seg_path = next(totalseg_run.glob("SEG_*.dcm"))
+    proc = _tool("segimage2itkimage", "--inputDICOM", str(seg_path), "--outputDirectory", str(tmp_path), "--outputType", "nifti")
+    assert proc.returncode == 0, proc.stderr
+    seg_arr, seg_aff = read_nifti(tmp_path / "1.nii.gz")
+
+    vol, affine = read_series(studies["totalseg"])
+    predictor = shared_predictor(model)
+    ct = prepare_ct(vol, affine)  # the library's whole-volume step: canonical grid and body box
+    organ = predictor.segment_organs(ct.hu, ct.affine, region=ct.body_box)["liver"].mask()
+    expected = ct.to_source(predictor.predict(ct.hu, ct.affine, {"liver": organ})["liver_tumor"].mask())
+    got = exact_regrid(seg_arr.astype(bool), seg_aff, vol.shape, affine)
+    summary = json.loads((totalseg_run / "tags_results.json").read_text())
+    assert expected.sum() > 100
+    assert int(got.sum()) == summary["tumors"]["liver_tumor"]["voxels"]
+    assert np.array_equal(got, expected), f"{(got != expected).sum()} voxels differ"
+
+
+def test_organ_seg_from_another_tool_is_read_onto_the_ct_grid():
+    """dcmqi's liver SEG (legacy SRT code T-62000) over three real CT slices."""
+    from monai.deploy.core import Fragment
+    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+
+    folder = DCMQI_DATA
+    studies = DICOMDataLoaderOperator(Fragment(), name="loader").load_data_to_studies(folder)
+    cts = sorted((pydicom.dcmread(f) for f in (folder / "ct-3slice").glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2]))
+    found = organs_from_segs(seg_datasets(studies), cts, {"liver": codes.SCT.Liver})
+    assert set(found) == {"liver"} and "segment 1" in found["liver"].source
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(folder / "liver_seg.nrrd"))
+    truth = sitk.GetArrayFromImage(img) > 0  # (z, y, x), z increasing = slice position increasing
+    assert found["liver"].mask.shape == truth.shape
+    assert found["liver"].mask.sum() > 1000
+    assert np.array_equal(found["liver"].mask, truth)
+
+
+def test_organ_seg_whose_frames_are_off_their_slices_is_ignored():
+    from monai.deploy.core import Fragment
+    from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+
+    studies = DICOMDataLoaderOperator(Fragment(), name="loader").load_data_to_studies(DCMQI_DATA)
+    segs = seg_datasets(studies)
+    for frame in segs[0].PerFrameFunctionalGroupsSequence:
+        pos = frame.PlanePositionSequence[0].ImagePositionPatient
+        pos[2] = float(pos[2]) + 5.0  # the frame now claims a position 5 mm away from its slice
+    cts = sorted((pydicom.dcmread(f) for f in (DCMQI_DATA / "ct-3slice").glob("*.dcm")), key=lambda d: float(d.ImagePositionPatient[2]))
+    assert organs_from_segs(segs, cts, {"liver": codes.SCT.Liver}) == {}
+
+
+def test_study_organ_seg_is_used_when_present(studies, model, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(studies["totalseg"], study)
+    from training.registry_data import totalseg_sdist_dir
+    from training.sample_study import add_organ_seg
+    from training.samples import TOTALSEG_LIVER, same_grid
+
+    vol, affine = read_series(study)
+    lab, lab_aff = read_nifti(totalseg_sdist_dir() / "example_seg_dicom.nii.gz")
+    liver = same_grid(lab, lab_aff, vol.shape, affine) == TOTALSEG_LIVER
+    add_organ_seg(study, liver, codes.SCT.Liver)
+    out = tmp_path / "out"
+    run(["-i", str(study), "-o", str(out), "-m", str(model)])
+    summary = json.loads((out / "tags_results.json").read_text())
+    assert summary["organs"]["liver"]["organ_source"].startswith("SEG series #300")
+    assert summary["organs"]["liver"]["voxels"] == int(liver.sum())
+    assert summary["tumors"]["liver_tumor"]["organ_source"].startswith("SEG series #300")
+
+
+def test_command_line_with_map_environment_and_a_clear_failure(studies, model, tmp_path, totalseg_run):
+    env = dict(os.environ, HOLOSCAN_INPUT_PATH=str(studies["totalseg"]), HOLOSCAN_OUTPUT_PATH=str(tmp_path / "out"),
+               HOLOSCAN_MODEL_PATH=str(model.parent), TAGS_DEVICE="cpu")
+    proc = subprocess.run([sys.executable, str(REPO / "app")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    assert "device cpu (requested)" in log and "liver_tumor:" in log and "organ liver" in log
+    for ident in SAMPLE_PATIENT:
+        assert ident not in log
+    a = json.loads((tmp_path / "out" / "tags_results.json").read_text())
+    b = json.loads((totalseg_run / "tags_results.json").read_text())
+    assert a["tumors"] == b["tumors"]  # same result as the in-process run
+
+    empty = tmp_path / "out2"
+    proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(studies["totalseg"]), "-o", str(empty),
+                           "-m", str(tmp_path / "no-such-model")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert not empty.exists() or list(empty.iterdir()) == []
