@@ -164,9 +164,19 @@ def test_study_organ_seg_is_used_when_present(studies, model, tmp_path):
     liver = same_grid(lab, lab_aff, vol.shape, affine) == TOTALSEG_LIVER
     add_organ_seg(study, liver, codes.SCT.Liver)
     out = tmp_path / "out"
-    run(["-i", str(study), "-o", str(out), "-m", str(model)])
+    run(["-i", str(study), "-o", str(out), "-m", str(model), "--organ-segments"])
     summary = json.loads((out / "tags_results.json").read_text())
     assert summary["organs"]["liver"]["organ_source"].startswith("SEG series #300")
+    seg_path = next(out.glob("SEG_*.dcm"))
+    assert _errors(_tool("dciodvfy", "-new", str(seg_path))) == []
+    seg = hd.seg.segread(seg_path)
+    assert [seg.get_segment_description(n).segmented_property_type.value for n in seg.segment_numbers] == ["108369006", "10200004"]
+    # the organ segment is the study's organ mask, written back voxel for voxel
+    cts = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in study.glob("*.dcm") if not f.name.startswith("SEG_")),
+                 key=lambda d: float(d.ImagePositionPatient[2]))
+    organ = seg.get_pixels_by_source_instance([str(d.SOPInstanceUID) for d in cts], segment_numbers=[2],
+                                              assert_missing_frames_are_empty=True)[..., 0] > 0
+    assert np.array_equal(organ, liver)
     assert summary["organs"]["liver"]["voxels"] == int(liver.sum())
     assert summary["tumors"]["liver_tumor"]["organ_source"].startswith("SEG series #300")
 
