@@ -25,11 +25,15 @@ from typing import List, Optional
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
-from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
-from operators import CTPreprocessOperator, OrganPromptOperator, SegWriterOperator, TagsInferenceOperator
+from tags.model_folder import ModelFolderError
+from tags.preprocessing import CTInputError
+
+from operators import (
+    CTPreprocessOperator, CTSeriesSelectorOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
+    TagsInferenceOperator,
+)
 
 CT_SELECTION_RULES = json.dumps(
     {
@@ -38,15 +42,16 @@ CT_SELECTION_RULES = json.dumps(
                 "name": "Axial CT, original/primary",
                 "conditions": {
                     "Modality": "(?i)^CT$",
-                    "ImageType": ["ORIGINAL", "PRIMARY"],
+                    "ImageType": ["ORIGINAL", "PRIMARY", "!LOCALIZER"],
                     "ImageOrientationPatient": "Axial",
                 },
             }
         ]
     }
 )
-"""Series selection: an axial ORIGINAL/PRIMARY CT series; with several, the one with the most
-instances (SDK all_matched + sort_by_sop_instance_count), so the choice is deterministic."""
+"""SDK selection rules: an axial ORIGINAL/PRIMARY CT series that is not a localizer. Among
+several matches :class:`~operators.ct_series_selector.CTSeriesSelectorOperator` takes the one
+with the most instances, then the lowest series number, so the choice is deterministic."""
 
 log = logging.getLogger("tags.app")
 
@@ -72,10 +77,10 @@ class TagsSegApp(Application):
     def compose(self) -> None:
         ctx: AppContext = Application.init_app_context(self.argv)
         opts = self.tags_options
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=Path(ctx.input_path), name="loader")
-        selector = DICOMSeriesSelectorOperator(
-            self, rules=CT_SELECTION_RULES, all_matched=True, sort_by_sop_instance_count=True, name="selector"
+        loader = StudyLoaderOperator(
+            self, CountCondition(self, 1), input_folder=Path(ctx.input_path), must_load=False, name="loader"
         )
+        selector = CTSeriesSelectorOperator(self, rules=CT_SELECTION_RULES, all_matched=True, name="selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="to_volume")
         preprocess = CTPreprocessOperator(self, started=self.started, name="preprocess")
         organs = OrganPromptOperator(
@@ -131,6 +136,10 @@ def run(argv: List[str]) -> Path:
     opts_ns, sdk_args = _option_parser().parse_known_args(argv)
     options = AppOptions(opts_ns.device, opts_ns.precision, opts_ns.organ_segments, not opts_ns.ignore_study_seg)
     input_path, output_path, model_path = _paths(sdk_args)
+    if not Path(input_path).is_dir():
+        raise CTInputError(f"input folder not found: {input_path}")
+    if not Path(model_path).exists():
+        raise ModelFolderError(f"model folder not found: {model_path}")
     output = Path(output_path)
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tags-partial-", dir=output))

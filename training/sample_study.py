@@ -81,11 +81,13 @@ def build_sample_studies(out: str | Path, overwrite: bool = False) -> Dict[str, 
 
 
 def add_organ_seg(study: str | Path, mask: np.ndarray, organ_code, *, label: str = "liver",
-                  seed: str = "tags-sample-organ-seg") -> Path:
+                  seed: str = "tags-sample-organ-seg", order: str = "position") -> Path:
     """Write an organ SEG over the study's single CT series.
 
     Args:
-        mask: (D, H, W) bool with slices in the order of increasing position along the slice normal.
+        mask: (D, H, W) bool, slices in ``order``: "position" (increasing along the slice
+            normal, as :func:`training.dicom_series.read_series` returns them) or "instance"
+            (InstanceNumber, as :func:`training.dicom_series.write_ct_series` writes them).
         organ_code: the organ's segmented property type (pydicom Code).
     """
     study = Path(study)
@@ -93,7 +95,10 @@ def add_organ_seg(study: str | Path, mask: np.ndarray, organ_code, *, label: str
     cts = [d for d in cts if d.Modality == "CT"]
     iop = np.array(cts[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    cts.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, dtype=float))))
+    if order == "instance":
+        cts.sort(key=lambda d: int(d.InstanceNumber))
+    else:
+        cts.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, dtype=float))))
     desc = hd.seg.SegmentDescription(
         segment_number=1, segment_label=label,
         segmented_property_category=codes.SCT.Organ, segmented_property_type=organ_code,

@@ -1,0 +1,125 @@
+"""CT series selection: the SDK selector with our rules, a deterministic choice and early checks.
+
+The SDK's DICOMSeriesSelectorOperator matches the rules; this subclass then
+- keeps only classic CT Image Storage series (an Enhanced CT multi-frame object or a secondary
+  capture is not a series of axial slices the SDK can stack),
+- picks one series deterministically: most instances, then lowest SeriesNumber, then UID,
+- checks what the SDK's series-to-volume step needs before it loads any pixels (geometry
+  attributes on every slice, one size, monochrome, complete pixel data, the voxel limit),
+and raises :class:`~tags.preprocessing.CTInputError` with one message naming the problem
+when no series qualifies. Messages list what was found by modality and count only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from typing import List
+
+from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
+from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from pydicom.uid import CTImageStorage
+
+from tags.preprocessing import CTInputError
+
+log = logging.getLogger(__name__)
+
+MAX_VOXELS = 512 * 512 * 1000
+"""Largest CT accepted: 262 M voxels (e.g. 512 x 512 x 1000 slices). A 512 x 512 x 300 series
+peaks well inside the 8 GiB app.yaml requests; the limit keeps the largest accepted series
+inside it too. Override with $TAGS_MAX_VOXELS."""
+
+REQUIRED = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+
+
+def max_voxels() -> int:
+    return int(os.environ.get("TAGS_MAX_VOXELS", MAX_VOXELS))
+
+
+def describe_found(studies) -> str:
+    """'2 series: MR (1 instance), CT secondary capture (3 instances)' without identifiers."""
+    items = []
+    for study in studies or []:
+        for series in study.get_all_series():
+            inst = series.get_sop_instances()
+            ds = inst[0].get_native_sop_instance() if inst else None
+            modality = str(ds.get("Modality", "?")) if ds is not None else "?"
+            sop = ds.get("SOPClassUID") if ds is not None else None
+            kind = getattr(sop, "name", str(sop)) if sop is not None else "?"
+            image_type = "/".join(ds.get("ImageType", [])) if ds is not None else ""
+            items.append(f"{modality} {kind}{f' {image_type}' if image_type else ''} ({len(inst)} instance(s))")
+    return f"{len(items)} series: " + "; ".join(items) if items else "no DICOM instances"
+
+
+def check_series(series) -> None:
+    """What series-to-volume needs, checked on the datasets before any pixel data is decoded."""
+    datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
+    for i, ds in enumerate(datasets):
+        missing = [k for k in REQUIRED if k not in ds or ds[k].value in (None, "")]
+        if missing:
+            raise CTInputError(f"CT {_which(ds)} of {len(datasets)} has no {', '.join(missing)}")
+    sizes = Counter((int(ds.Rows), int(ds.Columns)) for ds in datasets)
+    if len(sizes) > 1:
+        raise CTInputError(f"the CT series mixes image sizes {sorted(sizes)}")
+    if any(int(ds.get("SamplesPerPixel", 1)) != 1 for ds in datasets):
+        raise CTInputError("the CT series is not monochrome (SamplesPerPixel is not 1)")
+    rows, cols = next(iter(sizes))
+    voxels = rows * cols * len(datasets)
+    if voxels > max_voxels():
+        raise CTInputError(
+            f"the CT series has {voxels / 1e6:.0f} M voxels ({cols}x{rows}x{len(datasets)}); "
+            f"the limit is {max_voxels() / 1e6:.0f} M (TAGS_MAX_VOXELS)"
+        )
+    for i, ds in enumerate(datasets):
+        if not ds.file_meta.TransferSyntaxUID.is_compressed:
+            expected = rows * cols * int(ds.get("BitsAllocated", 16)) // 8
+            if "PixelData" not in ds or len(ds.PixelData) < expected:
+                raise CTInputError(f"CT {_which(ds)} of {len(datasets)} has incomplete pixel data (truncated file?)")
+
+
+class CTSeriesSelectorOperator(DICOMSeriesSelectorOperator):
+    """Selects the one CT series to process (ports as the SDK selector's).
+
+    Named input:
+        dicom_study_list: from DICOMDataLoaderOperator.
+
+    Named output:
+        study_selected_series_list: one study with exactly one selected series.
+    """
+
+    def filter(self, selection_rules, dicom_study_list, all_matched: bool = True, sort_by_sop_instance_count: bool = False):
+        selected = super().filter(selection_rules, dicom_study_list, True, False)
+        candidates = []
+        for study_sel in selected or []:
+            for s in study_sel.selected_series:
+                instances = s.series.get_sop_instances()
+                if all(str(i.get_native_sop_instance().get("SOPClassUID", "")) == CTImageStorage for i in instances):
+                    candidates.append((study_sel.study, s))
+        if not candidates:
+            raise CTInputError(
+                "no axial ORIGINAL/PRIMARY CT image series (CT Image Storage) in the input; found "
+                + describe_found(dicom_study_list)
+            )
+        candidates.sort(key=lambda c: (-len(c[1].series.get_sop_instances()), _series_number(c[1].series),
+                                       str(c[1].series.SeriesInstanceUID)))
+        study, chosen = candidates[0]
+        if len(candidates) > 1:
+            log.info("%d CT series match; taking the one with the most slices (lowest series number on a tie)",
+                     len(candidates))
+        check_series(chosen.series)
+        out = StudySelectedSeries(study)
+        out.add_selected_series(SelectedSeries(chosen.selection_name, chosen.series))
+        return [out]
+
+
+def _which(ds) -> str:
+    number = ds.get("InstanceNumber")
+    return f"instance number {number}" if number not in (None, "") else "instance"
+
+
+def _series_number(series) -> int:
+    try:
+        return int(series.get_sop_instances()[0].get_native_sop_instance().get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        return 0
