@@ -10,8 +10,8 @@ from typing import Dict
 
 from .config import Code, TargetSpec
 
-ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
-ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 NEOPLASM = Code("108369006", "SCT", "Neoplasm")
 
 ORGAN_CODES: Dict[str, Code] = {

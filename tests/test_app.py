@@ -27,7 +27,7 @@ from tags.preprocessing import prepare_ct
 from training.dicom_series import read_series
 from training.samples import read_nifti
 
-from helpers import app_model_folder, exact_regrid
+from helpers import app_model_folder, dicom_errors, exact_regrid
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -168,7 +168,7 @@ def test_study_organ_seg_is_used_when_present(studies, model, tmp_path):
     summary = json.loads((out / "tags_results.json").read_text())
     assert summary["organs"]["liver"]["organ_source"].startswith("SEG series #300")
     seg_path = next(out.glob("SEG_*.dcm"))
-    assert _errors(_tool("dciodvfy", "-new", str(seg_path))) == []
+    assert dicom_errors(seg_path, [f for f in study.glob("*.dcm") if not f.name.startswith("SEG_")]) == []
     seg = hd.seg.segread(seg_path)
     assert [seg.get_segment_description(n).segmented_property_type.value for n in seg.segment_numbers] == ["108369006", "10200004"]
     # the organ segment is the study's organ mask, written back voxel for voxel

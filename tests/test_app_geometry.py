@@ -25,7 +25,7 @@ from tags.geometry import affine_from_spacing
 from training.dicom_series import SeriesInfo, read_series, write_ct_series
 from training.sample_study import add_organ_seg
 
-from helpers import app_model_folder
+from helpers import app_model_folder, dicom_errors
 
 CENTRE = np.array([-20.0, 12.0, 105.0])  # LPS mm, off-centre in all three axes
 RADIUS = 13.3
@@ -81,7 +81,9 @@ def _write_and_run(array, affine, position, folder, out, model, seed):
     write_ct_series(array, affine, folder, SeriesInfo(uid_seed=seed, patient_position=position))
     add_organ_seg(folder, _sphere(array.shape, affine), codes.SCT.Liver, order="instance")
     run(["-i", str(folder), "-o", str(out), "-m", str(model), "--organ-segments"])
-    return next(out.glob("SEG_*.dcm"))
+    seg = next(out.glob("SEG_*.dcm"))
+    assert dicom_errors(seg, sorted(folder.glob("CT*.dcm"))) == []
+    return seg
 
 
 def _check_seg(seg_path, folder, on_base_grid: bool = True):

@@ -1,0 +1,111 @@
+"""End-to-end benchmark of the application: DICOM in -> SEG out, wall time, peak RSS, stages.
+
+    .venv/bin/python scripts/bench_app.py [--model build/demo/model] [--out build/bench] [--slices 200 300]
+
+Cases: the TotalSegmentator sample study (20 x 512 x 512, JPEG 2000), and 512 x 512 x N series
+built from real CT pixels (the TotalSegmentator source distribution's aorta_report CT,
+233 x 167 x 191 at 1.5 mm, resampled to 512 x 512 pixels of 0.684 mm and N slices over its
+287 mm, padded with air). Each case runs `python app` in its own process; peak RSS is that
+process's ru_maxrss (os.wait4). Writes OUT/bench_app.json and prints a table. Numbers, not
+assertions: nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def large_series(out: Path, slices: int) -> Path:
+    """A 512 x 512 x ``slices`` CT series from real CT pixels (cached in ``out``)."""
+    folder = out / f"ct-512x512x{slices}"
+    if (folder / f"CT{slices:04d}.dcm").is_file():
+        return folder
+    import SimpleITK as sitk
+
+    from training.dicom_series import SeriesInfo, write_ct_series
+    from training.registry_data import totalseg_sdist_dir
+
+    img = sitk.ReadImage(str(totalseg_sdist_dir() / "aorta_report" / "example_ct.nii.gz"))
+    size, spacing = np.array(img.GetSize()), np.array(img.GetSpacing())
+    fov = size * spacing
+    new_spacing = [max(fov[0], fov[1]) / 512, max(fov[0], fov[1]) / 512, fov[2] / slices]
+    origin = np.array(img.GetOrigin()) - np.array([0, (512 * new_spacing[1] - fov[1]) / 2, 0])
+    res = sitk.Resample(img, [512, 512, slices], sitk.Transform(), sitk.sitkLinear, origin.tolist(), new_spacing,
+                        img.GetDirection(), -1024.0, sitk.sitkFloat32)
+    vol = sitk.GetArrayFromImage(res)  # (z, y, x)
+    direction = np.array(res.GetDirection()).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = (direction * np.array(new_spacing))[:, [2, 1, 0]]
+    affine[:3, 3] = res.GetOrigin()
+    write_ct_series(vol, affine, folder, SeriesInfo(uid_seed=f"bench-{slices}", series_description=f"bench 512x512x{slices}"))
+    return folder
+
+
+def run_case(name: str, study: Path, model: Path, out: Path, extra: list) -> dict:
+    result = out / f"result-{name}"
+    subprocess.run(["rm", "-rf", str(result)], check=True)
+    log = out / f"app-{name}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(REPO / "app"), "-i", str(study), "-o", str(result), "-m", str(model),
+                                 *extra], stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{name}: the application failed, see {log}")
+    summary = json.loads((result / "tags_results.json").read_text())
+    return {
+        "case": name,
+        "series": summary["ct"]["series"],
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 0),
+        "stages_s": summary["timings_s"],
+        "tumors": {k: v["volume_ml"] for k, v in summary["tumors"].items()},
+        "organs": {k: (v["volume_ml"], v["organ_source"]) for k, v in summary["organs"].items()},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(REPO / "build" / "demo" / "model"))
+    p.add_argument("--out", default=str(REPO / "build" / "bench"))
+    p.add_argument("--slices", type=int, nargs="*", default=[200, 300])
+    p.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="passed to the application")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from training.sample_study import build_totalseg_study
+
+    cases = [("totalseg-20x512x512", out / "totalseg")]
+    if not (out / "totalseg").is_dir():
+        build_totalseg_study(out / "totalseg")
+    cases += [(f"ct-512x512x{n}", large_series(out, n)) for n in a.slices]
+    rows = [run_case(name, study, Path(a.model), out, a.app_args) for name, study in cases]
+    import psutil
+
+    report = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                          "python": platform.python_version()},
+              "model": a.model, "date": time.strftime("%Y-%m-%d"), "cases": rows}
+    (out / "bench_app.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'case':24} {'wall s':>7} {'peak RSS MB':>12}  stages (s)")
+    for r in rows:
+        stages = ", ".join(f"{k} {v}" for k, v in r["stages_s"].items())
+        print(f"{r['case']:24} {r['wall_s']:7.1f} {r['peak_rss_mb']:12.0f}  {stages}")
+    print(f"written: {out / 'bench_app.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
