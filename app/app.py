@@ -31,7 +31,7 @@ from tags.model_folder import ModelFolderError
 from tags.preprocessing import CTInputError
 
 from operators import (
-    CTPreprocessOperator, CTSeriesSelectorOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
+    CTPreprocessOperator, CTSeriesSelectorOperator, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
     TagsInferenceOperator,
 )
 
@@ -64,10 +64,11 @@ class AppOptions:
     precision: Optional[str] = None
     organ_segments: bool = False
     use_study_seg: bool = True
+    min_lesion_ml: float = 0.1
 
 
 class TagsSegApp(Application):
-    """CT study -> axial CT series -> organ prompts -> TAGS tumors -> DICOM SEG."""
+    """CT study -> axial CT series -> organ prompts -> TAGS tumors -> DICOM SEG -> lesion SR."""
 
     def __init__(self, *args, options: Optional[AppOptions] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -91,6 +92,7 @@ class TagsSegApp(Application):
             self, model_path=ctx.model_path, device=opts.device, precision=opts.precision, name="tumors"
         )
         writer = SegWriterOperator(self, output_folder=ctx.output_path, include_organs=opts.organ_segments, name="seg_writer")
+        report = LesionReportOperator(self, output_folder=ctx.output_path, min_lesion_ml=opts.min_lesion_ml, name="report")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
@@ -101,6 +103,7 @@ class TagsSegApp(Application):
         self.add_flow(preprocess, tumors, {("ct", "ct")})
         self.add_flow(organs, tumors, {("organs", "organs")})
         self.add_flow(tumors, writer, {("segmentation", "segmentation")})
+        self.add_flow(writer, report, {("segmentation", "segmentation"), ("seg", "seg")})
 
 
 # -- running it -------------------------------------------------------------------------------
@@ -113,6 +116,8 @@ def _option_parser() -> argparse.ArgumentParser:
     p.add_argument("--organ-segments", action="store_true", default=os.environ.get("TAGS_ORGAN_SEGMENTS", "") == "1",
                    help="also write the organ masks as segments ($TAGS_ORGAN_SEGMENTS=1)")
     p.add_argument("--ignore-study-seg", action="store_true", help="always use the model's organ pass")
+    p.add_argument("--min-lesion-ml", type=float, default=float(os.environ.get("TAGS_MIN_LESION_ML", "0.1")),
+                   help="smallest lesion reported in the SR, ml (default 0.1; $TAGS_MIN_LESION_ML)")
     return p
 
 
@@ -134,7 +139,8 @@ def run(argv: List[str]) -> Path:
     Returns the output folder. Raises on any failure, after removing the staging folder.
     """
     opts_ns, sdk_args = _option_parser().parse_known_args(argv)
-    options = AppOptions(opts_ns.device, opts_ns.precision, opts_ns.organ_segments, not opts_ns.ignore_study_seg)
+    options = AppOptions(opts_ns.device, opts_ns.precision, opts_ns.organ_segments, not opts_ns.ignore_study_seg,
+                         opts_ns.min_lesion_ml)
     input_path, output_path, model_path = _paths(sdk_args)
     if not Path(input_path).is_dir():
         raise CTInputError(f"input folder not found: {input_path}")

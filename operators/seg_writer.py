@@ -101,11 +101,11 @@ def build_seg(result: Segmentation, *, include_organs: bool = False) -> hd.seg.S
     return seg
 
 
-def write_seg(result: Segmentation, out_dir: str | Path, *, include_organs: bool = False) -> Path:
-    """Write the SEG into ``out_dir``; returns its path (named after its SOP Instance UID)."""
+def write_seg(result: Segmentation, out_dir: str | Path, *, include_organs: bool = False):
+    """Write the SEG into ``out_dir``; returns (path named after its SOP Instance UID, dataset)."""
     seg = build_seg(result, include_organs=include_organs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"SEG_{seg.SOPInstanceUID}.dcm"
     seg.save_as(path)
-    return path
+    return path, seg

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
 from .seg_writer import write_seg
 from .tags_inference_operator import Segmentation
@@ -40,6 +40,10 @@ class SegWriterOperator(Operator):
 
     Named input:
         segmentation: :class:`~operators.tags_inference_operator.Segmentation`.
+
+    Named outputs:
+        segmentation: the same object, passed on once the SEG is written.
+        seg: the SEG dataset as written (for the lesion report that references it).
     """
 
     def __init__(self, fragment: Fragment, *args, output_folder: str, include_organs: bool = False, **kwargs) -> None:
@@ -49,17 +53,23 @@ class SegWriterOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("segmentation")
+        spec.output("segmentation").condition(ConditionType.NONE)
+        spec.output("seg").condition(ConditionType.NONE)
 
     def compute(self, op_input, op_output, context) -> None:
-        self.write(op_input.receive("segmentation"))
+        result = op_input.receive("segmentation")
+        _, seg = self.write(result)
+        op_output.emit(result, "segmentation")
+        op_output.emit(seg, "seg")
 
-    def write(self, result: Segmentation) -> Path:
+    def write(self, result: Segmentation):
+        """Returns (path, SEG dataset)."""
         t0 = time.perf_counter()
-        path = write_seg(result, self.output_folder, include_organs=self.include_organs)
+        path, seg = write_seg(result, self.output_folder, include_organs=self.include_organs)
         result.ct.timings["write"] = time.perf_counter() - t0
         info = summary(result, path.name)
         (self.output_folder / RESULTS_JSON).write_text(json.dumps(info, indent=2) + "\n")
         log.info("SEG written: %s (%d tumor segment(s)%s)", path.name, len(result.tumors),
                  f", {len(result.organs)} organ segment(s)" if self.include_organs else "")
         log.info("stage timings (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in result.ct.timings.items()))
-        return path
+        return path, seg

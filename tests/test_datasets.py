@@ -35,7 +35,7 @@ def test_written_geometry_round_trips(samples):
     img, aff = read_nifti(samples["lits117"] / "imagesTr" / "lits117_0000.nii.gz")
     assert img.shape == (128, 128, 128)
     assert np.allclose(np.linalg.norm(aff[:3, :3], axis=0), 1.5)
-    # The estimated orientation (slices -> inferior, rows -> posterior, columns -> right) is written.
+    # The estimated orientation (slices -> left, rows -> posterior, columns -> superior) is written.
     from training.samples import lits117_affine
 
     assert np.allclose(aff, lits117_affine())
@@ -137,3 +137,23 @@ def test_augment_intensity_is_deterministic_and_bounded():
     a, b = augment_intensity(x, 5), augment_intensity(x, 5)
     assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
     assert any(not torch.equal(augment_intensity(x, s), x) for s in range(5))
+
+
+def test_lits117_orientation_matches_anatomy(lits117):
+    """In canonical orientation the spine runs along d (superior-inferior) and the liver lies on
+    the patient's right (low x = low w), as in every axial CT."""
+    from scipy import ndimage
+
+    from training.samples import lits117_affine
+
+    img, lab = lits117
+    canon, caff, _ = to_canonical(img, lits117_affine())
+    canon_lab, _, _ = to_canonical(lab, lits117_affine())
+    bone, n = ndimage.label(ndimage.binary_opening(canon > 400))  # the spine: largest dense bone
+    spine = bone == 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(bone), bone, range(1, n + 1))))
+    extent = [np.ptp(np.flatnonzero(spine.any(axis=tuple(a for a in range(3) if a != ax)))) * 1.5 for ax in range(3)]
+    assert extent[0] > 2 * max(extent[1:]), extent  # long along z (d), short in the axial plane
+    assert np.argwhere(spine)[:, 1].mean() > 96  # posterior (high h = +y)
+    liver_w = np.argwhere(canon_lab >= 1)[:, 2].mean()
+    spine_w = np.argwhere(spine)[:, 2].mean()
+    assert liver_w < spine_w  # liver towards the patient's right of the spine

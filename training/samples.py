@@ -38,14 +38,17 @@ TOTALSEG_LIVER = 5
 def lits117_affine(spacing: Sequence[float] = LITS117_SPACING) -> np.ndarray:
     """Affine (d, h, w) -> LPS of the LiTS-117 crop, estimated from anatomy.
 
-    Slices increase towards the colon (inferior), rows towards the kidney (posterior), columns
-    towards the liver (patient right): d -> -z, h -> +y, w -> -x.
+    Columns run along the spine (a row of vertebral bodies lies along w; the lung base is at
+    high w, the colon at low w): w -> superior. Rows run towards the vertebrae and kidney:
+    h -> posterior. Slices run from the liver towards the midline (the spine is at d ~ 85 of
+    128, the liver at lower d): d -> patient left. d -> +x, h -> +y, w -> +z. (An earlier
+    estimate had d and w swapped; tests/test_datasets.py now checks the spine's direction.)
     """
     a = np.zeros((4, 4))
     a[3, 3] = 1.0
-    a[2, 0] = -spacing[0]
+    a[0, 0] = spacing[0]
     a[1, 1] = spacing[1]
-    a[0, 2] = -spacing[2]
+    a[2, 2] = spacing[2]
     return a
 
 
@@ -119,7 +122,7 @@ def build_lits117(out: Path) -> Path:
                       "(LiTS volume 117, CC BY-NC-SA 4.0: do not redistribute)",
             "estimated_spacing_mm": list(LITS117_SPACING),
             "spacing_note": "the crop has no spacing; estimated from the liver volume, see training/samples.py",
-            "orientation_note": "estimated from anatomy: slices -> inferior, rows -> posterior, columns -> patient right",
+            "orientation_note": "estimated from anatomy: slices -> patient left, rows -> posterior, columns -> superior (along the spine)",
         },
     )
     return ds
