@@ -1,7 +1,8 @@
 """Lesion report: per-lesion measurements as a DICOM SR (TID 1500) and as JSON.
 
-One TID 1411 volumetric ROI group per lesion, referencing the SEG segment of its target and
-the SEG frames on the lesion's slices, with finding type (the target's code), finding site
+One TID 1411 volumetric ROI group per lesion, referencing the SEG segment of its target (the
+segment holds all lesions of the target; TID 1411 does not allow naming frames and a segment
+together, so the lesion's slices and centroid are in tags_lesions.json), with finding type (the target's code), finding site
 (the organ it lies in), algorithm, and measurements: volume (ml), long and short axis (mm,
 axial, RECIST-style), mean and maximum attenuation (HU). A target without lesions gets a TID
 1501 group "Lesion: Absent". The SR is a Comprehensive 3D SR in the CT's study, new series.
@@ -73,18 +74,6 @@ def _code(c) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=c.value, scheme_designator=c.scheme, meaning=c.meaning)
 
 
-def _frames_by_slice(seg) -> Dict[tuple, int]:
-    """{(segment number, CT SOP Instance UID): SEG frame number}."""
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    out = {}
-    for i, f in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        item = f if "SegmentIdentificationSequence" in f else shared
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        uid = str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-        out[(number, uid)] = i
-    return out
-
-
 def build_sr(result: Segmentation, seg, measured: List[TargetLesions]) -> hd.sr.Comprehensive3DSR:
     """The SR dataset; ``seg`` is the written SEG dataset the lesions refer to."""
     ct = result.ct
@@ -94,8 +83,6 @@ def build_sr(result: Segmentation, seg, measured: List[TargetLesions]) -> hd.sr.
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(), name="TAGS", manufacturer_name=MANUFACTURER, model_name="TAGS tumor segmentation"),
     )
-    frames = _frames_by_slice(seg)
-    canonical_index = _canonical_index(ct)
     targets = {t.target.name: t.target for t in result.tumors}
     organ_codes = {o.target.name: o.target.type for o in result.organs}
     groups = []
@@ -109,10 +96,6 @@ def build_sr(result: Segmentation, seg, measured: List[TargetLesions]) -> hd.sr.
             ))
             continue
         for les in tl.lesions:
-            lesion_frames = sorted(
-                n for (s, uid), n in frames.items()
-                if s == tl.segment_number and les.slices[0] <= canonical_index[uid] <= les.slices[1]
-            )
             sites = [hd.sr.FindingSite(anatomic_location=_code(organ_codes[les.organ]))] if les.organ in organ_codes else None
             measurements = [
                 hd.sr.Measurement(name=codes.SCT.Volume, value=round(les.volume_ml, 3), unit=ML),
@@ -127,7 +110,6 @@ def build_sr(result: Segmentation, seg, measured: List[TargetLesions]) -> hd.sr.
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{tl.name} lesion {les.number}"),
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=tl.segment_number,
-                    frame_numbers=lesion_frames or None,
                     source_series=hd.sr.SourceSeriesForSegmentation(ct.series_uid),
                 ),
                 finding_type=_code(target.type), finding_sites=sites, algorithm_id=algorithm, measurements=measurements,

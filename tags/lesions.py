@@ -3,8 +3,9 @@
 All inputs are canonical-orientation arrays (see :mod:`tags.geometry`), so the axial plane is
 ``(h, w)`` and slices run along ``d``. Lesions are 26-connected components. Diameters are
 measured edge to edge in the axial slice where the lesion is longest: the longest distance
-between two pixel centres (on the convex hull) plus the pixel's extent along that direction,
-and the lesion's width perpendicular to it measured the same way.
+between two pixel centres (on the convex hull) plus one pixel step along that direction, and
+the lesion's width perpendicular to it measured the same way (within a pixel of the true
+axes of smooth shapes, tested on ellipsoids).
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class Lesion:
 
 
 def _extent(direction: np.ndarray, pixel: Sequence[float]) -> float:
-    """Length of one pixel (rectangle ``pixel`` = (dy, dx)) along a unit direction (y, x)."""
-    return abs(direction[0]) * pixel[0] + abs(direction[1]) * pixel[1]
+    """One pixel step along a unit direction (y, x): added to a centre-to-centre distance it
+    gives the edge-to-edge length of a smooth shape to within a pixel in any direction."""
+    return float(np.hypot(direction[0] * pixel[0], direction[1] * pixel[1]))
 
 
 def axial_axes(slice_mask: np.ndarray, pixel: Sequence[float]) -> Tuple[float, float]:

@@ -87,3 +87,17 @@ def dicom_errors(seg_path, ct_files) -> list:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         out += [f"{Path(cmd[0]).name}: {ln}" for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
     return out
+
+
+def result_files(out) -> dict:
+    """The application's complete result set in ``out``, asserting nothing else is there."""
+    from pathlib import Path
+
+    names = sorted(p.name for p in Path(out).iterdir())
+    segs = [n for n in names if n.startswith("SEG_")]
+    srs = [n for n in names if n.startswith("SR_")]
+    rest = sorted(set(names) - set(segs) - set(srs))
+    assert len(segs) == 1 and len(srs) == 1 and rest == ["tags_lesions.json", "tags_preview.png", "tags_results.json"], names
+    out = Path(out)
+    return {"seg": out / segs[0], "sr": out / srs[0], "results": out / "tags_results.json",
+            "lesions": out / "tags_lesions.json", "preview": out / "tags_preview.png"}

@@ -27,7 +27,7 @@ from tags.preprocessing import prepare_ct
 from training.dicom_series import read_series
 from training.samples import read_nifti
 
-from helpers import app_model_folder, dicom_errors, exact_regrid
+from helpers import app_model_folder, dicom_errors, exact_regrid, result_files
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,13 +74,11 @@ def test_jpeg2000_series_decodes(studies):
 
 def test_app_writes_a_conformant_seg_in_the_same_study(studies, totalseg_run):
     out = totalseg_run
-    names = sorted(p.name for p in out.iterdir())
-    assert len(names) == 2 and names[0].startswith("SEG_") and names[1] == "tags_results.json", names  # no staging left
-    seg_path = out / names[0]
-    assert _errors(_tool("dciodvfy", "-new", str(seg_path))) == []
+    files = result_files(out)  # SEG, SR, JSON summaries, preview; no staging folder left
+    seg_path = files["seg"]
     ct_files = sorted(str(p) for p in studies["totalseg"].glob("*.dcm"))
-    proc = _tool("dcentvfy", str(seg_path), *ct_files)
-    assert proc.returncode == 0 and _errors(proc) == [], proc.stdout + proc.stderr
+    assert dicom_errors(seg_path, ct_files) == []
+    assert dicom_errors(files["sr"], [seg_path, *ct_files]) == []  # the SR with CT and SEG
 
     seg = pydicom.dcmread(seg_path)
     cts = [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_files]
@@ -99,6 +97,10 @@ def test_app_writes_a_conformant_seg_in_the_same_study(studies, totalseg_run):
     summary = json.loads((out / "tags_results.json").read_text())
     assert summary["organs"]["liver"]["organ_source"] == "model organ pass"
     assert summary["tumors"]["liver_tumor"]["status"] == "ok"
+    lesions = json.loads(files["lesions"].read_text())["targets"]["liver_tumor"]
+    assert lesions["lesion_count"] == len(lesions["lesions"]) and lesions["status"] == "ok"
+    sr = pydicom.dcmread(files["sr"])
+    assert sr.StudyInstanceUID == seg.StudyInstanceUID and sr.SeriesInstanceUID != seg.SeriesInstanceUID
 
 
 def test_seg_read_by_dcmqi_equals_the_predictor_mask(studies, model, totalseg_run, tmp_path):

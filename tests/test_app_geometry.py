@@ -82,7 +82,9 @@ def _write_and_run(array, affine, position, folder, out, model, seed):
     add_organ_seg(folder, _sphere(array.shape, affine), codes.SCT.Liver, order="instance")
     run(["-i", str(folder), "-o", str(out), "-m", str(model), "--organ-segments"])
     seg = next(out.glob("SEG_*.dcm"))
-    assert dicom_errors(seg, sorted(folder.glob("CT*.dcm"))) == []
+    cts = sorted(folder.glob("CT*.dcm"))
+    assert dicom_errors(seg, cts) == []
+    assert dicom_errors(next(out.glob("SR_*.dcm")), [seg, *cts]) == []
     return seg
 
 

@@ -21,7 +21,7 @@ from app import main
 from tags.geometry import affine_from_spacing
 from training.dicom_series import SeriesInfo, read_series, write_ct_series
 
-from helpers import app_model_folder, dicom_errors
+from helpers import app_model_folder, dicom_errors, result_files
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +64,10 @@ def _processed(input_dir, model, tmp_path, capsys, *extra: str) -> dict:
     out = tmp_path / "out"
     code, errors = _run(input_dir, model, out, capsys, *extra)
     assert code == 0 and errors == []
-    names = sorted(p.name for p in out.iterdir())
-    assert len(names) == 2 and names[0].startswith("SEG_") and names[1] == "tags_results.json", names
+    files = result_files(out)
     cts = [f for f in input_dir.iterdir() if f.suffix == ".dcm" and f.stat().st_size and not f.name.startswith("SEG_")]
-    assert dicom_errors(out / names[0], cts) == []
+    assert dicom_errors(files["seg"], cts) == []
+    assert dicom_errors(files["sr"], [files["seg"], *cts]) == []
     return json.loads((out / "tags_results.json").read_text())
 
 
@@ -279,3 +279,5 @@ def test_target_organ_absent_gives_a_valid_empty_result(study, model, tmp_path, 
     assert tumor["status"] == "organ_absent" and tumor["voxels"] == 0
     seg_path = next((tmp_path / "out").glob("SEG_*.dcm"))
     assert int(pydicom.dcmread(seg_path).pixel_array.sum()) == 0
+    lesions = json.loads((tmp_path / "out" / "tags_lesions.json").read_text())["targets"]["liver_tumor"]
+    assert lesions["status"] == "organ_absent" and lesions["lesion_count"] == 0

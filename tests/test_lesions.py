@@ -57,7 +57,7 @@ def test_minimum_size_and_empty():
     assert len(measure_lesions(mask, hu, affine)) == 2
     big = measure_lesions(mask, hu, affine, min_volume_ml=0.01)
     assert [les.voxels for les in big] == [256]
-    assert big[0].long_axis_mm == pytest.approx(8 * np.sqrt(2))  # 8 x 8 pixel square: its diagonal, edge to edge
+    assert abs(big[0].long_axis_mm - 8 * np.sqrt(2)) <= 1.0  # 8 x 8 pixel square: its diagonal, within a pixel
     assert measure_lesions(np.zeros_like(mask), hu, affine) == []
 
 
