@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# System packages the PACS tests need (Orthanc with its DICOMweb plugin, dcmtk), installed
+# from apt when missing. Needs root or sudo; without them the PACS test fails and says so.
+set -euo pipefail
+need=()
+command -v Orthanc >/dev/null || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v storescu >/dev/null || need+=(dcmtk)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "[setup] apt-get install ${need[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q >/dev/null || true
+$SUDO apt-get install -y -q "${need[@]}" >/dev/null
+# The Debian package starts a system Orthanc on 0.0.0.0; the tests run their own in a private
+# network namespace and do not need it.
+if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then
+    $SUDO systemctl stop orthanc || true
+fi
