@@ -1,0 +1,87 @@
+"""Produce the MAP build context offline, without Docker.
+
+    .venv/bin/python scripts/map_context.py --model build/demo/model --out build/map-context
+
+Runs holoscan-cli 4.2.0's packager (`monai-deploy package app -c app.yaml -m MODEL ...`,
+artifact sources from scripts/map/package-source.json, so nothing is downloaded) in-process,
+with its final `docker buildx build` (and image export) replaced by a copy of the prepared
+context. The
+packager writes the MAP manifests (map/app.json, map/pkg.json), copies app/, app.yaml and the
+model; it copies only the app folder, so this script adds the project's packages (src/) and
+replaces the generated Dockerfile with the repository's Dockerfile (kept as
+Dockerfile.holoscan-cli for reference). Build and run where Docker and a GPU exist:
+
+    docker build -t tags-seg-map:0.1.0 build/map-context
+    monai-deploy run tags-seg-map:0.1.0 -i DICOM_FOLDER -o OUTPUT_FOLDER
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from unittest import mock
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("pyproject.toml", "requirements.txt", "README.md", "tags", "operators", "training", "app")
+
+
+def build_context(model: Path, out: Path, tag: str = "tags-seg-map:0.1.0") -> Path:
+    from holoscan_cli.__main__ import main as holoscan_main
+    from holoscan_cli.packager import container_builder
+
+    model = Path(model).resolve()
+    if not (model / "metadata.json").is_file():
+        raise SystemExit(f"error: no model folder at {model}")
+    out = Path(out)
+    (out.parent / "map-image").mkdir(parents=True, exist_ok=True)
+    captured = {}
+
+    def fake_build(**kwargs):
+        captured.update(kwargs)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(kwargs["context_path"], out, symlinks=True)
+
+    class NoBuilder:
+        name = "none"
+
+    argv = ["monai-deploy", "package", str(REPO / "app"), "-c", str(REPO / "app.yaml"), "-m", str(model), "-t", tag,
+            "--platform", "x86_64", "--sdk", "monai-deploy", "--sdk-version", "4.0.0",
+            "--source", str(REPO / "scripts" / "map" / "package-source.json"), "--output", str(out.parent / "map-image")]
+    with mock.patch.object(container_builder, "build_docker_image", fake_build), \
+            mock.patch.object(container_builder, "create_and_get_builder", lambda name: NoBuilder()), \
+            mock.patch.object(container_builder, "docker_export_tarball", lambda file, tag: None), \
+            mock.patch.object(sys, "argv", argv):
+        try:
+            holoscan_main()
+        except SystemExit as e:
+            if e.code not in (0, None) or not captured:
+                raise
+    if not captured:
+        raise RuntimeError("holoscan-cli did not reach the image build step")
+    generated = out / "Dockerfile"
+    if generated.exists():
+        generated.rename(out / "Dockerfile.holoscan-cli")
+    shutil.copy(REPO / "Dockerfile", out / "Dockerfile")
+    src = out / "src"
+    src.mkdir(exist_ok=True)
+    for name in PROJECT_FILES:
+        path = REPO / name
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        (shutil.copytree(path, src / name, ignore=ignore) if path.is_dir() else shutil.copy(path, src / name))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(REPO / "build" / "demo" / "model"))
+    p.add_argument("--out", default=str(REPO / "build" / "map-context"))
+    a = p.parse_args(argv)
+    out = build_context(Path(a.model), Path(a.out))
+    print(f"MAP build context: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
