@@ -31,7 +31,7 @@ from helpers import app_model_folder, dicom_errors, exact_regrid, result_files
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DCMQI_DATA = REPO.parent / "shared" / "data" / "dcmqi"
+DCMQI_DATA = REPO / "tests" / "data" / "dcmqi"  # BSD-3 reference data from dcmqi, see its README
 SAMPLE_PATIENT = ("Sample^TotalSegmentator", "TAGS-SAMPLE-TS")
 
 
