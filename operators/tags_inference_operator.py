@@ -89,6 +89,7 @@ class TagsInferenceOperator(Operator):
 
     def start(self) -> None:
         self.predictor = shared_predictor(self.model_path, self.device, self.precision)
+        self.model_identity = self.predictor_metadata()  # read once, not per study
 
     def compute(self, op_input, op_output, context) -> None:
         ct = op_input.receive("ct")
@@ -117,7 +118,7 @@ class TagsInferenceOperator(Operator):
             for n, m in organs.masks.items() if n in {t.name for t in config.organ_targets}
         ]
         ct.timings["tumors"] = time.perf_counter() - t0
-        meta = self.predictor_metadata()
+        meta = self.model_identity
         return Segmentation(ct, tumors, organ_out, meta["name"], meta["version"])
 
     def predictor_metadata(self) -> Dict[str, str]:
