@@ -31,7 +31,7 @@ from tags.model_folder import ModelFolderError
 from tags.preprocessing import CTInputError
 
 from operators import (
-    CTPreprocessOperator, CTSeriesSelectorOperator, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
+    CTPreprocessOperator, InferenceSettings, CTSeriesSelectorOperator, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
     TagsInferenceOperator,
 )
 
@@ -60,8 +60,7 @@ log = logging.getLogger("tags.app")
 class AppOptions:
     """Options beyond the SDK's -i/-o/-m (command line or environment)."""
 
-    device: Optional[str] = None
-    precision: Optional[str] = None
+    inference: InferenceSettings = InferenceSettings()
     organ_segments: bool = False
     use_study_seg: bool = True
     min_lesion_ml: float = 0.1
@@ -85,11 +84,10 @@ class TagsSegApp(Application):
         to_volume = DICOMSeriesToVolumeOperator(self, name="to_volume")
         preprocess = CTPreprocessOperator(self, started=self.started, name="preprocess")
         organs = OrganPromptOperator(
-            self, model_path=ctx.model_path, device=opts.device, precision=opts.precision,
-            use_study_seg=opts.use_study_seg, name="organs",
+            self, model_path=ctx.model_path, settings=opts.inference, use_study_seg=opts.use_study_seg, name="organs",
         )
         tumors = TagsInferenceOperator(
-            self, model_path=ctx.model_path, device=opts.device, precision=opts.precision, name="tumors"
+            self, model_path=ctx.model_path, settings=opts.inference, name="tumors"
         )
         writer = SegWriterOperator(self, output_folder=ctx.output_path, include_organs=opts.organ_segments, name="seg_writer")
         report = LesionReportOperator(self, output_folder=ctx.output_path, min_lesion_ml=opts.min_lesion_ml, name="report")
@@ -112,7 +110,11 @@ class TagsSegApp(Application):
 def _option_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--device", default=os.environ.get("TAGS_DEVICE"), help="cpu, cuda, cuda:1 (default: $TAGS_DEVICE, else CUDA when available)")
-    p.add_argument("--precision", default=os.environ.get("TAGS_PRECISION"), choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default=os.environ.get("TAGS_PRECISION"), choices=["fp32", "bf16", "fp16"],
+                   help="default: bf16 on CUDA and on CPUs with native bf16, else fp32 ($TAGS_PRECISION)")
+    p.add_argument("--compile", action="store_true", default=os.environ.get("TAGS_COMPILE", "") == "1",
+                   help="compile the image encoder with torch.compile ($TAGS_COMPILE=1; CPU needs a C++ compiler; "
+                        "see docs/performance.md)")
     p.add_argument("--organ-segments", action="store_true", default=os.environ.get("TAGS_ORGAN_SEGMENTS", "") == "1",
                    help="also write the organ masks as segments ($TAGS_ORGAN_SEGMENTS=1)")
     p.add_argument("--ignore-study-seg", action="store_true", help="always use the model's organ pass")
@@ -139,8 +141,8 @@ def run(argv: List[str]) -> Path:
     Returns the output folder. Raises on any failure, after removing the staging folder.
     """
     opts_ns, sdk_args = _option_parser().parse_known_args(argv)
-    options = AppOptions(opts_ns.device, opts_ns.precision, opts_ns.organ_segments, not opts_ns.ignore_study_seg,
-                         opts_ns.min_lesion_ml)
+    options = AppOptions(InferenceSettings(opts_ns.device, opts_ns.precision, opts_ns.compile), opts_ns.organ_segments,
+                         not opts_ns.ignore_study_seg, opts_ns.min_lesion_ml)
     input_path, output_path, model_path = _paths(sdk_args)
     if not Path(input_path).is_dir():
         raise CTInputError(f"input folder not found: {input_path}")

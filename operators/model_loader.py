@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,22 +33,36 @@ def resolve_model_folder(path: str | os.PathLike) -> Path:
     raise ModelFolderError(f"several model folders in {path}: {[p.name for p in found]}; pass one")
 
 
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How the model runs: device (None: $TAGS_DEVICE, else CUDA when available, else CPU),
+    precision (None: $TAGS_PRECISION, else tags.predictor.default_precision) and whether the
+    image encoder is compiled with torch.compile."""
+
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    compile: bool = False
+
+
 @functools.lru_cache(maxsize=2)
-def _load(path: str, device: Optional[str], precision: Optional[str]) -> TagsPredictor:
-    return TagsPredictor.from_model_folder(path, device=device, precision=precision)
+def _load(path: str, settings: InferenceSettings) -> TagsPredictor:
+    return TagsPredictor.from_model_folder(
+        path, device=settings.device, precision=settings.precision, compile=settings.compile
+    )
 
 
-def shared_predictor(path: str | os.PathLike, device: Optional[str] = None, precision: Optional[str] = None) -> TagsPredictor:
+def shared_predictor(path: str | os.PathLike, settings: InferenceSettings = InferenceSettings()) -> TagsPredictor:
     """Load (once) and return the predictor for the model folder at ``path``."""
     folder = resolve_model_folder(path)
     first = _load.cache_info().currsize == 0
-    predictor = _load(str(folder.resolve()), device, precision)
+    predictor = _load(str(folder.resolve()), settings)
     if first:
-        how = "requested" if device or os.environ.get("TAGS_DEVICE") else "automatic: " + (
+        how = "requested" if settings.device or os.environ.get("TAGS_DEVICE") else "automatic: " + (
             "CUDA available" if predictor.device.type == "cuda" else "no CUDA device"
         )
         log.info(
-            "model %s loaded: targets %s; device %s (%s), precision %s",
+            "model %s loaded: targets %s; device %s (%s), precision %s%s",
             folder.name, [t.name for t in predictor.config.targets], predictor.device, how, predictor.precision,
+            ", image encoder compiled" if predictor.compiled else "",
         )
     return predictor

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from pydicom.sr.coding import Code
 
 from .ct_preprocess_operator import CTSeries
-from .model_loader import shared_predictor
+from .model_loader import InferenceSettings, shared_predictor
 from .organ_seg_reader import organs_from_segs, seg_datasets
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,11 @@ class OrganPromptOperator(Operator):
     """
 
     def __init__(
-        self, fragment: Fragment, *args, model_path: str, device: Optional[str] = None,
-        precision: Optional[str] = None, use_study_seg: bool = True, **kwargs,
+        self, fragment: Fragment, *args, model_path: str,
+        settings: InferenceSettings = InferenceSettings(), use_study_seg: bool = True, **kwargs,
     ) -> None:
         self.model_path = model_path
-        self.device = device
-        self.precision = precision
+        self.settings = settings
         self.use_study_seg = use_study_seg
         self.predictor = None
         super().__init__(fragment, *args, **kwargs)
@@ -64,7 +63,7 @@ class OrganPromptOperator(Operator):
         spec.output("organs")
 
     def start(self) -> None:
-        self.predictor = shared_predictor(self.model_path, self.device, self.precision)
+        self.predictor = shared_predictor(self.model_path, self.settings)
 
     def compute(self, op_input, op_output, context) -> None:
         ct: CTSeries = op_input.receive("ct")

@@ -1,8 +1,8 @@
 """TAGS inference operator: every tumor target of the model folder, inside its organ.
 
-The predictor is loaded once when the operator starts (shared with the organ operator). Device:
-``device`` argument, else $TAGS_DEVICE, else CUDA when available, else CPU; precision:
-``precision``, else $TAGS_PRECISION, else bf16 on CUDA and fp32 on CPU.
+The predictor is loaded once when the operator starts (shared with the organ operator), as the
+:class:`InferenceSettings` say: device ($TAGS_DEVICE, else CUDA when available, else CPU),
+precision ($TAGS_PRECISION, else bf16 on CUDA and on CPUs with native bf16, else fp32), compile.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
@@ -18,7 +18,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from tags.config import TargetSpec
 
 from .ct_preprocess_operator import CTSeries
-from .model_loader import shared_predictor
+from .model_loader import InferenceSettings, shared_predictor
 from .organ_prompt_operator import OrganMasks
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,11 @@ class TagsInferenceOperator(Operator):
     """
 
     def __init__(
-        self, fragment: Fragment, *args, model_path: str, device: Optional[str] = None,
-        precision: Optional[str] = None, threshold: float = 0.5, **kwargs,
+        self, fragment: Fragment, *args, model_path: str,
+        settings: InferenceSettings = InferenceSettings(), threshold: float = 0.5, **kwargs,
     ) -> None:
         self.model_path = model_path
-        self.device = device
-        self.precision = precision
+        self.settings = settings
         self.threshold = threshold
         self.predictor = None
         super().__init__(fragment, *args, **kwargs)
@@ -88,7 +87,7 @@ class TagsInferenceOperator(Operator):
         spec.output("segmentation")
 
     def start(self) -> None:
-        self.predictor = shared_predictor(self.model_path, self.device, self.precision)
+        self.predictor = shared_predictor(self.model_path, self.settings)
         self.model_identity = self.predictor_metadata()  # read once, not per study
 
     def compute(self, op_input, op_output, context) -> None:

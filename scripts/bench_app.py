@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(REPO / "build" / "demo" / "model"))
     p.add_argument("--out", default=str(REPO / "build" / "bench"))
     p.add_argument("--slices", type=int, nargs="*", default=[200, 300])
+    p.add_argument("--tag", default="", help="name of this configuration: writes OUT/bench_app-TAG.json")
     p.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="passed to the application")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -97,13 +98,16 @@ def main(argv=None) -> int:
 
     report = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
                           "python": platform.python_version()},
-              "model": a.model, "date": time.strftime("%Y-%m-%d"), "cases": rows}
-    (out / "bench_app.json").write_text(json.dumps(report, indent=2) + "\n")
+              "model": a.model, "date": time.strftime("%Y-%m-%d"), "app_args": a.app_args,
+              "env": {k: v for k, v in os.environ.items() if k.startswith(("TAGS_", "TORCHINDUCTOR_"))},
+              "cases": rows}
+    path = out / (f"bench_app-{a.tag}.json" if a.tag else "bench_app.json")
+    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'case':24} {'wall s':>7} {'peak RSS MB':>12}  stages (s)")
     for r in rows:
         stages = ", ".join(f"{k} {v}" for k, v in r["stages_s"].items())
         print(f"{r['case']:24} {r['wall_s']:7.1f} {r['peak_rss_mb']:12.0f}  {stages}")
-    print(f"written: {out / 'bench_app.json'}")
+    print(f"written: {path}")
     return 0
 
 

@@ -1,9 +1,19 @@
-"""Benchmark of one TAGS forward on a model window, against this machine's matmul peak.
+"""Model benchmark: one TAGS window forward against this machine's matmul peak, and TAGS beside
+a 3DSAM-adapter-style network on the same region of interest.
 
-    python -m tags.bench [--roi 64 128 128] [--slab 4] [--threads N] [--json out.json]
+    python -m tags.bench [--model FOLDER] [--compile] [--peer-roi 128] [--json out.json]
 
-Prints forward seconds in fp32 and bf16, GFLOP (torch.utils.flop_counter), achieved GFLOP/s,
-the matmul GFLOP/s measured in the same run, and peak RSS. Numbers, not assertions.
+Prints and (with --json) writes:
+  * the sustained matmul GFLOP/s of this machine in fp32 and bf16, measured in the same run;
+  * one forward of a TAGS model window (the model folder's roi_size): GFLOP counted by
+    torch.utils.flop_counter, seconds, achieved GFLOP/s and the fraction of the matmul peak of
+    the dtype it ran in (fp32, bf16 autocast; eager and, with --compile, torch.compile);
+  * the same region of interest (a cube of --peer-roi voxels at 1 mm) through
+    TagsPredictor.predict (resampling to the model grid, anatomy prompts, sliding windows) and
+    through :class:`tags.peer_3dsam.SAM3DAdapterStyle` (forward only, random weights): seconds,
+    GFLOP, peak memory, and the speed-up.
+Peak memory per step is the process's VmHWM after resetting it (Linux /proc/self/clear_refs).
+Numbers, not assertions: nothing here passes or fails.
 """
 
 from __future__ import annotations
@@ -11,27 +21,50 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
+import platform
 import time
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import AdapterConfig, ModelConfig
-from .network import build_tags
+from .config import ModelConfig
+from .network import TagsNet, build_tags
 from .prompts import derive_prompts
+from .targets import organ_target, tumor_target
+
+DEMO_LIKE = dict(encoder_size=128, roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
+"""Configuration benchmarked without --model: the demo model's shape (random adapters)."""
+
+
+# -- measuring ----------------------------------------------------------------------------------
+def reset_peak_rss() -> None:
+    """Reset the process's peak resident memory (Linux); silently a no-op elsewhere."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory since the last reset, MB (VmHWM)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Sustained GFLOP/s of an n x n matmul in ``dtype`` (best of a few runs)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+
+
+def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10) -> float:
+    """Sustained GFLOP/s of an n x n matmul in ``dtype`` ("fp32" or "bf16"), best of 3."""
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
     for _ in range(2):
         a @ b
     best = float("inf")
@@ -43,87 +76,165 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float
     return 2 * n**3 * repeats / best / 1e9
 
 
-def _inputs(config: ModelConfig, roi):
+def count_gflop(fn: Callable[[], object]) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops() / 1e9
+
+
+def best_seconds(fn: Callable[[], object], dtype: str, repeats: int, warmup: int = 1) -> Dict[str, float]:
+    """Best of ``repeats`` timed calls after ``warmup`` calls; first-call seconds and peak MB too."""
+    reset_peak_rss()
+    first = None
+    with torch.no_grad(), autocast(dtype):
+        for _ in range(warmup):
+            t = time.perf_counter()
+            fn()
+            first = first if first is not None else time.perf_counter() - t
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return {"seconds": min(times), "first_call_seconds": first, "peak_rss_mb": round(peak_rss_mb())}
+
+
+# -- the two models ------------------------------------------------------------------------------
+def bench_config(model: Optional[str]) -> ModelConfig:
+    if model:
+        from .model_folder import load_model_folder
+
+        return load_model_folder(model).config
+    return ModelConfig(**DEMO_LIKE, targets=(organ_target("liver", 1), tumor_target("liver", 2)))
+
+
+def build_predictor(model: Optional[str], precision: str, compile: bool):
+    """A TagsPredictor on the CPU: the model folder, or the demo-like configuration with the
+    pretrained LiteMedSAM base and random adapters/fusion/head."""
+    from .predictor import TagsPredictor
+
+    if model:
+        return TagsPredictor.from_model_folder(model, device="cpu", precision=precision, compile=compile)
+    config = bench_config(None)
+    torch.manual_seed(0)
+    net = build_tags(config)
+    text = {t.name: torch.randn(config.text_dim) for t in config.targets}
+    return TagsPredictor(net, text, device="cpu", precision=precision, compile=compile)
+
+
+def window_inputs(net: TagsNet, roi) -> tuple:
+    """One model window: image in [0, 1], text, anatomy prompts from an ellipsoid organ, organ."""
+    config = net.config
     d, h, w = roi
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 1, d, h, w, generator=g)
-    organ = np.zeros(roi, bool)
-    organ[d // 8 : -d // 8, h // 4 : -h // 4, w // 5 : -w // 4] = True
-    prompts = derive_prompts(organ, config.preprocessing.spacing, img_size=256, mask_size=256, config=config.prompts)
+    zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in roi), indexing="ij")
+    organ = (zz**2 / 0.8 + yy**2 / 0.5 + xx**2 / 0.6) <= 1.0
+    prompts = derive_prompts(organ, config.preprocessing.spacing, img_size=net.img_size,
+                             mask_size=net.prompt_encoder.mask_input_size[0], config=config.prompts)
     text = torch.randn(1, config.text_dim, generator=g)
     return image, text, prompts, torch.from_numpy(organ)[None, None].float()
 
 
-def run(roi=(64, 128, 128), slab: int = 4, repeats: int = 2, dtypes: Optional[List[str]] = None) -> Dict:
-    config = ModelConfig(adapter=AdapterConfig(slab_size=slab), roi_size=tuple(roi))
-    net = build_tags(config).eval()
-    inputs = _inputs(config, roi)
+# -- the benchmark -------------------------------------------------------------------------------
+def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 128, peer: bool = True,
+        repeats: int = 2, dtypes: Optional[List[str]] = None) -> Dict:
+    dtypes = dtypes or ["fp32", "bf16"]
     out: Dict = {
-        "roi": list(roi),
-        "slab_size": slab,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "matmul_gflops": {},
-        "forward": {},
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+        "model": model or "demo-like configuration, random adapters (" + json.dumps(DEMO_LIKE) + ")",
+        "matmul_gflops": {dt: round(matmul_gflops(dt), 1) for dt in dtypes},
+        "window": {},
+        "same_roi": {},
     }
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        net(*inputs)
-    gflop = fc.get_total_flops() / 1e9
-    out["gflop"] = gflop
-    for name in dtypes or ["fp32", "bf16"]:
-        dtype = torch.float32 if name == "fp32" else torch.bfloat16
-        out["matmul_gflops"][name] = matmul_gflops(dtype)
-        ctx = contextlib.nullcontext() if name == "fp32" else torch.autocast("cpu", dtype=torch.bfloat16)
-        times = []
-        with torch.no_grad(), ctx:
-            net(*inputs)  # warm-up
-            for _ in range(repeats):
-                t = time.perf_counter()
-                net(*inputs)
-                times.append(time.perf_counter() - t)
-        sec = min(times)
-        out["forward"][name] = {
-            "seconds": sec,
-            "gflops_achieved": gflop / sec,
-            "fraction_of_matmul_peak": gflop / sec / out["matmul_gflops"][name],
+    # One model window.
+    variants = [(dt, False) for dt in dtypes] + ([(dt, True) for dt in dtypes] if compile else [])
+    for dt, comp in variants:
+        pred = build_predictor(model, dt, comp)
+        roi = tuple(pred.config.roi_size)
+        inputs = window_inputs(pred.net, roi)
+        gflop = count_gflop(lambda: pred.net(*inputs)) if "gflop" not in out["window"] else out["window"]["gflop"]
+        out["window"].update(roi=list(roi), gflop=round(gflop, 1))
+        r = best_seconds(lambda: pred.net(*inputs), dt, repeats)
+        r["gflops_achieved"] = round(gflop / r["seconds"], 1)
+        r["fraction_of_matmul_peak"] = round(gflop / r["seconds"] / out["matmul_gflops"][dt], 3)
+        out["window"][dt + ("-compiled" if comp else "")] = r
+    # The same region of interest: a peer_roi^3 cube at 1 mm.
+    g = torch.Generator().manual_seed(0)
+    cube = (torch.rand(peer_roi, peer_roi, peer_roi, generator=g) * 400 - 160).numpy()
+    affine = np.eye(4)
+    organ = np.ones(cube.shape, bool)
+    out["same_roi"] = {"roi_voxels": [peer_roi] * 3, "spacing_mm": 1.0, "tags": {}, "peer_3dsam_adapter_style": {}}
+    for dt, comp in variants:
+        pred = build_predictor(model, dt, comp)
+        tumor = pred.config.tumor_targets[0]
+        run_tags = lambda: pred.predict(cube, affine, {tumor.organ: organ}, [tumor.name])  # noqa: E731
+        out["same_roi"]["tags"][dt + ("-compiled" if comp else "")] = best_seconds(run_tags, dt, repeats)
+    if peer:
+        from .peer_3dsam import SAM3DAdapterStyle
+
+        torch.manual_seed(0)
+        net = SAM3DAdapterStyle(roi=peer_roi).eval()
+        x = torch.rand(1, 1, peer_roi, peer_roi, peer_roi, generator=g)
+        with autocast("bf16"):
+            gflop = count_gflop(lambda: net(x))
+        res = out["same_roi"]["peer_3dsam_adapter_style"]
+        res["gflop"] = round(gflop, 1)
+        res["parameters_m"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 1)
+        for dt in dtypes:
+            res[dt] = best_seconds(lambda: net(x), dt, repeats=1, warmup=0)
+            res[dt]["gflops_achieved"] = round(gflop / res[dt]["seconds"], 1)
+        out["same_roi"]["speedup"] = {
+            k: round(res[k.split("-")[0]]["seconds"] / v["seconds"], 1) for k, v in out["same_roi"]["tags"].items()
         }
-    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
 def format_report(r: Dict) -> str:
+    w = r["window"]
     lines = [
-        f"TAGS forward, ROI {r['roi'][0]}x{r['roi'][1]}x{r['roi'][2]} (D x H x W), slab {r['slab_size']}, "
-        f"{r['threads']} threads, torch {r['torch']}",
-        f"  GFLOP per forward: {r['gflop']:.1f}",
+        f"machine: {r['machine']['cpu']}, {r['machine']['threads']} threads, torch {r['machine']['torch']}",
+        "matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_gflops"].items()),
+        f"TAGS window {'x'.join(map(str, w['roi']))} (D x H x W): {w['gflop']:.1f} GFLOP per forward",
     ]
-    for name, f in r["forward"].items():
-        lines.append(
-            f"  {name}: {f['seconds']:.2f} s, {f['gflops_achieved']:.1f} GFLOP/s achieved, "
-            f"matmul peak {r['matmul_gflops'][name]:.1f} GFLOP/s "
-            f"({100 * f['fraction_of_matmul_peak']:.0f}% of peak)"
-        )
-    lines.append(f"  peak RSS: {r['peak_rss_mb']:.0f} MB")
+    for k, v in w.items():
+        if isinstance(v, dict):
+            lines.append(f"  {k:14s} {v['seconds']:6.2f} s  {v['gflops_achieved']:7.1f} GFLOP/s  "
+                         f"{100 * v['fraction_of_matmul_peak']:4.0f}% of the {k.split('-')[0]} matmul peak  "
+                         f"(first call {v['first_call_seconds']:.1f} s, peak {v['peak_rss_mb']} MB)")
+    s = r["same_roi"]
+    lines.append(f"same ROI, {s['roi_voxels'][0]}^3 voxels at 1 mm:")
+    for k, v in s["tags"].items():
+        lines.append(f"  TAGS predict {k:14s} {v['seconds']:7.2f} s  peak {v['peak_rss_mb']} MB")
+    p = s.get("peer_3dsam_adapter_style") or {}
+    for k in ("fp32", "bf16"):
+        if k in p:
+            lines.append(f"  3DSAM-adapter-style {k:7s} {p[k]['seconds']:7.2f} s  peak {p[k]['peak_rss_mb']} MB  "
+                         f"({p['gflop']:.0f} GFLOP, {p[k]['gflops_achieved']:.0f} GFLOP/s)")
+    if "speedup" in s:
+        lines.append("  TAGS speed-up: " + ", ".join(f"{k} {v}x" for k, v in s["speedup"].items()))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--roi", type=int, nargs=3, default=[64, 128, 128], metavar=("D", "H", "W"),
-                   help="model window in voxels (default 64 128 128)")
-    p.add_argument("--slab", type=int, default=4, help="slices per encoder slab (default 4)")
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats per dtype, best is reported")
+    p.add_argument("--model", default=None, help="model folder (default: the demo-like configuration)")
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd image encoder")
+    p.add_argument("--peer-roi", type=int, default=128, help="side of the cube compared with the peer (default 128)")
+    p.add_argument("--no-peer", action="store_true", help="skip the 3DSAM-adapter-style forward")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats for TAGS, best is reported")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--dtype", action="append", choices=["fp32", "bf16"], help="dtypes to run (default both)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    r = run(tuple(a.roi), a.slab, a.repeats, a.dtype)
+    r = run(a.model, compile=a.compile, peer_roi=a.peer_roi, peer=not a.no_peer, repeats=a.repeats, dtypes=a.dtype)
     print(format_report(r))
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(r, fh, indent=2)
+        Path(a.json).write_text(json.dumps(r, indent=2) + "\n")
+        print(f"written: {a.json}")
     return 0
 
 

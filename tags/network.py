@@ -117,21 +117,30 @@ class TagsNet(nn.Module):
             pe.not_a_point_embed.weight[0],
         )
 
-        image_pe = pe.get_dense_pe()
-        masks = []
-        for i in range(n):  # SAM's decoder takes one image per call
-            m, _ = self.mask_decoder.predict_masks(
-                image_embeddings=emb[i : i + 1],
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse[i : i + 1],
-                dense_prompt_embeddings=dense[i : i + 1],
-            )
-            masks.append(m[:, :1])
-        logits = torch.cat(masks).reshape(b, d, *masks[0].shape[-2:])
+        logits = self.decode_slices(emb, sparse, dense)  # (N, 1, 4e, 4e)
+        logits = logits.reshape(b, d, *logits.shape[-2:])
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, None]
         if organ is None:
             organ = torch.zeros_like(image)
         return self.head(logits, image, organ.to(image.dtype))
+
+
+    def decode_slices(self, emb: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """SAM's mask decoder on N slices, one prompt set each, in one call.
+
+        emb, dense: (N, C, e, e); sparse: (N, T, C). Returns the first mask's logits (N, 1, 4e, 4e).
+        ``MaskDecoder.predict_masks`` pairs one image with a batch of prompts (it repeats the image
+        embedding per prompt and adds the dense prompt embedding). Passing a zero image embedding
+        and each slice's embedding inside its dense embedding forms the same sum, so every slice
+        decodes with its own embedding without calling the decoder once per slice.
+        """
+        masks, _ = self.mask_decoder.predict_masks(
+            image_embeddings=emb.new_zeros(1, *emb.shape[1:]),
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=emb + dense,
+        )
+        return masks[:, :1]
 
 
 def build_tags(config: ModelConfig, **backbone_kwargs) -> TagsNet:

@@ -132,3 +132,81 @@ def test_litemedsam_at_a_reduced_input_size():
     assert out.shape == (1, 1, 8, 64, 64) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="multiple of 32"):
         build_backbone("litemedsam", img_size=100)
+
+
+def test_slices_decode_in_one_call_as_one_at_a_time():
+    """TagsNet.decode_slices (one decoder call for all slices) equals SAM's decoder called once
+    per slice with that slice's embedding, on the real LiteMedSAM decoder weights."""
+    net = build_tags(ModelConfig(encoder_size=128)).eval()
+    g = torch.Generator().manual_seed(0)
+    n = 5
+    emb = torch.randn(n, 256, 32, 32, generator=g)
+    dense = torch.randn(n, 256, 32, 32, generator=g) * 0.1
+    sparse = torch.randn(n, 6, 256, generator=g)
+    with torch.no_grad():
+        batched = net.decode_slices(emb, sparse, dense)
+        one_by_one = torch.cat([
+            net.mask_decoder.predict_masks(
+                image_embeddings=emb[i : i + 1],
+                image_pe=net.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse[i : i + 1],
+                dense_prompt_embeddings=dense[i : i + 1],
+            )[0][:, :1]
+            for i in range(n)
+        ])
+    assert batched.shape == (n, 1, 128, 128)
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-4)
+    # Slices do not leak into each other: changing one slice's input changes only its output.
+    emb2 = emb.clone()
+    emb2[2] += 1.0
+    with torch.no_grad():
+        other = net.decode_slices(emb2, sparse, dense)
+    assert not torch.allclose(other[2], batched[2])
+    torch.testing.assert_close(other[[0, 1, 3, 4]], batched[[0, 1, 3, 4]], rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_folding_keeps_the_pretrained_features(lits117):
+    """fuse_conv_bn (what TagsPredictor does at load) on the real LiteMedSAM encoder: every
+    Conv2d_BN folded, features on real CT slices equal to float32 rounding."""
+    from tags.backbones import fuse_conv_bn
+
+    net = build_tags(ModelConfig(encoder_size=128)).eval()
+    x = torch.nn.functional.interpolate(_ct_slices(lits117, 2), size=(128, 128), mode="bilinear").expand(-1, 3, -1, -1)
+    encoder = net.image_encoder.encoder
+    with torch.no_grad():
+        before = encoder(x)
+        folded = fuse_conv_bn(encoder)
+        after = encoder(x)
+    assert folded > 20
+    assert not any(type(m).__name__ == "Conv2d_BN" for m in encoder.modules())
+    torch.testing.assert_close(after, before, rtol=0, atol=FEATURE_ATOL)
+    with pytest.raises(RuntimeError, match="eval"):
+        fuse_conv_bn(build_tags(ModelConfig(encoder_size=128), pretrained=False).image_encoder.encoder.train())
+
+
+def test_compiled_predictor_equals_eager(lits117):
+    """TagsPredictor(compile=True) runs the image encoder through torch.compile (inductor, C++ on
+    CPU): the same window logits as eager on a real CT window, within float tolerance."""
+    from tags.predictor import TagsPredictor
+    from tags.targets import organ_target
+
+    cfg = ModelConfig(encoder_size=128, roi_size=(8, 64, 64), organ_roi_size=(8, 64, 64),
+                      targets=(organ_target("liver", 1),))
+
+    def make_net():
+        torch.manual_seed(0)
+        net = build_tags(cfg)
+        for p in net.parameters():  # adapters, fusion, head: non-trivial, not zero-initialised
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.02)
+        return net
+
+    text = {"liver": torch.randn(cfg.text_dim, generator=torch.Generator().manual_seed(1))}
+    window = torch.from_numpy(normalize_hu(lits117[0][40:48, 100:164, 100:164], (-160, 240)))[None, None]
+    logits = {}
+    for compiled in (False, True):
+        pred = TagsPredictor(make_net(), text, device="cpu", precision="fp32", compile=compiled)
+        with torch.no_grad():
+            logits[compiled] = pred._window_logits(window, cfg.target("liver"), False, (1.5, 1.5, 1.5))
+    assert logits[False].std() > 0.1  # a non-constant output to compare
+    torch.testing.assert_close(logits[True], logits[False], rtol=1e-3, atol=1e-3)

@@ -64,7 +64,8 @@ def _evaluate(a: argparse.Namespace) -> int:
     from .baseline import BaselinePredictor
     from .evaluate import evaluate, write_report
 
-    predictors = {"tags": TagsPredictor.from_model_folder(a.model, progress=False)}
+    predictors = {"tags": TagsPredictor.from_model_folder(a.model, progress=False, device=a.device,
+                                                          precision=a.precision)}
     if a.baseline:
         predictors["baseline"] = BaselinePredictor.from_folder(a.baseline)
     report = evaluate(predictors, a.dataset, split=a.split, z_from=a.z_from, organ_source=a.organ_source,
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--organ-source", choices=["label", "model"], default="label",
                    help="organ mask for tumor prompts: ground-truth label (oracle, default) or the model's organ pass")
     v.add_argument("--nsd-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    v.add_argument("--device", default=None, help="torch device (default: $TAGS_DEVICE, else CUDA if present, else CPU)")
+    v.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="TAGS inference precision (default: the predictor's choice for the device)")
     v.set_defaults(func=_evaluate)
 
     m = sub.add_parser("demo", help="build the demo model from registry data (samples, train, baseline, eval, export)",

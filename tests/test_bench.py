@@ -1,0 +1,31 @@
+"""The model benchmark runs end to end at a small size and reports what docs/performance.md
+tabulates (numbers only: nothing about speed is asserted)."""
+
+from __future__ import annotations
+
+import torch
+
+from tags import bench
+from tags.peer_3dsam import SAM3DAdapterStyle
+
+
+def test_peer_network_shapes_and_size():
+    net = SAM3DAdapterStyle(roi=32).eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 32, 32, 32))
+    assert out.shape == (1, 2, 32, 32, 32) and torch.isfinite(out).all()
+    # ViT-B encoder + adapters + necks: the published design has about 114 M parameters in use
+    # (with its prompt branch, which is left out here).
+    assert 95e6 < sum(p.numel() for p in net.parameters()) < 115e6
+
+
+def test_bench_report_has_every_number(tmp_path):
+    r = bench.run(None, peer_roi=32, repeats=1, dtypes=["fp32"])
+    assert r["matmul_gflops"]["fp32"] > 0
+    w = r["window"]["fp32"]
+    assert r["window"]["gflop"] > 100 and w["seconds"] > 0 and 0 < w["fraction_of_matmul_peak"]
+    assert r["same_roi"]["tags"]["fp32"]["seconds"] > 0
+    peer = r["same_roi"]["peer_3dsam_adapter_style"]
+    assert peer["gflop"] > 50 and peer["fp32"]["seconds"] > 0
+    assert r["same_roi"]["speedup"]["fp32"] > 0
+    assert "GFLOP per forward" in bench.format_report(r)
