@@ -92,7 +92,13 @@ def main(argv=None) -> int:
     cases = [("totalseg-20x512x512", out / "totalseg")]
     if not (out / "totalseg").is_dir():
         build_totalseg_study(out / "totalseg")
-    cases += [(f"ct-512x512x{n}", large_series(out, n)) for n in a.slices]
+    # Series are built in a child process: a forked application process would otherwise start
+    # with this process's pages, and its peak RSS (ru_maxrss survives exec) would include them.
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        cases += [(f"ct-512x512x{n}", pool.submit(large_series, out, n).result()) for n in a.slices]
     rows = [run_case(name, study, Path(a.model), out, a.app_args) for name, study in cases]
     import psutil
 

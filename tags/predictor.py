@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ class TagsPredictor:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         self.net = net.to(self.device).eval()
-        fuse_conv_bn(self.net.image_encoder.encoder)  # inference only: BatchNorm folded into convs
+        fuse_conv_bn(self.net)  # inference only: frozen BatchNorm folded into the convolutions
         self.config: ModelConfig = net.config
         self.text = {k: v.to(self.device) for k, v in text_embeddings.items()}
         self.overlap = overlap
@@ -162,7 +162,8 @@ class TagsPredictor:
             region: a box (three slices) of the canonical grid to search, e.g. the body box of
                 :func:`tags.preprocessing.prepare_ct`; default the whole volume.
 
-        The mask of each organ keeps its largest connected component.
+        The mask of each organ keeps its largest connected component (found on the coarse
+        model grid, before the probabilities are resampled to the CT grid).
         """
         names = list(organs) if organs is not None else [t.name for t in self.config.organ_targets]
         canon, canon_affine, reo = to_canonical(np.asarray(volume_hu), affine)
@@ -176,8 +177,8 @@ class TagsPredictor:
             prob = self._run_roi(
                 canon, None, box, spacing, target,
                 self.config.preprocessing.organ_spacing, self.config.organ_roi_size,
+                on_grid=_keep_largest_component,
             )
-            prob = _keep_largest_component(prob)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
         return results
 
@@ -262,19 +263,24 @@ class TagsPredictor:
         target: TargetSpec,
         model_spacing: Sequence[float],
         roi_size: Sequence[int],
+        on_grid: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     ) -> np.ndarray:
-        """Probabilities on the full canonical grid, non-zero only inside ``box``."""
+        """Probabilities on the full canonical grid, non-zero only inside ``box``.
+
+        ``on_grid`` post-processes the (d, h, w) probabilities on the model grid, before they
+        are resampled to the CT grid.
+        """
         pre = self.config.preprocessing
-        crop = torch.from_numpy(np.ascontiguousarray(canon_hu[box])).to(self.device)
-        crop_shape = tuple(crop.shape)
+        crop_shape = tuple(s.stop - s.start for s in box)
         shape = grid_shape(crop_shape, spacing, model_spacing)
         grid_spacing = tuple(n * s / m for n, s, m in zip(crop_shape, spacing, shape))
-        image = normalize_hu(resample(crop.float(), shape, mode="linear"), pre.hu_window)
-        channels = [image]
+        # Full-resolution copies live only until they are resampled to the model grid (peak
+        # memory is a few copies of the volume, see docs/performance.md).
+        channels = [normalize_hu(self._to_grid(canon_hu[box], shape, "linear"), pre.hu_window)]
         if organ is not None:
-            organ_t = torch.from_numpy(np.ascontiguousarray(organ[box])).to(self.device)
-            channels.append(resample(organ_t.float(), shape, mode="nearest"))
+            channels.append(self._to_grid(organ[box], shape, "nearest"))
         inputs = torch.stack(channels)[None]
+        del channels
 
         def window(x: torch.Tensor) -> torch.Tensor:
             return self._window_logits(x, target, organ is not None, grid_spacing)
@@ -288,11 +294,18 @@ class TagsPredictor:
             mode="gaussian",
             progress=self.progress,
         )
+        del inputs
         prob = torch.sigmoid(logits[0, 0])
-        prob = resample(prob, crop_shape, mode="linear").clamp_(0, 1)
+        del logits
+        if on_grid is not None:
+            prob = torch.from_numpy(on_grid(prob.cpu().numpy())).to(self.device)
         full = np.zeros(canon_hu.shape, np.float32)
-        full[box] = prob.cpu().numpy()
+        full[box] = resample(prob, crop_shape, mode="linear").clamp_(0, 1).cpu().numpy()
         return full
+
+    def _to_grid(self, array: np.ndarray, shape: Sequence[int], mode: str) -> torch.Tensor:
+        """A (D, H, W) numpy box resampled to ``shape`` on the device, float32."""
+        return resample(torch.from_numpy(np.ascontiguousarray(array)).to(self.device).float(), shape, mode=mode)
 
 
 def load_delta(net: TagsNet, weights: Mapping[str, torch.Tensor], where: str = "") -> None:
@@ -315,5 +328,6 @@ def _keep_largest_component(prob: np.ndarray, threshold: float = 0.5) -> np.ndar
     if n <= 1:
         return prob
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    keep = labels == (1 + int(np.argmax(sizes)))
-    return np.where(keep | (prob < threshold), prob, 0.0).astype(np.float32)
+    largest = 1 + int(np.argmax(sizes))
+    prob[(labels > 0) & (labels != largest)] = 0.0  # in place: prob is this module's own array
+    return prob
