@@ -82,7 +82,8 @@ class TagsPredictor:
     """Runs a TAGS network on CT volumes.
 
     Args:
-        net: the network (weights loaded).
+        net: the network (weights loaded); put in eval mode and its frozen BatchNorm layers folded
+            into their convolutions, in place (inference only).
         text_embeddings: {target name: (E,) embedding}.
         device: where to run.
         precision: "fp32", "bf16" or "fp16" (autocast); default :func:`default_precision`.
