@@ -31,7 +31,7 @@ from tags.model_folder import ModelFolderError
 from tags.preprocessing import CTInputError
 
 from operators import (
-    CTPreprocessOperator, InferenceSettings, CTSeriesSelectorOperator, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
+    CTPreprocessOperator, CTSeriesSelectorOperator, InferenceSettings, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
     TagsInferenceOperator,
 )
 
