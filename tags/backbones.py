@@ -241,6 +241,19 @@ def fuse_conv_bn(module: nn.Module) -> int:
     return folded
 
 
+def channels_last_convs(module: nn.Module) -> int:
+    """Store the weights of every 2D convolution inside ``module`` channels-last (NHWC), in place.
+
+    oneDNN (CPU) and cuDNN run NHWC convolutions without converting the layout on every call,
+    and the activations that leave such a convolution stay NHWC for the next one. Same values,
+    different memory layout. Returns how many convolutions were converted.
+    """
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        conv.to(memory_format=torch.channels_last)
+    return len(convs)
+
+
 BACKBONE_REGISTRY: Dict[str, Callable[..., Backbone]] = {
     "litemedsam": build_litemedsam,
     "sam_vit_b": build_sam_vit_b,

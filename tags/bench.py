@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import ModelConfig
 from .network import TagsNet, build_tags
 from .prompts import derive_prompts
+from .runtime import keep_freed_memory
 from .targets import organ_target, tumor_target
 
 DEMO_LIKE = dict(encoder_size=128, roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
@@ -229,6 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", action="append", choices=["fp32", "bf16"], help="dtypes to run (default both)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
+    keep_freed_memory()  # as the application does; both models run under it
     if a.threads:
         torch.set_num_threads(a.threads)
     r = run(a.model, compile=a.compile, peer_roi=a.peer_roi, peer=not a.no_peer, repeats=a.repeats, dtypes=a.dtype)

@@ -5,8 +5,8 @@
     results = predictor.predict(volume_hu, affine, {"liver": organs["liver"].mask})
 
 Per tumor target: crop the organ ROI with a margin, resample to the model grid, run the network
-(sliding windows where the ROI is larger than the window), map the probabilities back to the
-input grid. Organ targets run text-only on a coarse grid over the whole volume.
+(sliding windows where the ROI is larger than the window; along the slices the windows are
+fitted to the ROI, see :func:`fit_windows`), map the probabilities back to the input grid. Organ targets run text-only on a coarse grid over the whole volume.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from .backbones import fuse_conv_bn
+from .backbones import channels_last_convs, fuse_conv_bn
 from .config import ModelConfig, TargetSpec
 from .geometry import Reorientation, spacing_from_affine, to_canonical
 from .model_folder import ModelFolderError, load_model_folder
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PROMPT_SEED = 0
 """Seed of the anatomy-prompt point sampling at inference (results are reproducible)."""
+
+DEFAULT_MAX_WINDOW_DEPTH = 96
+"""Deepest inference window along the slices (model-grid voxels), see :func:`fit_windows`."""
 
 
 @dataclass
@@ -78,6 +81,31 @@ def default_precision(device: torch.device) -> str:
     return "fp32"
 
 
+def fit_windows(extent: int, window: int, overlap: float, *, multiple: int = 1, max_window: Optional[int] = None) -> tuple[int, float]:
+    """Window length and overlap fraction along one axis, fitted to an ROI ``extent`` voxels long.
+
+    The network is convolutional along the slices (3D adapters, slab interpolation, 3D head), so
+    at inference a window may be deeper than the ``window`` it was trained on. Rather than tiling
+    ``extent`` with trained-size windows overlapping by ``overlap`` (86 slices: 4 windows of 32,
+    128 slices computed), this returns the fewest windows of at most ``max_window`` that cover
+    ``extent`` with the same overlap in voxels, each as short as that allows (86 slices, max 96:
+    one window of 88). A window is never shorter than ``window`` and is a multiple of
+    ``multiple`` (the slab size).
+
+    Returns (window length, overlap fraction) for ``monai.inferers.sliding_window_inference``,
+    which then places exactly that many windows.
+    """
+    max_window = max(window, max_window or window)
+    ceil_to = lambda n: -(-n // multiple) * multiple  # noqa: E731
+    o = int(round(window * overlap))
+    if max_window == window or extent <= window:
+        return window, overlap
+    n = 1 if extent <= max_window else -(-(extent - o) // (max_window - o))
+    w = max(window, ceil_to(-(-(extent + (n - 1) * o) // n)))
+    # MONAI steps by int(w * (1 - overlap)); half a voxel keeps float rounding off w - o - 1.
+    return w, (o - 0.5) / w if n > 1 else 0.0
+
+
 class TagsPredictor:
     """Runs a TAGS network on CT volumes.
 
@@ -87,7 +115,11 @@ class TagsPredictor:
         text_embeddings: {target name: (E,) embedding}.
         device: where to run.
         precision: "fp32", "bf16" or "fp16" (autocast); default :func:`default_precision`.
-        overlap: sliding-window overlap.
+        overlap: sliding-window overlap (fraction of the trained window).
+        max_window_depth: deepest window along the slices at inference (model-grid voxels; see
+            :func:`fit_windows`; None: the trained window depth, as in training). Deeper windows
+            mean fewer window edges and fewer overlapping slices computed twice; memory grows
+            with the depth.
         progress: show a progress bar.
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few
@@ -103,6 +135,7 @@ class TagsPredictor:
         device: Optional[str | torch.device] = None,
         precision: Optional[str] = None,
         overlap: float = 0.25,
+        max_window_depth: Optional[int] = DEFAULT_MAX_WINDOW_DEPTH,
         progress: bool = False,
         compile: bool = False,
     ) -> None:
@@ -112,9 +145,11 @@ class TagsPredictor:
             raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         self.net = net.to(self.device).eval()
         fuse_conv_bn(self.net)  # inference only: frozen BatchNorm folded into the convolutions
+        channels_last_convs(self.net)
         self.config: ModelConfig = net.config
         self.text = {k: v.to(self.device) for k, v in text_embeddings.items()}
         self.overlap = overlap
+        self.max_window_depth = max_window_depth
         self.progress = progress
         self.compiled = compile
         if compile:
@@ -286,12 +321,16 @@ class TagsPredictor:
         def window(x: torch.Tensor) -> torch.Tensor:
             return self._window_logits(x, target, organ is not None, grid_spacing)
 
+        depth, depth_overlap = fit_windows(
+            shape[0], roi_size[0], self.overlap,
+            multiple=self.config.adapter.slab_size, max_window=self.max_window_depth,
+        )
         logits = sliding_window_inference(
             inputs,
-            roi_size=tuple(roi_size),
+            roi_size=(depth, *roi_size[1:]),
             sw_batch_size=1,
             predictor=window,
-            overlap=self.overlap,
+            overlap=(depth_overlap, self.overlap, self.overlap),
             mode="gaussian",
             progress=self.progress,
         )

@@ -184,6 +184,24 @@ def test_batchnorm_folding_keeps_the_pretrained_features(lits117):
         fuse_conv_bn(build_tags(ModelConfig(encoder_size=128), pretrained=False).image_encoder.encoder.train())
 
 
+def test_channels_last_keeps_the_pretrained_features(lits117):
+    """channels_last_convs (what TagsPredictor does at load): the real LiteMedSAM encoder, BatchNorm
+    folded, gives the same features on real CT slices with its convolutions stored NHWC, and its
+    activations do leave the first convolution NHWC."""
+    from tags.backbones import channels_last_convs, fuse_conv_bn
+
+    encoder = build_tags(ModelConfig(encoder_size=128)).eval().image_encoder.encoder
+    fuse_conv_bn(encoder)
+    x = torch.nn.functional.interpolate(_ct_slices(lits117, 2), size=(128, 128), mode="bilinear").expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        before = encoder(x)
+        assert channels_last_convs(encoder) > 20
+        first = encoder.patch_embed.seq[0](x.contiguous())
+        after = encoder(x)
+    assert first.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(after, before, rtol=0, atol=FEATURE_ATOL)
+
+
 def test_compiled_predictor_equals_eager(lits117):
     """TagsPredictor(compile=True) runs the image encoder through torch.compile (inductor, C++ on
     CPU): the same window logits as eager on a real CT window, within float tolerance."""

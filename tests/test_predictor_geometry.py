@@ -13,7 +13,7 @@ from torch import nn
 from helpers import small_config
 from tags.config import PreprocessingConfig
 from tags.geometry import affine_from_spacing, reorientation, to_canonical
-from tags.predictor import TagsPredictor
+from tags.predictor import TagsPredictor, fit_windows
 
 
 class EchoOrganNet(nn.Module):
@@ -31,14 +31,14 @@ class EchoOrganNet(nn.Module):
         return organ * 20.0 - 10.0
 
 
-def _predictor(spacing, roi=(16, 32, 32), margin=4.0):
+def _predictor(spacing, roi=(16, 32, 32), margin=4.0, **kwargs):
     cfg = small_config(
         roi_size=roi,
         preprocessing=PreprocessingConfig(spacing=spacing, margin_mm=margin),
     )
     net = EchoOrganNet(cfg)
     text = {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}
-    return TagsPredictor(net, text, device="cpu"), net
+    return TagsPredictor(net, text, device="cpu", **kwargs), net
 
 
 def _object(shape, box):
@@ -51,7 +51,7 @@ def test_exact_round_trip_on_aligned_grid():
     """CT spacing (3.0, 0.75, 0.75), model grid 1.5 mm: z up 2x, in-plane down 2x."""
     shape = (30, 90, 110)
     organ = _object(shape, (slice(7, 19), slice(50, 78), slice(12, 40)))  # off-centre
-    pred, net = _predictor((1.5, 1.5, 1.5), margin=6.0)
+    pred, net = _predictor((1.5, 1.5, 1.5), margin=6.0, max_window_depth=None)  # trained-size windows
     res = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((3.0, 0.75, 0.75)), {"liver": organ})
     r = res["liver_tumor"]
     assert r.status == "ok"
@@ -122,3 +122,49 @@ def test_absent_organ_gives_empty_result():
     assert net.windows == []
     with pytest.raises(KeyError, match="liver"):
         pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {})
+
+
+@pytest.mark.parametrize("window,overlap,multiple,max_window", [(32, 0.25, 4, 96), (16, 0.25, 4, 48), (8, 0.5, 1, 20)])
+def test_fitted_windows_are_the_fewest_that_cover_the_roi(window, overlap, multiple, max_window):
+    """fit_windows against MONAI's own window placement: exactly the fewest windows of at most
+    max_window that keep the trained overlap (in voxels) cover every extent, each a multiple of
+    the slab size and never shorter than the trained window."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    o = round(window * overlap)
+    for extent in range(1, 400):
+        w, ov = fit_windows(extent, window, overlap, multiple=multiple, max_window=max_window)
+        assert w % multiple == 0 and window <= w <= max(max_window, window)
+        size = max(extent, w)  # MONAI pads an ROI shorter than the window
+        interval = _get_scan_interval((size,), (w,), 1, (ov,))
+        starts = sorted(s[0].start for s in dense_patch_slices((size,), (w,), interval))
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s : s + w] = True
+        assert covered.all()
+        fewest = 1 if extent <= max_window else -(-(extent - o) // (max_window - o))
+        assert len(starts) == fewest, (extent, w, starts)
+        assert all(b - a <= w - o for a, b in zip(starts, starts[1:])), "overlap below the trained overlap"
+
+
+def test_predictor_runs_one_deep_window_where_the_roi_fits():
+    """A 40-slice ROI (model grid) with a trained window of 16: one window of 40 by default
+    fitting (max 48), three overlapping windows of 16 when fitting is off."""
+    shape = (40, 20, 20)
+    organ = np.zeros(shape, bool)
+    organ[:, 5:15, 5:15] = True
+    results = {}
+    for max_depth in (48, None):
+        cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), margin_mm=0.0))
+        net = EchoOrganNet(cfg)
+        pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
+                             max_window_depth=max_depth)
+        r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})["liver_tumor"]
+        results[max_depth] = r.mask()
+        depths = sorted({w[0] for w in net.windows})
+        if max_depth:
+            assert net.windows == [(40, 32, 32)]
+        else:
+            assert depths == [16] and len(net.windows) == 3
+    assert np.array_equal(results[48], organ) and np.array_equal(results[None], organ)
