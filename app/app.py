@@ -29,7 +29,6 @@ from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesTo
 
 from tags.model_folder import ModelFolderError
 from tags.preprocessing import CTInputError
-from tags.runtime import keep_freed_memory
 
 from operators import (
     CTPreprocessOperator, CTSeriesSelectorOperator, InferenceSettings, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
@@ -145,7 +144,6 @@ def run(argv: List[str]) -> Path:
     options = AppOptions(InferenceSettings(opts_ns.device, opts_ns.precision, opts_ns.compile), opts_ns.organ_segments,
                          not opts_ns.ignore_study_seg, opts_ns.min_lesion_ml)
     input_path, output_path, model_path = _paths(sdk_args)
-    keep_freed_memory()
     if not Path(input_path).is_dir():
         raise CTInputError(f"input folder not found: {input_path}")
     if not Path(model_path).exists():
