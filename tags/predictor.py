@@ -6,7 +6,8 @@
 
 Per tumor target: crop the organ ROI with a margin, resample to the model grid, run the network
 (sliding windows where the ROI is larger than the window; along the slices the windows are
-fitted to the ROI, see :func:`fit_windows`), map the probabilities back to the input grid. Organ targets run text-only on a coarse grid over the whole volume.
+fitted to the ROI, see :func:`fit_windows`), map the probabilities back to the input grid.
+Organ targets run text-only on a coarse grid over the whole volume.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def fit_windows(extent: int, window: int, overlap: float, *, multiple: int = 1, 
     n = 1 if extent <= max_window else -(-(extent - o) // (max_window - o))
     w = max(window, ceil_to(-(-(extent + (n - 1) * o) // n)))
     # MONAI steps by int(w * (1 - overlap)); half a voxel keeps float rounding off w - o - 1.
-    return w, (o - 0.5) / w if n > 1 else 0.0
+    return w, max(o - 0.5, 0.0) / w if n > 1 else 0.0
 
 
 class TagsPredictor:
@@ -124,7 +125,8 @@ class TagsPredictor:
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few
             seconds with a warm inductor cache, $TORCHINDUCTOR_CACHE_DIR); CPU needs a C++
-            compiler. Results equal the eager ones within float tolerance.
+            compiler. Results equal the eager ones within float tolerance. On the 2-core benchmark
+            CPU it is no faster than eager (docs/performance.md).
     """
 
     def __init__(

@@ -124,7 +124,8 @@ def test_absent_organ_gives_empty_result():
         pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {})
 
 
-@pytest.mark.parametrize("window,overlap,multiple,max_window", [(32, 0.25, 4, 96), (16, 0.25, 4, 48), (8, 0.5, 1, 20)])
+@pytest.mark.parametrize("window,overlap,multiple,max_window",
+                         [(32, 0.25, 4, 96), (16, 0.25, 4, 48), (8, 0.5, 1, 20), (16, 0.0, 4, 40)])
 def test_fitted_windows_are_the_fewest_that_cover_the_roi(window, overlap, multiple, max_window):
     """fit_windows against MONAI's own window placement: exactly the fewest windows of at most
     max_window that keep the trained overlap (in voxels) cover every extent, each a multiple of
