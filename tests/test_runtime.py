@@ -1,7 +1,7 @@
 """tags.runtime.keep_freed_memory: glibc malloc keeps large freed blocks instead of unmapping them.
 
 Measured the way it matters: page faults of repeated forwards of a convolution + GELU whose
-activations (128 and 512 MB) are far above glibc's mmap threshold, in a fresh interpreter with
+activations (two of 128 MB) are far above glibc's 32 MB mmap threshold, in a fresh interpreter with
 and without the setting.
 """
 
