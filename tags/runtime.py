@@ -48,5 +48,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     if not ok:
-        log.warning("mallopt refused the TAGS allocator settings; glibc defaults stay")
+        log.warning("mallopt refused a TAGS allocator setting; freed memory may be unmapped as by default")
     return ok
