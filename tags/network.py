@@ -34,6 +34,7 @@ class TagsNet(nn.Module):
         super().__init__()
         self.config = config
         self.img_size = backbone.img_size
+        self.block_kind = backbone.block_kind
         self.backbone_sha256 = backbone.checkpoint_sha256
         self.image_encoder = AdaptedImageEncoder(backbone, config.adapter)
         self.prompt_encoder = backbone.prompt_encoder
@@ -141,6 +142,38 @@ class TagsNet(nn.Module):
             dense_prompt_embeddings=emb + dense,
         )
         return masks[:, :1]
+
+
+RESIZABLE_BLOCK_KINDS = ("tinyvit",)
+"""Encoders that run at any input side (a multiple of 32) with the same weights: TinyViT has no
+absolute position embedding (SAM's ViT does, sized to its 1024 input)."""
+
+
+def resized(net: TagsNet, img_size: int) -> TagsNet:
+    """``net`` with its encoder input side set to ``img_size``, for inference.
+
+    The returned network shares every parameter and buffer tensor with ``net`` (no copy of the
+    weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
+    prompt encoder's embedding and mask sizes). ``net`` must be in eval mode; if its TinyViT
+    BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too.
+    """
+    from .backbones import fuse_conv_bn
+
+    if img_size == net.img_size:
+        return net
+    if net.block_kind not in RESIZABLE_BLOCK_KINDS:
+        raise ValueError(f"the {net.config.backbone} encoder cannot change its input size "
+                         f"(absolute position embedding for {net.img_size}x{net.img_size})")
+    if net.training:
+        raise RuntimeError("resized() is for inference: put the network in eval mode first")
+    other = build_tags(net.config, img_size=img_size, pretrained=False).eval()
+    if not any(type(m).__name__ == "Conv2d_BN" for m in net.modules()):
+        fuse_conv_bn(other)
+    other.load_state_dict(net.state_dict(), strict=True, assign=True)
+    other.backbone_sha256 = net.backbone_sha256
+    # eval() again: TinyViT caches its attention biases per window on eval, from the (now shared)
+    # bias parameters.
+    return other.to(next(net.parameters()).device).eval()
 
 
 def build_tags(config: ModelConfig, **backbone_kwargs) -> TagsNet:

@@ -27,7 +27,7 @@ from .backbones import channels_last_convs, fuse_conv_bn
 from .config import ModelConfig, TargetSpec
 from .geometry import Reorientation, spacing_from_affine, to_canonical
 from .model_folder import ModelFolderError, load_model_folder
-from .network import TagsNet, build_tags
+from .network import RESIZABLE_BLOCK_KINDS, TagsNet, build_tags, resized
 from .preprocessing import bounding_box, grid_shape, normalize_hu, resample
 from .prompts import SlicePrompts, derive_prompts
 
@@ -38,6 +38,13 @@ PROMPT_SEED = 0
 
 DEFAULT_MAX_WINDOW_DEPTH = 96
 """Deepest inference window along the slices (model-grid voxels), see :func:`fit_windows`."""
+
+DEFAULT_WINDOW_SIDES = (128, 256)
+"""Smallest and largest in-plane inference window side (model-grid voxels, multiples of 32), see
+:class:`TagsPredictor` ``window_sides``."""
+
+SIDE_MULTIPLE = 32
+"""In-plane window sides are multiples of this (TinyViT's input side)."""
 
 
 @dataclass
@@ -82,24 +89,34 @@ def default_precision(device: torch.device) -> str:
     return "fp32"
 
 
-def fit_windows(extent: int, window: int, overlap: float, *, multiple: int = 1, max_window: Optional[int] = None) -> tuple[int, float]:
+def fit_windows(
+    extent: int,
+    window: int,
+    overlap: float,
+    *,
+    multiple: int = 1,
+    max_window: Optional[int] = None,
+    min_window: Optional[int] = None,
+) -> tuple[int, float]:
     """Window length and overlap fraction along one axis, fitted to an ROI ``extent`` voxels long.
 
-    The network is convolutional along the slices (3D adapters, slab interpolation, 3D head), so
-    at inference a window may be deeper than the ``window`` it was trained on. Rather than tiling
-    ``extent`` with trained-size windows overlapping by ``overlap`` (86 slices: 4 windows of 32,
-    128 slices computed), this returns the fewest windows of at most ``max_window`` that cover
-    ``extent`` with the same overlap in voxels, each as short as that allows (86 slices, max 96:
-    one window of 88). A window is never shorter than ``window`` and is a multiple of
-    ``multiple`` (the slab size).
+    Rather than tiling ``extent`` with trained-size windows overlapping by ``overlap`` (86
+    slices: 4 windows of 32, 128 slices computed), this returns the fewest windows of at most
+    ``max_window`` that cover ``extent`` with the same overlap in voxels, each as short as that
+    allows (86 slices, max 96: one window of 88). A window is a multiple of ``multiple`` and never
+    shorter than ``min_window`` (default ``window``): an ROI shorter than ``window`` gets one
+    window just long enough to hold it when ``min_window < window``.
 
     Returns (window length, overlap fraction) for ``monai.inferers.sliding_window_inference``,
     which then places exactly that many windows.
     """
     max_window = max(window, max_window or window)
+    min_window = min(window, min_window or window)
     ceil_to = lambda n: -(-n // multiple) * multiple  # noqa: E731
     o = int(round(window * overlap))
-    if max_window == window or extent <= window:
+    if extent <= window:
+        return (max(min_window, ceil_to(extent)), 0.0) if min_window < window else (window, overlap)
+    if max_window == window:
         return window, overlap
     n = 1 if extent <= max_window else -(-(extent - o) // (max_window - o))
     w = max(window, ceil_to(-(-(extent + (n - 1) * o) // n)))
@@ -120,7 +137,17 @@ class TagsPredictor:
         max_window_depth: deepest window along the slices at inference (model-grid voxels; see
             :func:`fit_windows`; None: the trained window depth, as in training). Deeper windows
             mean fewer window edges and fewer overlapping slices computed twice; memory grows
-            with the depth.
+            with the depth. For an in-plane side larger than the trained one the depth limit
+            shrinks so that a window never holds more voxels than ``max_window_depth`` trained
+            sides do.
+        window_sides: (smallest, largest) in-plane window side at inference, both multiples of
+            32, or None for the trained side. The side is fitted to the ROI like the depth
+            (:func:`fit_windows`): an ROI narrower than the trained window gets one window just
+            wide enough (not less than the smallest side), a wider one the fewest windows up to
+            the largest side, where the trained side would tile it with several overlapping
+            windows. The encoder is then run at that side (:func:`tags.network.resized`, same
+            weights). Only encoders without absolute position embeddings (LiteMedSAM's TinyViT)
+            can change side; for others this is ignored.
         progress: show a progress bar.
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few
@@ -138,6 +165,7 @@ class TagsPredictor:
         precision: Optional[str] = None,
         overlap: float = 0.25,
         max_window_depth: Optional[int] = DEFAULT_MAX_WINDOW_DEPTH,
+        window_sides: Optional[tuple[int, int]] = DEFAULT_WINDOW_SIDES,
         progress: bool = False,
         compile: bool = False,
     ) -> None:
@@ -152,6 +180,17 @@ class TagsPredictor:
         self.text = {k: v.to(self.device) for k, v in text_embeddings.items()}
         self.overlap = overlap
         self.max_window_depth = max_window_depth
+        if window_sides is not None and (
+            len(window_sides) != 2 or window_sides[0] > window_sides[1]
+            or any(v <= 0 or v % SIDE_MULTIPLE for v in window_sides)
+        ):
+            raise ValueError(f"window_sides must be (smallest, largest), multiples of {SIDE_MULTIPLE}: {window_sides}")
+        if window_sides is not None and getattr(net, "block_kind", None) not in RESIZABLE_BLOCK_KINDS:
+            log.info("the %s encoder has a fixed input size; in-plane windows keep the trained side",
+                     self.config.backbone)
+            window_sides = None
+        self.window_sides = tuple(window_sides) if window_sides is not None else None
+        self._sized_nets: Dict[int, TagsNet] = {net.img_size: self.net}
         self.progress = progress
         self.compiled = compile
         if compile:
@@ -266,11 +305,50 @@ class TagsPredictor:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _net_at(self, side: int) -> TagsNet:
+        """The network with its encoder at input side ``side`` (built once, weights shared)."""
+        if side not in self._sized_nets:
+            net = resized(self.net, side)
+            if self.compiled:
+                net.image_encoder.compile()
+            self._sized_nets[side] = net
+        return self._sized_nets[side]
+
+    def _encoder_side(self, window_side: int) -> int:
+        """Encoder input side for an in-plane window of ``window_side`` model-grid voxels."""
+        trained = self.config.roi_size[1]
+        if window_side == trained:
+            return self.net.img_size
+        return max(SIDE_MULTIPLE, round(self.net.img_size * window_side / trained / SIDE_MULTIPLE) * SIDE_MULTIPLE)
+
+    def _plan_windows(self, shape: Sequence[int], roi_size: Sequence[int]) -> tuple[tuple, tuple]:
+        """Window size (d, h, w) and per-axis overlap fractions for an ROI of ``shape`` voxels."""
+        d, h, w = roi_size
+        overlap = (self.overlap, self.overlap)
+        if self.window_sides is not None and h == w:
+            lo, hi = self.window_sides
+            sides = [fit_windows(e, h, self.overlap, multiple=SIDE_MULTIPLE, max_window=hi, min_window=lo)
+                     for e in shape[1:]]
+            side = max(s for s, _ in sides)
+            if side != h:
+                o = int(round(h * self.overlap))
+                h = w = side
+                overlap = (max(o - 0.5, 0.0) / side,) * 2
+        max_depth = self.max_window_depth
+        if max_depth is not None and h * w > roi_size[1] * roi_size[2]:
+            slab = self.config.adapter.slab_size
+            max_depth = max(d, max_depth * roi_size[1] * roi_size[2] // (h * w) // slab * slab)
+        depth, depth_overlap = fit_windows(
+            shape[0], d, self.overlap, multiple=self.config.adapter.slab_size, max_window=max_depth,
+        )
+        return (depth, h, w), (depth_overlap, *overlap)
+
     def _window_logits(
         self, x: torch.Tensor, target: TargetSpec, has_organ: bool, grid_spacing: Sequence[float]
     ) -> torch.Tensor:
         """Logits (B, 1, d, h, w) of one batch of windows; x: (B, 1 or 2, d, h, w) image [+ organ]."""
         b = x.shape[0]
+        net = self._net_at(self._encoder_side(x.shape[-1]))
         prompts, organ_ch = None, None
         if has_organ:
             organ_ch = x[:, 1:2]
@@ -279,8 +357,8 @@ class TagsPredictor:
                     derive_prompts(
                         organ_ch[i, 0].cpu().numpy() > 0.5,
                         grid_spacing,
-                        img_size=self.net.img_size,
-                        mask_size=self.net.prompt_encoder.mask_input_size[0],
+                        img_size=net.img_size,
+                        mask_size=net.prompt_encoder.mask_input_size[0],
                         config=self.config.prompts,
                         seed=PROMPT_SEED,
                     )
@@ -288,7 +366,7 @@ class TagsPredictor:
                 ]
             ).to(x.device)
         with self._autocast():
-            out = self.net(x[:, :1], self.text[target.name].expand(b, -1), prompts, organ_ch)
+            out = net(x[:, :1], self.text[target.name].expand(b, -1), prompts, organ_ch)
         return out.float()
 
     @torch.no_grad()
@@ -323,16 +401,15 @@ class TagsPredictor:
         def window(x: torch.Tensor) -> torch.Tensor:
             return self._window_logits(x, target, organ is not None, grid_spacing)
 
-        depth, depth_overlap = fit_windows(
-            shape[0], roi_size[0], self.overlap,
-            multiple=self.config.adapter.slab_size, max_window=self.max_window_depth,
-        )
+        window_size, overlap = self._plan_windows(shape, roi_size)
+        log.info("%s: ROI %s voxels at %s mm, windows of %s", target.name, "x".join(map(str, shape)),
+                 "/".join(f"{v:.2f}" for v in grid_spacing), "x".join(map(str, window_size)))
         logits = sliding_window_inference(
             inputs,
-            roi_size=(depth, *roi_size[1:]),
+            roi_size=window_size,
             sw_batch_size=1,
             predictor=window,
-            overlap=(depth_overlap, self.overlap, self.overlap),
+            overlap=overlap,
             mode="gaussian",
             progress=self.progress,
         )

@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 # glibc mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+
+TRIM_THRESHOLD = 512 << 20
+"""Free memory at the top of the heap that malloc keeps rather than returns (bytes)."""
 
 KEEP_FREED_MEMORY_ENV = "TAGS_KEEP_FREED_MEMORY"
 """Set to 0 to leave glibc's malloc at its defaults (see :func:`keep_freed_memory`)."""
@@ -27,11 +31,15 @@ def keep_freed_memory() -> bool:
     ``mmap`` and unmaps it on ``free``. A TAGS window allocates and frees activations of a
     hundred MB and more, so on a CPU every forward page-faults all of them in again: on the
     2-core benchmark machine the kernel time was larger than the model's own (51 s system
-    time in a 68 s benchmark, docs/performance.md). With mmap off and trimming only above
-    2 GB of free heap, freed blocks are reused; the cost is that the process keeps its peak
-    heap (peak RSS is measured in the same benchmarks). PyTorch's CPU performance guide reaches
-    the same end with jemalloc or tcmalloc preloaded; this needs no extra library and no
-    environment set before the process starts.
+    time in a 68 s benchmark, docs/performance.md). This turns mmap off, keeps up to
+    :data:`TRIM_THRESHOLD` of free memory at the top of the heap, and lets every thread share
+    the one main heap (one malloc arena): the application's operators run in a Holoscan
+    scheduler thread, whose own arena grew and shrank in 64 MB heaps and page-faulted a
+    quarter of its activations in again (tumor pass of the 512 x 512 x 200 benchmark CT: 22 s
+    -> 12 s). The cost is that the process keeps more of its peak heap (peak RSS is measured in
+    the same benchmarks). PyTorch's CPU performance guide reaches the same end with jemalloc or
+    tcmalloc preloaded; this needs no extra library and no environment set before the process
+    starts.
 
     For a process that runs inference and ends (one study per ``python app``). Not applied to
     training: with it the two-process DDP test's workers peaked at 8.6 GB each instead of 6.5.
@@ -44,7 +52,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        ok = all(libc.mallopt(param, value) == 1 for param, value in (
+            (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, 1)))
     except (OSError, AttributeError):
         return False
     if not ok:

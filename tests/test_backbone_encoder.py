@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -228,3 +229,50 @@ def test_compiled_predictor_equals_eager(lits117):
             logits[compiled] = pred._window_logits(window, cfg.target("liver"), False, (1.5, 1.5, 1.5))
     assert logits[False].std() > 0.1  # a non-constant output to compare
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-3, atol=1e-3)
+
+
+def test_resized_network_shares_the_weights(lits117):
+    """tags.network.resized (TagsPredictor's in-plane window fitting): the same parameter and
+    buffer tensors, TinyViT and the prompt encoder rebuilt for the new side; resizing back gives
+    exactly the original network's logits on a real CT window; SAM ViT-B (absolute position
+    embedding) refuses."""
+    from tags.backbones import channels_last_convs, fuse_conv_bn
+    from tags.network import resized
+    from tags.prompts import derive_prompts
+
+    cfg = ModelConfig(encoder_size=64, roi_size=(8, 64, 64), organ_roi_size=(8, 64, 64))
+    torch.manual_seed(0)
+    net = build_tags(cfg)
+    for p in net.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+    net.eval()
+    fuse_conv_bn(net)
+    channels_last_convs(net)
+    big = resized(net, 96)
+    assert big.img_size == 96 and big.prompt_encoder.mask_input_size == (96, 96)
+    assert big.image_encoder.encoder.layers[-1].input_resolution == (24, 24)
+    ours = {t.data_ptr() for t in net.state_dict().values()}
+    assert {t.data_ptr() for t in big.state_dict().values()} == ours, "weights were copied, not shared"
+    back = resized(big, 64)
+    text = torch.randn(1, cfg.text_dim, generator=torch.Generator().manual_seed(1))
+    organ = np.zeros((8, 64, 64), bool)
+    organ[:, 20:44, 16:40] = True
+
+    def run(n, side):
+        image = torch.from_numpy(normalize_hu(lits117[0][40:48, 16:16 + side, 16:16 + side], (-160, 240)))[None, None]
+        org = np.zeros((8, side, side), bool)
+        org[:, : organ.shape[1], : organ.shape[2]] = organ
+        prompts = derive_prompts(org, (1.5, 1.5, 1.5), img_size=n.img_size, mask_size=n.prompt_encoder.mask_input_size[0],
+                                 config=cfg.prompts, seed=0)
+        with torch.no_grad():
+            return n(image, text, prompts, torch.from_numpy(org)[None, None].float())
+
+    expected = run(net, 64)
+    assert expected.std() > 0.1
+    torch.testing.assert_close(run(back, 64), expected, rtol=0, atol=0)
+    wide = run(big, 96)
+    assert wide.shape == (1, 1, 8, 96, 96) and torch.isfinite(wide).all()
+    vit = build_tags(ModelConfig(backbone="sam_vit_b"), pretrained=False, img_size=128).eval()
+    with pytest.raises(ValueError, match="cannot change its input size"):
+        resized(vit, 160)

@@ -124,19 +124,24 @@ def test_absent_organ_gives_empty_result():
         pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {})
 
 
-@pytest.mark.parametrize("window,overlap,multiple,max_window",
-                         [(32, 0.25, 4, 96), (16, 0.25, 4, 48), (8, 0.5, 1, 20), (16, 0.0, 4, 40)])
-def test_fitted_windows_are_the_fewest_that_cover_the_roi(window, overlap, multiple, max_window):
+@pytest.mark.parametrize("window,overlap,multiple,max_window,min_window",
+                         [(32, 0.25, 4, 96, None), (16, 0.25, 4, 48, None), (8, 0.5, 1, 20, None),
+                          (16, 0.0, 4, 40, None), (128, 0.25, 32, 256, 96), (128, 0.25, 32, 192, 128)])
+def test_fitted_windows_are_the_fewest_that_cover_the_roi(window, overlap, multiple, max_window, min_window):
     """fit_windows against MONAI's own window placement: exactly the fewest windows of at most
     max_window that keep the trained overlap (in voxels) cover every extent, each a multiple of
-    the slab size and never shorter than the trained window."""
+    ``multiple``, never shorter than min_window (default the trained window), and one window just
+    long enough for an extent shorter than the trained window when min_window allows it."""
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
     o = round(window * overlap)
+    shortest = min_window or window
     for extent in range(1, 400):
-        w, ov = fit_windows(extent, window, overlap, multiple=multiple, max_window=max_window)
-        assert w % multiple == 0 and window <= w <= max(max_window, window)
+        w, ov = fit_windows(extent, window, overlap, multiple=multiple, max_window=max_window, min_window=min_window)
+        assert w % multiple == 0 and shortest <= w <= max(max_window, window)
+        if extent <= window:
+            assert w == max(shortest, -(-extent // multiple) * multiple)
         size = max(extent, w)  # MONAI pads an ROI shorter than the window
         interval = _get_scan_interval((size,), (w,), 1, (ov,))
         starts = sorted(s[0].start for s in dense_patch_slices((size,), (w,), interval))
@@ -169,3 +174,35 @@ def test_predictor_runs_one_deep_window_where_the_roi_fits():
         else:
             assert depths == [16] and len(net.windows) == 3
     assert np.array_equal(results[48], organ) and np.array_equal(results[None], organ)
+
+
+def test_predictor_fits_the_in_plane_window_to_a_wide_roi(monkeypatch):
+    """A 50x50 ROI (model grid) with a trained 32x32 window: one 64x64 window in-plane with
+    window_sides (32, 64), four overlapping 32x32 windows without; the depth limit shrinks with
+    the larger side (48 slices of 32x32 -> 12, so the trained 16). Same map-back either way."""
+    import tags.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "resized", lambda net, side: net)  # the echo net has any size
+    shape = (40, 50, 50)
+    organ = np.zeros(shape, bool)
+    organ[4:36, 3:47, 6:44] = True
+    results = {}
+    for sides in ((32, 64), None):
+        cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), margin_mm=3.0))
+        net = EchoOrganNet(cfg)
+        net.block_kind = "tinyvit"
+        pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
+                             max_window_depth=48, window_sides=sides)
+        r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})["liver_tumor"]
+        results[sides] = r.mask()
+        if sides:
+            assert net.windows == [(16, 64, 64)] * 3
+        else:
+            assert net.windows == [(40, 32, 32)] * 4
+    assert np.array_equal(results[(32, 64)], organ) and np.array_equal(results[None], organ)
+
+
+def test_window_sides_are_checked():
+    for bad in ((96, 64), (100, 128), (0, 64), (64,)):
+        with pytest.raises(ValueError, match="window_sides"):
+            _predictor((1.5, 1.5, 1.5), window_sides=bad)
