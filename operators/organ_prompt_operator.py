@@ -16,6 +16,8 @@ import numpy as np
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from pydicom.sr.coding import Code
 
+from tags.runtime import release_freed_memory
+
 from .ct_preprocess_operator import CTSeries
 from .model_loader import InferenceSettings, shared_predictor
 from .organ_seg_reader import organs_from_segs, seg_datasets
@@ -68,7 +70,9 @@ class OrganPromptOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         ct: CTSeries = op_input.receive("ct")
         studies = op_input.receive("dicom_study_list") if self.use_study_seg else None
-        op_output.emit(self.find_organs(ct, studies), "organs")
+        organs = self.find_organs(ct, studies)
+        release_freed_memory()  # the organ pass's freed activations are not kept for the later stages
+        op_output.emit(organs, "organs")
 
     def find_organs(self, ct: CTSeries, studies=None) -> OrganMasks:
         """Plain entry point (also used by tests without a graph)."""

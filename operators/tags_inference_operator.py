@@ -16,6 +16,7 @@ import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from tags.config import TargetSpec
+from tags.runtime import release_freed_memory
 
 from .ct_preprocess_operator import CTSeries
 from .model_loader import InferenceSettings, shared_predictor
@@ -93,7 +94,9 @@ class TagsInferenceOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         ct = op_input.receive("ct")
         organs = op_input.receive("organs")
-        op_output.emit(self.segment(ct, organs), "segmentation")
+        segmentation = self.segment(ct, organs)
+        release_freed_memory()  # the tumor pass's freed activations are not kept for writing
+        op_output.emit(segmentation, "segmentation")
 
     def segment(self, ct: CTSeries, organs: OrganMasks) -> Segmentation:
         """Plain entry point (also used by tests without a graph)."""

@@ -61,3 +61,28 @@ def test_freed_tensors_are_reused_without_page_faults(channels, where):
     applied, faults = _probe("0", channels, where)  # glibc defaults: activations unmapped, faulted in again
     assert not applied
     assert faults > pages // 2
+
+
+RELEASE_PROBE = """
+import torch
+from tags.runtime import keep_freed_memory, release_freed_memory
+def rss_mb():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2**20
+applied = keep_freed_memory()
+x = torch.ones(512 << 18)  # 512 MB, faulted in
+del x
+kept = rss_mb()
+release_freed_memory()
+print(int(applied), round(kept - rss_mb()))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_release_hands_kept_memory_back():
+    """What keep_freed_memory keeps, release_freed_memory (the application, after each pass) returns."""
+    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], env=dict(os.environ, TAGS_KEEP_FREED_MEMORY="1"),
+                         capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    applied, released_mb = map(int, out.stdout.split())
+    assert applied and released_mb > 400, f"released {released_mb} MB of a freed 512 MB block"
