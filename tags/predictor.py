@@ -186,11 +186,10 @@ class TagsPredictor:
         ):
             raise ValueError(f"window_sides must be (smallest, largest), multiples of {SIDE_MULTIPLE}: {window_sides}")
         if window_sides is not None and getattr(net, "block_kind", None) not in RESIZABLE_BLOCK_KINDS:
-            log.info("the %s encoder has a fixed input size; in-plane windows keep the trained side",
-                     self.config.backbone)
+            log.debug("%s has a fixed input size; in-plane windows keep the trained side", type(net).__name__)
             window_sides = None
         self.window_sides = tuple(window_sides) if window_sides is not None else None
-        self._sized_nets: Dict[int, TagsNet] = {net.img_size: self.net}
+        self._sized_nets: Dict[int, TagsNet] = {}
         self.progress = progress
         self.compiled = compile
         if compile:
@@ -307,6 +306,8 @@ class TagsPredictor:
 
     def _net_at(self, side: int) -> TagsNet:
         """The network with its encoder at input side ``side`` (built once, weights shared)."""
+        if side == self.net.img_size:
+            return self.net
         if side not in self._sized_nets:
             net = resized(self.net, side)
             if self.compiled:
