@@ -143,7 +143,8 @@ class TagsPredictor:
         window_sides: (smallest, largest) in-plane window side at inference, both multiples of
             32, or None for the trained side. The side is fitted to the ROI like the depth
             (:func:`fit_windows`): an ROI narrower than the trained window gets one window just
-            wide enough (not less than the smallest side), a wider one the fewest windows up to
+            wide enough (not less than the smallest side, which counts as the trained side when
+            it is larger; the default never narrows), a wider one the fewest windows up to
             the largest side, where the trained side would tile it with several overlapping
             windows. The encoder is then run at that side (:func:`tags.network.resized`, same
             weights). Only encoders without absolute position embeddings (LiteMedSAM's TinyViT)

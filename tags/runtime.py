@@ -18,9 +18,12 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
 TRIM_THRESHOLD = 2**31 - 1
-"""Free memory at the top of the heap that malloc keeps rather than returns (bytes, 2 GB): a
-32 x 128 x 128 fp32 window alone frees about that much between forwards (at 1 GB the same-ROI
-benchmark cube took 5.5 s instead of 4.3 s in fp32)."""
+"""Free memory at the top of the heap that malloc keeps rather than returns (bytes, 2 GB): an
+88 x 128 x 128 fp32 window (the benchmark cube) frees about that much between forwards (at 1 GB the
+cube took 5.5 s instead of 4.3 s)."""
+
+_applied = False
+"""Whether :func:`keep_freed_memory` took effect in this process."""
 
 KEEP_FREED_MEMORY_ENV = "TAGS_KEEP_FREED_MEMORY"
 """Set to 0 to leave glibc's malloc at its defaults (see :func:`keep_freed_memory`)."""
@@ -53,7 +56,7 @@ def keep_freed_memory() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         ok = all(libc.mallopt(param, value) == 1 for param, value in (
             (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, 1)))
     except (OSError, AttributeError):
@@ -65,7 +68,8 @@ def keep_freed_memory() -> bool:
     return ok
 
 
-_applied = False
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def release_freed_memory() -> None:
@@ -79,6 +83,6 @@ def release_freed_memory() -> None:
     if not _applied:
         return
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass
