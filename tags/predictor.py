@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
@@ -115,7 +116,7 @@ def fit_windows(
     ceil_to = lambda n: -(-n // multiple) * multiple  # noqa: E731
     o = int(round(window * overlap))
     if extent <= window:
-        return (max(min_window, ceil_to(extent)), 0.0) if min_window < window else (window, overlap)
+        return (min(window, max(min_window, ceil_to(extent))), 0.0) if min_window < window else (window, overlap)
     if max_window == window:
         return window, overlap
     n = 1 if extent <= max_window else -(-(extent - o) // (max_window - o))
@@ -153,8 +154,10 @@ class TagsPredictor:
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few
             seconds with a warm inductor cache, $TORCHINDUCTOR_CACHE_DIR); CPU needs a C++
-            compiler. Results equal the eager ones within float tolerance. On the 2-core benchmark
-            CPU it is no faster than eager (docs/performance.md).
+            compiler. Each in-plane window side other than the trained one (``window_sides``)
+            has its own encoder and compiles it on first use (about 40 s each again). Results
+            equal the eager ones within float tolerance. On the 2-core benchmark CPU it is no
+            faster than eager (docs/performance.md).
     """
 
     def __init__(
@@ -316,20 +319,30 @@ class TagsPredictor:
             self._sized_nets[side] = net
         return self._sized_nets[side]
 
-    def _encoder_side(self, window_side: int) -> int:
-        """Encoder input side for an in-plane window of ``window_side`` model-grid voxels."""
-        trained = self.config.roi_size[1]
-        if window_side == trained:
-            return self.net.img_size
-        return max(SIDE_MULTIPLE, round(self.net.img_size * window_side / trained / SIDE_MULTIPLE) * SIDE_MULTIPLE)
+    def _net_for(self, window_size: Sequence[int], roi_size: Sequence[int]) -> TagsNet:
+        """The network for windows of ``window_size`` in a pass trained at ``roi_size``: the
+        loaded one for the trained in-plane size, else one with its encoder at the side that keeps
+        the trained scale (exact: :meth:`_side_multiple`)."""
+        if tuple(window_size[1:]) == tuple(roi_size[1:]):
+            return self.net
+        return self._net_at(self.net.img_size * window_size[-1] // roi_size[-1])
+
+    def _side_multiple(self, trained_side: int) -> int:
+        """Step of fitted in-plane window sides: the smallest whose encoder side
+        (``img_size * side / trained_side``) is a whole multiple of :data:`SIDE_MULTIPLE`, so a
+        fitted window is encoded at exactly the trained scale (32 when the encoder runs at the
+        trained side, 16 for a 128-voxel window encoded at 256)."""
+        step = SIDE_MULTIPLE * trained_side
+        return step // math.gcd(self.net.img_size, step)
 
     def _plan_windows(self, shape: Sequence[int], roi_size: Sequence[int]) -> tuple[tuple, tuple]:
         """Window size (d, h, w) and per-axis overlap fractions for an ROI of ``shape`` voxels."""
         d, h, w = roi_size
         overlap = (self.overlap, self.overlap)
         if self.window_sides is not None and h == w:
-            lo, hi = self.window_sides
-            sides = [fit_windows(e, h, self.overlap, multiple=SIDE_MULTIPLE, max_window=hi, min_window=lo)
+            m = self._side_multiple(h)
+            lo, hi = (-(-self.window_sides[0] // m) * m, max(h, self.window_sides[1] // m * m))
+            sides = [fit_windows(e, h, self.overlap, multiple=m, max_window=hi, min_window=lo)
                      for e in shape[1:]]
             side = max(s for s, _ in sides)
             if side != h:
@@ -346,11 +359,11 @@ class TagsPredictor:
         return (depth, h, w), (depth_overlap, *overlap)
 
     def _window_logits(
-        self, x: torch.Tensor, target: TargetSpec, has_organ: bool, grid_spacing: Sequence[float]
+        self, net: TagsNet, x: torch.Tensor, target: TargetSpec, has_organ: bool, grid_spacing: Sequence[float]
     ) -> torch.Tensor:
-        """Logits (B, 1, d, h, w) of one batch of windows; x: (B, 1 or 2, d, h, w) image [+ organ]."""
+        """Logits (B, 1, d, h, w) of one batch of windows through ``net`` (:meth:`_net_for`);
+        x: (B, 1 or 2, d, h, w) image [+ organ]."""
         b = x.shape[0]
-        net = self._net_at(self._encoder_side(x.shape[-1]))
         prompts, organ_ch = None, None
         if has_organ:
             organ_ch = x[:, 1:2]
@@ -400,10 +413,12 @@ class TagsPredictor:
         inputs = torch.stack(channels)[None]
         del channels
 
-        def window(x: torch.Tensor) -> torch.Tensor:
-            return self._window_logits(x, target, organ is not None, grid_spacing)
-
         window_size, overlap = self._plan_windows(shape, roi_size)
+        net = self._net_for(window_size, roi_size)
+
+        def window(x: torch.Tensor) -> torch.Tensor:
+            return self._window_logits(net, x, target, organ is not None, grid_spacing)
+
         log.info("%s: ROI %s voxels at %s mm, windows of %s", target.name, "x".join(map(str, shape)),
                  "/".join(f"{v:.2f}" for v in grid_spacing), "x".join(map(str, window_size)))
         logits = sliding_window_inference(

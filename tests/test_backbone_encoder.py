@@ -226,16 +226,17 @@ def test_compiled_predictor_equals_eager(lits117):
     for compiled in (False, True):
         pred = TagsPredictor(make_net(), text, device="cpu", precision="fp32", compile=compiled)
         with torch.no_grad():
-            logits[compiled] = pred._window_logits(window, cfg.target("liver"), False, (1.5, 1.5, 1.5))
+            logits[compiled] = pred._window_logits(pred.net, window, cfg.target("liver"), False, (1.5, 1.5, 1.5))
     assert logits[False].std() > 0.1  # a non-constant output to compare
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-3, atol=1e-3)
 
 
 def test_resized_network_shares_the_weights(lits117):
     """tags.network.resized (TagsPredictor's in-plane window fitting): the same parameter and
-    buffer tensors, TinyViT and the prompt encoder rebuilt for the new side; resizing back gives
-    exactly the original network's logits on a real CT window; SAM ViT-B (absolute position
-    embedding) refuses."""
+    buffer tensors, TinyViT and the prompt encoder rebuilt for the new side, giving exactly the
+    logits of a network built at that side with a copy of the weights; resizing back gives exactly
+    the original network's logits on a real CT window; SAM ViT-B (absolute position embedding)
+    refuses."""
     from tags.backbones import channels_last_convs, fuse_conv_bn
     from tags.network import resized
     from tags.prompts import derive_prompts
@@ -271,8 +272,14 @@ def test_resized_network_shares_the_weights(lits117):
     expected = run(net, 64)
     assert expected.std() > 0.1
     torch.testing.assert_close(run(back, 64), expected, rtol=0, atol=0)
+    # The resized network equals one built at 96 from scratch with a copy of the weights.
+    fresh = build_tags(cfg, img_size=96, pretrained=False).eval()
+    fuse_conv_bn(fresh)
+    fresh.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, strict=True)
+    channels_last_convs(fresh)
     wide = run(big, 96)
-    assert wide.shape == (1, 1, 8, 96, 96) and torch.isfinite(wide).all()
+    assert wide.shape == (1, 1, 8, 96, 96) and wide.std() > 0.1
+    torch.testing.assert_close(wide, run(fresh.eval(), 96), rtol=0, atol=0)
     vit = build_tags(ModelConfig(backbone="sam_vit_b"), pretrained=False, img_size=128).eval()
     with pytest.raises(ValueError, match="cannot change its input size"):
         resized(vit, 160)

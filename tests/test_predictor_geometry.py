@@ -126,12 +126,14 @@ def test_absent_organ_gives_empty_result():
 
 @pytest.mark.parametrize("window,overlap,multiple,max_window,min_window",
                          [(32, 0.25, 4, 96, None), (16, 0.25, 4, 48, None), (8, 0.5, 1, 20, None),
-                          (16, 0.0, 4, 40, None), (128, 0.25, 32, 256, 96), (128, 0.25, 32, 192, 128)])
+                          (16, 0.0, 4, 40, None), (128, 0.25, 32, 256, 96), (128, 0.25, 32, 192, 128),
+                          (48, 0.25, 32, 96, 32)])
 def test_fitted_windows_are_the_fewest_that_cover_the_roi(window, overlap, multiple, max_window, min_window):
     """fit_windows against MONAI's own window placement: exactly the fewest windows of at most
     max_window that keep the trained overlap (in voxels) cover every extent, each a multiple of
-    ``multiple``, never shorter than min_window (default the trained window), and one window just
-    long enough for an extent shorter than the trained window when min_window allows it."""
+    ``multiple`` (or the trained window itself), never shorter than min_window (default the trained
+    window), and one window just long enough for an extent shorter than the trained window when
+    min_window allows it (never longer than the trained window)."""
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
@@ -139,9 +141,9 @@ def test_fitted_windows_are_the_fewest_that_cover_the_roi(window, overlap, multi
     shortest = min_window or window
     for extent in range(1, 400):
         w, ov = fit_windows(extent, window, overlap, multiple=multiple, max_window=max_window, min_window=min_window)
-        assert w % multiple == 0 and shortest <= w <= max(max_window, window)
+        assert (w % multiple == 0 or w == window) and shortest <= w <= max(max_window, window)
         if extent <= window:
-            assert w == max(shortest, -(-extent // multiple) * multiple)
+            assert w == min(window, max(shortest, -(-extent // multiple) * multiple))
         size = max(extent, w)  # MONAI pads an ROI shorter than the window
         interval = _get_scan_interval((size,), (w,), 1, (ov,))
         starts = sorted(s[0].start for s in dense_patch_slices((size,), (w,), interval))
@@ -190,7 +192,7 @@ def test_predictor_fits_the_in_plane_window_to_a_wide_roi(monkeypatch):
     for sides in ((32, 64), None):
         cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), margin_mm=3.0))
         net = EchoOrganNet(cfg)
-        net.block_kind = "tinyvit"
+        net.block_kind, net.img_size = "tinyvit", 32  # encoder at the trained side, as in the demo model
         pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
                              max_window_depth=48, window_sides=sides)
         r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})["liver_tumor"]
@@ -200,6 +202,57 @@ def test_predictor_fits_the_in_plane_window_to_a_wide_roi(monkeypatch):
         else:
             assert net.windows == [(40, 32, 32)] * 4
     assert np.array_equal(results[(32, 64)], organ) and np.array_equal(results[None], organ)
+
+
+class EchoImageNet(EchoOrganNet):
+    """Text-only echo for the organ pass: prediction == (image > 0.5) on the model grid."""
+
+    def forward(self, image, text, prompts, organ):
+        self.windows.append(tuple(image.shape[2:]))
+        return (image > 0.5).float() * 20.0 - 10.0
+
+
+def test_each_pass_compares_its_windows_with_its_own_trained_size(monkeypatch):
+    """The organ pass (trained 48x48 windows) and the tumor pass (trained 32x32) each pick the
+    encoder side from their own trained size: a 48-wide organ window runs the loaded network
+    (no resized() call), a 64-wide tumor window the encoder at 64 (encoder side = trained side)."""
+    import tags.predictor as predictor_module
+
+    sides_built = []
+    monkeypatch.setattr(predictor_module, "resized", lambda net, side: sides_built.append(side) or net)
+    cfg = small_config(roi_size=(16, 32, 32), organ_roi_size=(16, 48, 48),
+                       preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), organ_spacing=(1.0, 1.0, 1.0),
+                                                         margin_mm=3.0))
+    net = EchoImageNet(cfg)
+    net.block_kind, net.img_size = "tinyvit", 32
+    pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
+                         window_sides=(32, 64))
+    shape = (20, 40, 40)
+    volume = np.zeros(shape, np.float32)
+    volume[4:16, 6:30, 8:34] = 400.0  # bright box: the organ the echo finds
+    organs = pred.segment_organs(volume, affine_from_spacing((1, 1, 1)))
+    assert sides_built == [] and {w[1:] for w in net.windows} == {(48, 48)}
+    assert np.array_equal(organs["liver"].mask(), volume > 0)
+    net.windows.clear()
+    organ = np.zeros((40, 50, 50), bool)
+    organ[4:36, 3:47, 6:44] = True
+    pred.predict(np.zeros(organ.shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})
+    assert sides_built == [64] and {w[1:] for w in net.windows} == {(64, 64)}
+
+
+def test_fitted_sides_keep_the_trained_scale_exactly():
+    """A window trained at 32 voxels and encoded at 64 px: fitted sides step by 16 voxels (32 px),
+    so a 50-voxel ROI gets a 64-voxel window at 128 px, never a side that rounds the scale."""
+    cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0)))
+    net = EchoOrganNet(cfg)
+    net.block_kind, net.img_size = "tinyvit", 64
+    pred = TagsPredictor(net, {}, device="cpu", window_sides=(32, 96))
+    assert pred._side_multiple(32) == 16
+    assert pred._plan_windows((16, 40, 40), (16, 32, 32))[0] == (16, 48, 48)
+    assert pred._plan_windows((16, 50, 50), (16, 32, 32))[0] == (16, 64, 64)
+    net.img_size = 48  # 32 voxels encoded at 48 px: 32 px is 21.3 voxels; the step is 64 voxels (96 px)
+    assert pred._side_multiple(32) == 64
+    assert pred._plan_windows((16, 40, 40), (16, 32, 32))[0] == (16, 64, 64)
 
 
 def test_window_sides_are_checked():

@@ -62,11 +62,11 @@ class BaselinePredictor(TagsPredictor):
         load_model(net, str(path / "weights.safetensors"))
         return cls(net, **kwargs)
 
-    def _window_logits(self, x, target: TargetSpec, has_organ: bool, grid_spacing) -> torch.Tensor:
+    def _window_logits(self, net, x, target: TargetSpec, has_organ: bool, grid_spacing) -> torch.Tensor:
         if not has_organ:
             x = torch.cat([x, torch.zeros_like(x)], dim=1)
         with self._autocast():
-            return self.net(_pad8(x), target.name)[..., : x.shape[2], : x.shape[3], : x.shape[4]].float()
+            return net(_pad8(x), target.name)[..., : x.shape[2], : x.shape[3], : x.shape[4]].float()
 
 
 def _pad8(x: torch.Tensor) -> torch.Tensor:
