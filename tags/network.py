@@ -149,15 +149,20 @@ RESIZABLE_BLOCK_KINDS = ("tinyvit",)
 absolute position embedding (SAM's ViT does, sized to its 1024 input)."""
 
 
-def resized(net: TagsNet, img_size: int) -> TagsNet:
+def resized(net: TagsNet, img_size: int, *, trained_frame: bool = True) -> TagsNet:
     """``net`` with its encoder input side set to ``img_size``, for inference.
 
     The returned network shares every parameter and buffer tensor with ``net`` (no copy of the
     weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
     prompt encoder's embedding and mask sizes). ``net`` must be in eval mode; if its TinyViT
     BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too.
+
+    With ``trained_frame`` the prompt encoder places the window at the centre of the window
+    ``net`` was trained at (:class:`tags.position.FramedPositionEmbedding`): positions encode as
+    they would in a trained-size window. Without it, SAM normalises positions by the new size.
     """
     from .backbones import fuse_conv_bn
+    from .position import FramedPositionEmbedding
 
     if img_size == net.img_size:
         return net
@@ -167,6 +172,10 @@ def resized(net: TagsNet, img_size: int) -> TagsNet:
     if net.training:
         raise RuntimeError("resized() is for inference: put the network in eval mode first")
     other = build_tags(net.config, img_size=img_size, pretrained=False).eval()
+    if trained_frame:
+        pe = other.prompt_encoder
+        frame = getattr(net.prompt_encoder.pe_layer, "frame", net.img_size)
+        pe.pe_layer = FramedPositionEmbedding(num_pos_feats=pe.embed_dim // 2, frame=frame, side=img_size)
     if not any(type(m).__name__ == "Conv2d_BN" for m in net.modules()):
         fuse_conv_bn(other)
     other.load_state_dict(net.state_dict(), strict=True, assign=True)

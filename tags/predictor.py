@@ -150,6 +150,10 @@ class TagsPredictor:
             windows. The encoder is then run at that side (:func:`tags.network.resized`, same
             weights). Only encoders without absolute position embeddings (LiteMedSAM's TinyViT)
             can change side; for others this is ignored.
+        trained_frame: a window of another side than the trained one encodes positions (SAM's
+            dense image embedding, box and point prompts) as if it sat at the centre of a trained
+            window (:class:`tags.position.FramedPositionEmbedding`); False (default) normalises
+            them by the window, as SAM does.
         progress: show a progress bar.
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few
@@ -170,6 +174,7 @@ class TagsPredictor:
         overlap: float = 0.25,
         max_window_depth: Optional[int] = DEFAULT_MAX_WINDOW_DEPTH,
         window_sides: Optional[tuple[int, int]] = DEFAULT_WINDOW_SIDES,
+        trained_frame: bool = False,
         progress: bool = False,
         compile: bool = False,
     ) -> None:
@@ -193,6 +198,7 @@ class TagsPredictor:
             log.debug("%s has a fixed input size; in-plane windows keep the trained side", type(net).__name__)
             window_sides = None
         self.window_sides = tuple(window_sides) if window_sides is not None else None
+        self.trained_frame = trained_frame
         self._sized_nets: Dict[int, TagsNet] = {}
         self.progress = progress
         self.compiled = compile
@@ -313,7 +319,7 @@ class TagsPredictor:
         if side == self.net.img_size:
             return self.net
         if side not in self._sized_nets:
-            net = resized(self.net, side)
+            net = resized(self.net, side, trained_frame=self.trained_frame)
             if self.compiled:
                 net.image_encoder.compile()
             self._sized_nets[side] = net

@@ -239,6 +239,7 @@ def test_resized_network_shares_the_weights(lits117):
     refuses."""
     from tags.backbones import channels_last_convs, fuse_conv_bn
     from tags.network import resized
+    from tags.position import FramedPositionEmbedding
     from tags.prompts import derive_prompts
 
     cfg = ModelConfig(encoder_size=64, roi_size=(8, 64, 64), organ_roi_size=(8, 64, 64))
@@ -272,9 +273,11 @@ def test_resized_network_shares_the_weights(lits117):
     expected = run(net, 64)
     assert expected.std() > 0.1
     torch.testing.assert_close(run(back, 64), expected, rtol=0, atol=0)
-    # The resized network equals one built at 96 from scratch with a copy of the weights.
+    # The resized network equals one built at 96 from scratch, with a copy of the weights and
+    # positions in the trained 64-px frame.
     fresh = build_tags(cfg, img_size=96, pretrained=False).eval()
     fuse_conv_bn(fresh)
+    fresh.prompt_encoder.pe_layer = FramedPositionEmbedding(num_pos_feats=128, frame=64, side=96)
     fresh.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, strict=True)
     channels_last_convs(fresh)
     wide = run(big, 96)

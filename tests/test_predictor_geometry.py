@@ -184,7 +184,7 @@ def test_predictor_fits_the_in_plane_window_to_a_wide_roi(monkeypatch):
     the larger side (48 slices of 32x32 -> 12, so the trained 16). Same map-back either way."""
     import tags.predictor as predictor_module
 
-    monkeypatch.setattr(predictor_module, "resized", lambda net, side: net)  # the echo net has any size
+    monkeypatch.setattr(predictor_module, "resized", lambda net, side, **kw: net)  # the echo net has any size
     shape = (40, 50, 50)
     organ = np.zeros(shape, bool)
     organ[4:36, 3:47, 6:44] = True
@@ -219,7 +219,7 @@ def test_each_pass_compares_its_windows_with_its_own_trained_size(monkeypatch):
     import tags.predictor as predictor_module
 
     sides_built = []
-    monkeypatch.setattr(predictor_module, "resized", lambda net, side: sides_built.append(side) or net)
+    monkeypatch.setattr(predictor_module, "resized", lambda net, side, **kw: sides_built.append(side) or net)
     cfg = small_config(roi_size=(16, 32, 32), organ_roi_size=(16, 48, 48),
                        preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), organ_spacing=(1.0, 1.0, 1.0),
                                                          margin_mm=3.0))

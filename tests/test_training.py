@@ -11,7 +11,7 @@ from monai.losses import DiceCELoss
 
 from tags.geometry import affine_from_spacing
 from tags.network import build_tags
-from tags.predictor import TagsPredictor
+from tags.predictor import TagsPredictor, default_precision
 from training.cli import main
 from training.data import draw_sample, load_training_cases
 from training.datasets import read_dataset
@@ -68,9 +68,12 @@ def test_resume_continues_from_the_saved_step(samples, tmp_path):
 
 
 def test_export_then_predict(samples, tmp_path, capsys):
+    """Train one step at the default precision (resolved for this CPU and recorded), export,
+    predict from the model folder."""
     run = tmp_path / "run"
     assert main(["train", str(samples["lits117"]), "--out", str(run), "--steps", "1", "--roi", "8", "32", "32",
-                 "--organ-roi", "8", "32", "32", "--no-progress", "--precision", "fp32"]) == 0
+                 "--organ-roi", "8", "32", "32", "--no-progress"]) == 0
+    assert json.loads((run / "train_config.json").read_text())["precision"] == default_precision(torch.device("cpu"))
     out = tmp_path / "model"
     assert main(["export", str(run), str(out)]) == 0
     assert "model folder" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from tags.predictor import TagsPredictor
 
 from .data import augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
-from .train import TrainConfig
+from .train import TrainConfig, training_precision
 
 FILTERS = (16, 32, 64, 128)
 
@@ -83,6 +83,7 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
     The learning rate follows the same warm-up + cosine shape over the time budget.
     """
     torch.manual_seed(cfg.seed)
+    precision = training_precision(cfg, torch.device("cpu"))
     net = BaselineNet(model).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
@@ -100,7 +101,7 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
         organ = s.organ if s.organ is not None else torch.zeros_like(s.image)
         x = _pad8(torch.cat([augment_intensity(s.image, int(rng.integers(2**31))), organ])[None])
         y = _pad8(s.label[None])
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else torch.autocast("cpu", enabled=False)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
         with ctx:
             logits = net(x, s.target.name)
         loss = loss_fn(logits.float(), y)
@@ -114,7 +115,7 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(model.to_json())
     save_model(net, str(out / "weights.safetensors"))  # handles DynUNet's shared tensors
-    summary = {"steps": step, "seconds": round(time.time() - t0, 1), "final_loss_mean_last10": float(np.mean(losses[-10:])),
+    summary = {"steps": step, "seconds": round(time.time() - t0, 1), "precision": precision, "final_loss_mean_last10": float(np.mean(losses[-10:])),
                "parameters": sum(p.numel() for p in net.parameters()), "architecture": f"MONAI DynUNet filters {FILTERS}"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoint (resumed if present)")
     t.add_argument("--steps", type=int, default=1000, help="total optimisation steps (default 1000)")
     t.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (default 3e-4)")
-    t.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (default bf16)")
+    t.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                   help="autocast dtype (default: bf16 on CUDA and on CPUs with native bf16, else fp32)")
     t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
     t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints and log lines")
     t.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",

@@ -112,6 +112,7 @@ def augment_intensity(image: torch.Tensor, seed: int) -> torch.Tensor:
     No flips or rotations: the model relies on the canonical orientation.
     """
     from monai.transforms import Compose, RandAdjustContrast, RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+    from monai.utils import convert_to_tensor
 
     t = Compose([
         RandScaleIntensity(factors=0.1, prob=0.5),
@@ -120,7 +121,9 @@ def augment_intensity(image: torch.Tensor, seed: int) -> torch.Tensor:
         RandGaussianNoise(std=0.02, prob=0.3),
     ])
     t.set_random_state(seed=seed)
-    return torch.as_tensor(t(image)).float().clamp(0, 1)
+    # A plain tensor, not a MetaTensor: MetaTensor's __torch_function__ would follow every op of
+    # the network forward and backward.
+    return convert_to_tensor(t(image), track_meta=False).float().clamp(0, 1)
 
 
 def augment_prompts(p: SlicePrompts, rng: np.random.Generator, *, drop: float, jitter: float, img_size: int) -> SlicePrompts:

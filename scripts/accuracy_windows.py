@@ -1,0 +1,128 @@
+"""Held-out accuracy of a model folder under inference window settings (docs/performance.md).
+
+    .venv/bin/python scripts/accuracy_windows.py --model build/demo/model --samples build/demo/samples \
+        --json build/accuracy/accuracy_windows.json [--precision bf16 fp32] [--scales 0.7 1.3]
+
+Cases, all held out from the demo model's training (tumor prompts from the ground-truth liver,
+an oracle, as in the README's table):
+  * LiTS-117, last 40 % of the slices: liver tumor (tumor pass) and liver (organ pass);
+  * the TotalSegmentator DICOM series (Dataset502 test case): liver (organ pass);
+  * the same LiTS slices with the in-plane spacing declared f times its value, for each f in
+    --scales: the anatomy then spans f times as many model-grid voxels in plane, so the ROIs are
+    narrower (f < 1) or wider (f > 1) than the trained window. Out of distribution for every
+    window setting (the anatomy looks f times larger), so only the comparison between settings
+    means anything there.
+
+Settings (TagsPredictor keywords): the trained window side only; the default; narrower windows
+allowed, with positions in the trained frame (the default since session 6) and, for comparison,
+normalised by the window (session 5). Prints a table; writes every number and the window each
+ROI got to --json. Numbers, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SETTINGS = {
+    "trained side only": dict(window_sides=None),
+    "128-256 (default)": dict(window_sides=(128, 256)),
+    "64-256, trained frame": dict(window_sides=(64, 256), trained_frame=True),
+    "96-256, trained frame": dict(window_sides=(96, 256), trained_frame=True),
+    "96-256, window frame (session 5)": dict(window_sides=(96, 256), trained_frame=False),
+}
+
+
+def scaled_dataset(src: Path, out: Path, f: float) -> Path:
+    """A copy of dataset ``src`` whose voxels are declared f times wider along patient x and y."""
+    import nibabel as nib
+
+    dst = out / f"{src.name}-inplane-x{f:g}"
+    if (dst / "dataset.json").is_file():
+        return dst
+    for path in sorted(src.rglob("*.nii.gz")):
+        img = nib.load(str(path))
+        aff = img.affine.copy()
+        for axis in range(3):  # voxel axes pointing mostly along patient x or y
+            if int(np.argmax(np.abs(aff[:3, axis]))) < 2:
+                aff[:3, axis] *= f
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), aff, img.header), str(target))
+    (dst / "dataset.json").write_text((src / "dataset.json").read_text())
+    return dst
+
+
+class WindowLog(logging.Handler):
+    """Collects the predictor's window plan lines ("ROI AxBxC voxels ..., windows of DxExF")."""
+
+    PATTERN = re.compile(r"ROI (\d+)x(\d+)x(\d+) voxels .* windows of (\d+)x(\d+)x(\d+)")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plans = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = self.PATTERN.search(record.getMessage())
+        if m:
+            v = list(map(int, m.groups()))
+            self.plans.append((v[:3], v[3:]))
+
+
+def run(model: str, samples: Path, precisions, scales, out_dir: Path) -> dict:
+    from tags.predictor import TagsPredictor
+    from training.evaluate import evaluate
+
+    log = WindowLog()
+    logging.getLogger("tags.predictor").addHandler(log)
+    logging.getLogger("tags.predictor").setLevel(logging.INFO)
+    lits, tseg = samples / "Dataset501_LiTS117", samples / "Dataset502_TotalSegLiver"
+    cases = [("lits", lits, dict(z_from=0.6)), ("totalseg", tseg, dict(split="test"))]
+    cases += [(f"lits_x{f:g}", scaled_dataset(lits, out_dir, f), dict(z_from=0.6)) for f in scales]
+    result = {"model": model, "date": time.strftime("%Y-%m-%d"), "settings": SETTINGS, "held_out": {}}
+    for precision in precisions:
+        for name, kwargs in SETTINGS.items():
+            pred = TagsPredictor.from_model_folder(model, device="cpu", precision=precision, **kwargs)
+            row = {}
+            t0 = time.perf_counter()
+            for case, path, ekw in cases:
+                log.plans.clear()
+                rep = evaluate({"tags": pred}, path, **ekw)["summary"]["tags"]
+                for target, metrics in rep.items():
+                    row[f"{case}_{'tumor' if target == 'liver_tumor' else target}"] = metrics["dice"]
+                row[f"{case} windows (ROI -> window)"] = list(log.plans)
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            result["held_out"].setdefault(precision, {})[name] = row
+            print(precision, f"{name:34s}", "  ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                       if isinstance(v, float) and k != "seconds"), flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="build/demo/model")
+    p.add_argument("--samples", default="build/demo/samples", help="tags-train samples folder (the demo writes one)")
+    p.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    p.add_argument("--scales", nargs="*", type=float, default=[0.7, 1.3], help="in-plane spacing factors f")
+    p.add_argument("--json", default="build/accuracy/accuracy_windows.json")
+    a = p.parse_args(argv)
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = run(a.model, Path(a.samples), a.precision, a.scales, out.parent)
+    out.write_text(json.dumps(r, indent=1) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
