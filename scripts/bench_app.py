@@ -102,7 +102,10 @@ def main(argv=None) -> int:
     rows = [run_case(name, study, Path(a.model), out, a.app_args) for name, study in cases]
     import psutil
 
-    report = {"machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    from tags.bench import machine_info
+
+    report = {"machine": {**machine_info(), "cpus": os.cpu_count(),
+                          "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
                           "python": platform.python_version()},
               "model": a.model, "date": time.strftime("%Y-%m-%d"), "app_args": a.app_args,
               "env": {k: v for k, v in os.environ.items() if k.startswith(("TAGS_", "TORCHINDUCTOR_"))},
