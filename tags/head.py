@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,6 +28,28 @@ class VolumeHead(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
+    def pad_input_channels(self, channels: int = 8) -> None:
+        """For inference: give the first convolution ``channels`` input channels, the extra ones
+        with zero weights; the forward pads its input with zero channels to match. The output is
+        the same to float rounding; oneDNN runs a 3-channel Conv3d on a slow reference path and an
+        8-channel one on its fast path (77 -> 29 ms per 32 x 128 x 128 window on a 2-core AVX2
+        CPU, fp32). The state dict keeps its keys; the first weight is then (C, channels, 3, 3, 3).
+        """
+        first = self.net[0]
+        if first.in_channels >= channels:
+            return
+        wide = nn.Conv3d(channels, first.out_channels, kernel_size=first.kernel_size, padding=first.padding)
+        wide = wide.to(device=first.weight.device, dtype=first.weight.dtype)
+        with torch.no_grad():
+            wide.weight.zero_()
+            wide.weight[:, : first.in_channels] = first.weight
+            wide.bias.copy_(first.bias)
+        self.net[0] = wide
+
     def forward(self, slice_logits: torch.Tensor, image: torch.Tensor, organ: torch.Tensor) -> torch.Tensor:
         """All (B, 1, D, H, W) -> logits (B, 1, D, H, W)."""
-        return slice_logits + self.net(torch.cat([slice_logits, image, organ], dim=1))
+        x = torch.cat([slice_logits, image, organ], dim=1)
+        extra = self.net[0].in_channels - x.shape[1]
+        if extra:
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, extra))
+        return slice_logits + self.net(x)

@@ -34,6 +34,7 @@ class TagsNet(nn.Module):
         super().__init__()
         self.config = config
         self.img_size = backbone.img_size
+        self.trained_img_size = backbone.img_size  # kept by resized(): the frame of positions
         self.block_kind = backbone.block_kind
         self.backbone_sha256 = backbone.checkpoint_sha256
         self.image_encoder = AdaptedImageEncoder(backbone, config.adapter)
@@ -127,21 +128,29 @@ class TagsNet(nn.Module):
 
 
     def decode_slices(self, emb: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """SAM's mask decoder on N slices, one prompt set each, in one call.
+        """SAM's two-way mask decoder on N slices, each with its own embedding and prompts, in one
+        batch; only the first mask output (the one TAGS trains and uses).
 
         emb, dense: (N, C, e, e); sparse: (N, T, C). Returns the first mask's logits (N, 1, 4e, 4e).
-        ``MaskDecoder.predict_masks`` pairs one image with a batch of prompts (it repeats the image
-        embedding per prompt and adds the dense prompt embedding). Passing a zero image embedding
-        and each slice's embedding inside its dense embedding forms the same sum, so every slice
-        decodes with its own embedding without calling the decoder once per slice.
+        The steps of ``MaskDecoder.predict_masks`` with the decoder's own modules (transformer,
+        output upscaling, first hypernetwork MLP), minus what TAGS does not need:
+        ``predict_masks`` pairs one image with a batch of prompts, so it copies the image
+        embedding and the position encoding once per prompt, and it computes all four mask
+        outputs and the IoU head. Here each slice's embedding goes in as it is, the position
+        encoding broadcasts over the slices, and the (N, C, e, e) inputs are channels-last so the
+        transformer's (N, e*e, C) token view of them is contiguous. Equal to ``predict_masks``
+        slice by slice to float rounding (tests/test_backbone_encoder.py).
         """
-        masks, _ = self.mask_decoder.predict_masks(
-            image_embeddings=emb.new_zeros(1, *emb.shape[1:]),
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=emb + dense,
-        )
-        return masks[:, :1]
+        md = self.mask_decoder
+        n, c, h, w = emb.shape
+        output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
+        src = (emb + dense).contiguous(memory_format=torch.channels_last)
+        pos = self.prompt_encoder.get_dense_pe().contiguous(memory_format=torch.channels_last)  # (1, C, e, e)
+        hs, src = md.transformer(src, pos, tokens)
+        upscaled = md.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))  # (N, C', 4e, 4e)
+        hyper = md.output_hypernetworks_mlps[0](hs[:, 1])  # the first mask token: (N, C')
+        return torch.einsum("nc,nchw->nhw", hyper, upscaled)[:, None]
 
 
 RESIZABLE_BLOCK_KINDS = ("tinyvit",)
@@ -155,11 +164,14 @@ def resized(net: TagsNet, img_size: int, *, trained_frame: bool = True) -> TagsN
     The returned network shares every parameter and buffer tensor with ``net`` (no copy of the
     weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
     prompt encoder's embedding and mask sizes). ``net`` must be in eval mode; if its TinyViT
-    BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too.
+    BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too, and
+    its head's input channels padded as ``net``'s (:meth:`VolumeHead.pad_input_channels`).
 
-    With ``trained_frame`` the prompt encoder places the window at the centre of the window
-    ``net`` was trained at (:class:`tags.position.FramedPositionEmbedding`): positions encode as
-    they would in a trained-size window. Without it, SAM normalises positions by the new size.
+    With ``trained_frame``, a side smaller than ``net``'s places the window at the centre of the
+    window ``net`` was trained at (:class:`tags.position.FramedPositionEmbedding`): positions
+    encode as they would in a trained-size window padded around it. A larger side, or no
+    ``trained_frame``, normalises positions by the new size as SAM does (for larger sides that
+    measured better than extending the trained frame beyond [0, 1], docs/performance.md).
     """
     from .backbones import fuse_conv_bn
     from .position import FramedPositionEmbedding
@@ -172,12 +184,13 @@ def resized(net: TagsNet, img_size: int, *, trained_frame: bool = True) -> TagsN
     if net.training:
         raise RuntimeError("resized() is for inference: put the network in eval mode first")
     other = build_tags(net.config, img_size=img_size, pretrained=False).eval()
-    if trained_frame:
+    frame = other.trained_img_size = net.trained_img_size
+    if trained_frame and img_size < frame:
         pe = other.prompt_encoder
-        frame = getattr(net.prompt_encoder.pe_layer, "frame", net.img_size)
         pe.pe_layer = FramedPositionEmbedding(num_pos_feats=pe.embed_dim // 2, frame=frame, side=img_size)
     if not any(type(m).__name__ == "Conv2d_BN" for m in net.modules()):
         fuse_conv_bn(other)
+    other.head.pad_input_channels(net.head.net[0].in_channels)
     other.load_state_dict(net.state_dict(), strict=True, assign=True)
     other.backbone_sha256 = net.backbone_sha256
     # eval() again: TinyViT caches its attention biases per window on eval, from the (now shared)

@@ -27,6 +27,7 @@ from scipy import ndimage
 from .backbones import channels_last_convs, fuse_conv_bn
 from .config import ModelConfig, TargetSpec
 from .geometry import Reorientation, spacing_from_affine, to_canonical
+from .head import VolumeHead
 from .model_folder import ModelFolderError, load_model_folder
 from .network import RESIZABLE_BLOCK_KINDS, TagsNet, build_tags, resized
 from .preprocessing import bounding_box, grid_shape, normalize_hu, resample
@@ -40,9 +41,13 @@ PROMPT_SEED = 0
 DEFAULT_MAX_WINDOW_DEPTH = 96
 """Deepest inference window along the slices (model-grid voxels), see :func:`fit_windows`."""
 
-DEFAULT_WINDOW_SIDES = (128, 256)
-"""Smallest and largest in-plane inference window side (model-grid voxels, multiples of 32), see
-:class:`TagsPredictor` ``window_sides``."""
+DEFAULT_WINDOW_SIDES = (64, 256)
+"""Smallest and largest in-plane window side of the tumor pass (model-grid voxels, multiples of
+32), see :class:`TagsPredictor` ``window_sides``."""
+
+DEFAULT_ORGAN_WINDOW_SIDES = (128, 256)
+"""The same for the organ pass: never narrower than the demo model's trained 128 (narrower organ
+windows cost held-out Dice, docs/performance.md)."""
 
 SIDE_MULTIPLE = 32
 """In-plane window sides are multiples of this (TinyViT's input side)."""
@@ -141,19 +146,21 @@ class TagsPredictor:
             with the depth. For an in-plane side larger than the trained one the depth limit
             shrinks so that a window never holds more voxels than ``max_window_depth`` trained
             sides do.
-        window_sides: (smallest, largest) in-plane window side at inference, both multiples of
-            32, or None for the trained side. The side is fitted to the ROI like the depth
+        window_sides: (smallest, largest) in-plane window side of the tumor pass, both multiples
+            of 32, or None for the trained side. The side is fitted to the ROI like the depth
             (:func:`fit_windows`): an ROI narrower than the trained window gets one window just
             wide enough (not less than the smallest side, which counts as the trained side when
-            it is larger; the default never narrows), a wider one the fewest windows up to
-            the largest side, where the trained side would tile it with several overlapping
-            windows. The encoder is then run at that side (:func:`tags.network.resized`, same
-            weights). Only encoders without absolute position embeddings (LiteMedSAM's TinyViT)
-            can change side; for others this is ignored.
-        trained_frame: a window of another side than the trained one encodes positions (SAM's
-            dense image embedding, box and point prompts) as if it sat at the centre of a trained
-            window (:class:`tags.position.FramedPositionEmbedding`); False (default) normalises
-            them by the window, as SAM does.
+            it is larger), a wider one the fewest windows up to the largest side, where the
+            trained side would tile it with several overlapping windows. The encoder is then run
+            at that side (:func:`tags.network.resized`, same weights). Only encoders without
+            absolute position embeddings (LiteMedSAM's TinyViT) can change side; for others
+            this is ignored.
+        organ_window_sides: the same for the organ pass (default: never narrower than trained).
+        trained_frame: a window narrower than the trained one encodes positions (SAM's dense
+            image embedding, box and point prompts) as the centre of a trained window would
+            (:class:`tags.position.FramedPositionEmbedding`): it is the trained window without
+            the padding that sliding-window inference would add around a narrow ROI. False
+            normalises them by the window, as SAM does (and as wider windows always do).
         progress: show a progress bar.
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few
@@ -174,7 +181,8 @@ class TagsPredictor:
         overlap: float = 0.25,
         max_window_depth: Optional[int] = DEFAULT_MAX_WINDOW_DEPTH,
         window_sides: Optional[tuple[int, int]] = DEFAULT_WINDOW_SIDES,
-        trained_frame: bool = False,
+        organ_window_sides: Optional[tuple[int, int]] = DEFAULT_ORGAN_WINDOW_SIDES,
+        trained_frame: bool = True,
         progress: bool = False,
         compile: bool = False,
     ) -> None:
@@ -185,19 +193,17 @@ class TagsPredictor:
         self.net = net.to(self.device).eval()
         fuse_conv_bn(self.net)  # inference only: frozen BatchNorm folded into the convolutions
         channels_last_convs(self.net)
+        if isinstance(getattr(self.net, "head", None), VolumeHead):
+            self.net.head.pad_input_channels()  # inference only: oneDNN's fast path for the first Conv3d
         self.config: ModelConfig = net.config
         self.text = {k: v.to(self.device) for k, v in text_embeddings.items()}
         self.overlap = overlap
         self.max_window_depth = max_window_depth
-        if window_sides is not None and (
-            len(window_sides) != 2 or window_sides[0] > window_sides[1]
-            or any(v <= 0 or v % SIDE_MULTIPLE for v in window_sides)
-        ):
-            raise ValueError(f"window_sides must be (smallest, largest), multiples of {SIDE_MULTIPLE}: {window_sides}")
-        if window_sides is not None and getattr(net, "block_kind", None) not in RESIZABLE_BLOCK_KINDS:
+        self.window_sides = _checked_sides(window_sides, "window_sides")
+        self.organ_window_sides = _checked_sides(organ_window_sides, "organ_window_sides")
+        if getattr(net, "block_kind", None) not in RESIZABLE_BLOCK_KINDS:
             log.debug("%s has a fixed input size; in-plane windows keep the trained side", type(net).__name__)
-            window_sides = None
-        self.window_sides = tuple(window_sides) if window_sides is not None else None
+            self.window_sides = self.organ_window_sides = None
         self.trained_frame = trained_frame
         self._sized_nets: Dict[int, TagsNet] = {}
         self.progress = progress
@@ -262,7 +268,7 @@ class TagsPredictor:
             box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
             prob = self._run_roi(
                 canon, None, box, spacing, target,
-                self.config.preprocessing.organ_spacing, self.config.organ_roi_size,
+                self.config.preprocessing.organ_spacing, self.config.organ_roi_size, self.organ_window_sides,
                 on_grid=_keep_largest_component,
             )
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
@@ -303,7 +309,8 @@ class TagsPredictor:
             if box is None:
                 results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), "organ_absent")
                 continue
-            prob = self._run_roi(canon, organ_c, box, spacing, target, pre.spacing, self.config.roi_size)
+            prob = self._run_roi(canon, organ_c, box, spacing, target, pre.spacing, self.config.roi_size,
+                                 self.window_sides)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
         return results
 
@@ -341,13 +348,16 @@ class TagsPredictor:
         step = SIDE_MULTIPLE * trained_side
         return step // math.gcd(self.net.img_size, step)
 
-    def _plan_windows(self, shape: Sequence[int], roi_size: Sequence[int]) -> tuple[tuple, tuple]:
-        """Window size (d, h, w) and per-axis overlap fractions for an ROI of ``shape`` voxels."""
+    def _plan_windows(
+        self, shape: Sequence[int], roi_size: Sequence[int], sides: Optional[tuple[int, int]]
+    ) -> tuple[tuple, tuple]:
+        """Window size (d, h, w) and per-axis overlap fractions for an ROI of ``shape`` voxels, in a
+        pass trained at ``roi_size`` with in-plane ``sides`` (smallest, largest; None: trained)."""
         d, h, w = roi_size
         overlap = (self.overlap, self.overlap)
-        if self.window_sides is not None and h == w:
+        if sides is not None and h == w:
             m = self._side_multiple(h)
-            lo, hi = (-(-self.window_sides[0] // m) * m, max(h, self.window_sides[1] // m * m))
+            lo, hi = (-(-sides[0] // m) * m, max(h, sides[1] // m * m))
             sides = [fit_windows(e, h, self.overlap, multiple=m, max_window=hi, min_window=lo)
                      for e in shape[1:]]
             side = max(s for s, _ in sides)
@@ -400,6 +410,7 @@ class TagsPredictor:
         target: TargetSpec,
         model_spacing: Sequence[float],
         roi_size: Sequence[int],
+        sides: Optional[tuple[int, int]],
         on_grid: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     ) -> np.ndarray:
         """Probabilities on the full canonical grid, non-zero only inside ``box``.
@@ -419,7 +430,7 @@ class TagsPredictor:
         inputs = torch.stack(channels)[None]
         del channels
 
-        window_size, overlap = self._plan_windows(shape, roi_size)
+        window_size, overlap = self._plan_windows(shape, roi_size, sides)
         net = self._net_for(window_size, roi_size)
 
         def window(x: torch.Tensor) -> torch.Tensor:
@@ -459,6 +470,14 @@ def load_delta(net: TagsNet, weights: Mapping[str, torch.Tensor], where: str = "
             f"weights in {where or 'the model folder'} do not fit this network: "
             f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
+
+
+def _checked_sides(sides: Optional[Sequence[int]], name: str) -> Optional[tuple[int, int]]:
+    if sides is None:
+        return None
+    if len(sides) != 2 or sides[0] > sides[1] or any(v <= 0 or v % SIDE_MULTIPLE for v in sides):
+        raise ValueError(f"{name} must be (smallest, largest), multiples of {SIDE_MULTIPLE}: {tuple(sides)}")
+    return tuple(sides)
 
 
 def _restore(prob: np.ndarray, reo: Reorientation) -> np.ndarray:

@@ -233,8 +233,9 @@ def test_compiled_predictor_equals_eager(lits117):
 
 def test_resized_network_shares_the_weights(lits117):
     """tags.network.resized (TagsPredictor's in-plane window fitting): the same parameter and
-    buffer tensors, TinyViT and the prompt encoder rebuilt for the new side, giving exactly the
-    logits of a network built at that side with a copy of the weights; resizing back gives exactly
+    buffer tensors, TinyViT and the prompt encoder rebuilt for the new side (positions framed in
+    the trained window only for a narrower side), giving exactly the logits of a network built at
+    that side with a copy of the weights; resizing back gives exactly
     the original network's logits on a real CT window; SAM ViT-B (absolute position embedding)
     refuses."""
     from tags.backbones import channels_last_convs, fuse_conv_bn
@@ -273,11 +274,14 @@ def test_resized_network_shares_the_weights(lits117):
     expected = run(net, 64)
     assert expected.std() > 0.1
     torch.testing.assert_close(run(back, 64), expected, rtol=0, atol=0)
-    # The resized network equals one built at 96 from scratch, with a copy of the weights and
-    # positions in the trained 64-px frame.
+    # The resized network equals one built at 96 from scratch with a copy of the weights (a wider
+    # window normalises positions by its own side, as SAM does; a narrower one is framed).
+    assert type(big.prompt_encoder.pe_layer) is not FramedPositionEmbedding
+    small = resized(net, 32).prompt_encoder.pe_layer
+    assert isinstance(small, FramedPositionEmbedding) and (small.frame, small.side) == (64, 32)
+    assert type(resized(net, 32, trained_frame=False).prompt_encoder.pe_layer) is not FramedPositionEmbedding
     fresh = build_tags(cfg, img_size=96, pretrained=False).eval()
     fuse_conv_bn(fresh)
-    fresh.prompt_encoder.pe_layer = FramedPositionEmbedding(num_pos_feats=128, frame=64, side=96)
     fresh.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, strict=True)
     channels_last_convs(fresh)
     wide = run(big, 96)
@@ -286,3 +290,22 @@ def test_resized_network_shares_the_weights(lits117):
     vit = build_tags(ModelConfig(backbone="sam_vit_b"), pretrained=False, img_size=128).eval()
     with pytest.raises(ValueError, match="cannot change its input size"):
         resized(vit, 160)
+
+
+def test_head_with_padded_input_channels_gives_the_same_logits():
+    """VolumeHead.pad_input_channels (TagsPredictor at load): the first Conv3d takes 8 channels,
+    the 5 extra ones with zero weights; the logits equal the 3-channel head's to float rounding."""
+    from tags.head import VolumeHead
+
+    torch.manual_seed(0)
+    head = VolumeHead(channels=16).eval()
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(1)
+    logits, image, organ = (torch.randn(1, 1, 8, 24, 24, generator=g) for _ in range(3))
+    with torch.no_grad():
+        before = head(logits, image, organ)
+        head.pad_input_channels(8)
+        after = head(logits, image, organ)
+    assert head.net[0].weight.shape == (16, 8, 3, 3, 3) and before.std() > 0.1
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

@@ -24,8 +24,12 @@ def test_bench_report_has_every_number(tmp_path):
     assert r["matmul_gflops"]["fp32"] > 0
     w = r["window"]["fp32"]
     assert r["window"]["gflop"] > 100 and w["seconds"] > 0 and 0 < w["fraction_of_matmul_peak"]
+    assert len(w["paired_seconds"]) == len(w["paired_matmul_gflops"]) >= 3
+    lo, hi = w["fraction_range"]
+    assert 0 < lo <= w["fraction_of_matmul_peak_paired"] <= hi
     assert r["same_roi"]["tags"]["fp32"]["seconds"] > 0
     peer = r["same_roi"]["peer_3dsam_adapter_style"]
     assert peer["gflop"] > 50 and peer["fp32"]["seconds"] > 0
     assert r["same_roi"]["speedup"]["fp32"] > 0
-    assert "GFLOP per forward" in bench.format_report(r)
+    text = bench.format_report(r)
+    assert "GFLOP per forward" in text and "paired with a peak" in text

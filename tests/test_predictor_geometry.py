@@ -226,7 +226,7 @@ def test_each_pass_compares_its_windows_with_its_own_trained_size(monkeypatch):
     net = EchoImageNet(cfg)
     net.block_kind, net.img_size = "tinyvit", 32
     pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
-                         window_sides=(32, 64))
+                         window_sides=(32, 64), organ_window_sides=(32, 64))
     shape = (20, 40, 40)
     volume = np.zeros(shape, np.float32)
     volume[4:16, 6:30, 8:34] = 400.0  # bright box: the organ the echo finds
@@ -248,14 +248,16 @@ def test_fitted_sides_keep_the_trained_scale_exactly():
     net.block_kind, net.img_size = "tinyvit", 64
     pred = TagsPredictor(net, {}, device="cpu", window_sides=(32, 96))
     assert pred._side_multiple(32) == 16
-    assert pred._plan_windows((16, 40, 40), (16, 32, 32))[0] == (16, 48, 48)
-    assert pred._plan_windows((16, 50, 50), (16, 32, 32))[0] == (16, 64, 64)
+    assert pred._plan_windows((16, 40, 40), (16, 32, 32), pred.window_sides)[0] == (16, 48, 48)
+    assert pred._plan_windows((16, 50, 50), (16, 32, 32), pred.window_sides)[0] == (16, 64, 64)
     net.img_size = 48  # 32 voxels encoded at 48 px: 32 px is 21.3 voxels; the step is 64 voxels (96 px)
     assert pred._side_multiple(32) == 64
-    assert pred._plan_windows((16, 40, 40), (16, 32, 32))[0] == (16, 64, 64)
+    assert pred._plan_windows((16, 40, 40), (16, 32, 32), pred.window_sides)[0] == (16, 64, 64)
 
 
 def test_window_sides_are_checked():
     for bad in ((96, 64), (100, 128), (0, 64), (64,)):
         with pytest.raises(ValueError, match="window_sides"):
             _predictor((1.5, 1.5, 1.5), window_sides=bad)
+        with pytest.raises(ValueError, match="organ_window_sides"):
+            _predictor((1.5, 1.5, 1.5), organ_window_sides=bad)

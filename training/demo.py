@@ -24,9 +24,11 @@ from .train import TrainConfig, load_checkpoint, train
 
 Z_SPLIT = 0.6
 SECONDS_PER_STEP = 7.0
-"""Cost of one training step assumed by the step budget (measured 7.0 s on the 2-core CPU in
-bf16 before the mask decoder took all slices in one call; about 4.4 s since, so the demo now
-finishes well inside its budget with the same number of steps)."""
+"""Cost of one training step assumed by the step budget (measured 7.0 s on a 2-core AMX Xeon in
+bf16 before the mask decoder took all slices in one call; about 4.4 s there since, so the demo
+finishes well inside its budget with the same number of steps). On a 2-core AVX2 CPU without
+native bf16 a step trains in fp32 and takes about 10.4 s (198 steps in 2065 s), so the demo
+takes longer than its budget there (README)."""
 
 LIMITS = (
     "Trained on one patient's CT crop (LiTS volume 117, first 60 % of its slices) and one "
