@@ -1,10 +1,13 @@
 """Model benchmark: one TAGS window forward against this machine's matmul peak, and TAGS beside
 a 3DSAM-adapter-style network on the same region of interest.
 
-    python -m tags.bench [--model FOLDER] [--compile] [--peer-roi 128] [--json out.json]
+    python -m tags.bench [--model FOLDER] [--dtype fp32] [--window-sides 128 256] [--compile]
+        [--peer-roi 128] [--json out.json]
 
 Prints and (with --json) writes:
-  * the sustained matmul GFLOP/s of this machine in fp32 and bf16, measured in the same run;
+  * the machine (CPU model, torch's CPU capability, native bf16 or not, threads);
+  * the sustained matmul GFLOP/s of this machine in each dtype run (fp32, and bf16 where the
+    CPU has it natively, unless --dtype says otherwise), measured in the same run;
   * one forward of a TAGS model window (the model folder's roi_size): GFLOP counted by
     torch.utils.flop_counter, seconds, achieved GFLOP/s and the fraction of the matmul peak of
     the dtype it ran in (fp32, bf16 autocast; eager and, with --compile, torch.compile), against
@@ -74,6 +77,14 @@ def machine_info() -> Dict:
                 break
     return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def default_dtypes() -> List[str]:
+    """fp32, and bf16 where the CPU has it natively: emulated bf16 (AVX2) is several times slower
+    than fp32 and no precision the predictor would choose there."""
+    from .predictor import cpu_has_native_bf16
+
+    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
 
 
 def autocast(dtype: str):
@@ -148,18 +159,20 @@ def bench_config(model: Optional[str]) -> ModelConfig:
     return ModelConfig(**DEMO_LIKE, targets=(organ_target("liver", 1), tumor_target("liver", 2)))
 
 
-def build_predictor(model: Optional[str], precision: str, compile: bool):
+def build_predictor(model: Optional[str], precision: str, compile: bool, **predictor_kwargs):
     """A TagsPredictor on the CPU: the model folder, or the demo-like configuration with the
-    pretrained LiteMedSAM base and random adapters/fusion/head."""
+    pretrained LiteMedSAM base and random adapters/fusion/head. ``predictor_kwargs`` go to
+    :class:`TagsPredictor` (e.g. ``window_sides``)."""
     from .predictor import TagsPredictor
 
+    kw = dict(device="cpu", precision=precision, compile=compile, **predictor_kwargs)
     if model:
-        return TagsPredictor.from_model_folder(model, device="cpu", precision=precision, compile=compile)
+        return TagsPredictor.from_model_folder(model, **kw)
     config = bench_config(None)
     torch.manual_seed(0)
     net = build_tags(config)
     text = {t.name: torch.randn(config.text_dim) for t in config.targets}
-    return TagsPredictor(net, text, device="cpu", precision=precision, compile=compile)
+    return TagsPredictor(net, text, **kw)
 
 
 def window_inputs(net: TagsNet, roi) -> tuple:
@@ -178,11 +191,12 @@ def window_inputs(net: TagsNet, roi) -> tuple:
 
 # -- the benchmark -------------------------------------------------------------------------------
 def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 128, peer: bool = True,
-        repeats: int = 2, dtypes: Optional[List[str]] = None) -> Dict:
-    dtypes = dtypes or ["fp32", "bf16"]
+        repeats: int = 2, dtypes: Optional[List[str]] = None, predictor_kwargs: Optional[Dict] = None) -> Dict:
+    dtypes = dtypes or default_dtypes()
     out: Dict = {
         "machine": machine_info(),
         "model": model or "demo-like configuration, random adapters (" + json.dumps(DEMO_LIKE) + ")",
+        "predictor": dict(predictor_kwargs or {}),
         "matmul_gflops": {dt: round(matmul_gflops(dt), 1) for dt in dtypes},
         "window": {},
         "same_roi": {},
@@ -196,7 +210,7 @@ def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 1
     variants = [(dt, False) for dt in dtypes] + ([(dt, True) for dt in dtypes] if compile else [])
     for dt, comp in variants:
         name = dt + ("-compiled" if comp else "")
-        pred = build_predictor(model, dt, comp)  # one load (and compilation) per variant
+        pred = build_predictor(model, dt, comp, **(predictor_kwargs or {}))  # one load (and compilation) per variant
         # One model window.
         roi = tuple(pred.config.roi_size)
         inputs = window_inputs(pred.net, roi)
@@ -275,13 +289,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-peer", action="store_true", help="skip the 3DSAM-adapter-style forward")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats for TAGS, best is reported")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--dtype", action="append", choices=["fp32", "bf16"], help="dtypes to run (default both)")
+    p.add_argument("--dtype", action="append", choices=["fp32", "bf16"], help="dtypes to run (default fp32, and bf16 where the CPU has it natively)")
+    p.add_argument("--window-sides", type=int, nargs=2, metavar=("SMALLEST", "LARGEST"), default=None,
+                   help="in-plane window sides of the tumor pass (default: the predictor's; 128 256 is session 5's)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     keep_freed_memory()  # as the application does; both models run under it
     if a.threads:
         torch.set_num_threads(a.threads)
-    r = run(a.model, compile=a.compile, peer_roi=a.peer_roi, peer=not a.no_peer, repeats=a.repeats, dtypes=a.dtype)
+    r = run(a.model, compile=a.compile, peer_roi=a.peer_roi, peer=not a.no_peer, repeats=a.repeats, dtypes=a.dtype,
+            predictor_kwargs={"window_sides": tuple(a.window_sides)} if a.window_sides else None)
     print(format_report(r))
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2) + "\n")

@@ -33,3 +33,13 @@ def test_bench_report_has_every_number(tmp_path):
     assert r["same_roi"]["speedup"]["fp32"] > 0
     text = bench.format_report(r)
     assert "GFLOP per forward" in text and "paired with a peak" in text
+    assert r["machine"]["cpu_capability"] and isinstance(r["machine"]["native_bf16"], bool)
+
+
+def test_default_dtypes_run_bf16_only_where_native(monkeypatch):
+    import tags.predictor as predictor
+
+    monkeypatch.setattr(predictor, "cpu_has_native_bf16", lambda: False)
+    assert bench.default_dtypes() == ["fp32"]
+    monkeypatch.setattr(predictor, "cpu_has_native_bf16", lambda: True)
+    assert bench.default_dtypes() == ["fp32", "bf16"]
