@@ -5,7 +5,8 @@
 #
 # 1. creates .venv from requirements.txt (first run: a few minutes);
 # 2. builds the demo model folder into build/demo/model from registry data (first run only:
-#    about 30 minutes on 2 CPU cores; TAGS_MODEL=/path/to/model-folder skips it);
+#    about 30 minutes on 2 AMX CPU cores (bf16), about 70 on 2 AVX2-only cores (fp32);
+#    TAGS_MODEL=/path/to/model-folder skips it);
 # 3. writes the sample studies (TotalSegmentator example series, LiTS-117 as a CT series);
 # 4. runs the application on each study and prints where the SEG is and one line per segment.
 set -euo pipefail
@@ -14,7 +15,7 @@ bash scripts/setup_env.sh
 ulimit -s 32768 2>/dev/null || true
 MODEL=${TAGS_MODEL:-build/demo/model}
 if [ ! -f "$MODEL/metadata.json" ]; then
-    echo "[demo] building the demo model into build/demo (first run only, about 30 min on 2 cores)"
+    echo "[demo] building the demo model into build/demo (first run only, 30-70 min on 2 cores)"
     .venv/bin/tags-train demo build/demo
     MODEL=build/demo/model
 fi

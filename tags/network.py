@@ -171,7 +171,8 @@ def resized(net: TagsNet, img_size: int, *, trained_frame: bool = True) -> TagsN
     window ``net`` was trained at (:class:`tags.position.FramedPositionEmbedding`): positions
     encode as they would in a trained-size window padded around it. A larger side, or no
     ``trained_frame``, normalises positions by the new size as SAM does (for larger sides that
-    measured better than extending the trained frame beyond [0, 1], docs/performance.md).
+    measured mixed against extending the trained frame beyond [0, 1], so SAM's behaviour is kept;
+    docs/performance.md).
     """
     from .backbones import fuse_conv_bn
     from .position import FramedPositionEmbedding

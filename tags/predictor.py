@@ -43,14 +43,19 @@ DEFAULT_MAX_WINDOW_DEPTH = 96
 
 DEFAULT_WINDOW_SIDES = (64, 256)
 """Smallest and largest in-plane window side of the tumor pass (model-grid voxels, multiples of
-32), see :class:`TagsPredictor` ``window_sides``."""
+32; fitted sides between them step so the encoder scale stays exact), see
+:class:`TagsPredictor` ``window_sides``. Absolute sizes, measured on the demo model (trained
+in-plane side 128): a model trained at another side should pass its own."""
 
 DEFAULT_ORGAN_WINDOW_SIDES = (128, 256)
 """The same for the organ pass: never narrower than the demo model's trained 128 (narrower organ
-windows cost held-out Dice, docs/performance.md)."""
+windows cost held-out Dice, docs/performance.md). For a model whose organ pass was trained
+wider than 128, pass ``organ_window_sides`` with its trained side as the smallest."""
 
 SIDE_MULTIPLE = 32
-"""In-plane window sides are multiples of this (TinyViT's input side)."""
+"""The in-plane window side bounds a caller gives, and the encoder sides, are multiples of this
+(TinyViT's input side); fitted window sides on the model grid step by
+:meth:`TagsPredictor._side_multiple`."""
 
 
 @dataclass
@@ -134,8 +139,11 @@ class TagsPredictor:
     """Runs a TAGS network on CT volumes.
 
     Args:
-        net: the network (weights loaded); put in eval mode and its frozen BatchNorm layers folded
-            into their convolutions, in place (inference only).
+        net: the network (weights loaded). The predictor takes it over for inference and changes
+            it in place: eval mode, frozen BatchNorm layers folded into their convolutions,
+            channels-last convolutions, the head's first convolution padded to 8 input channels
+            (:meth:`VolumeHead.pad_input_channels`). Do not train it or save its state
+            afterwards; build or load another one for that.
         text_embeddings: {target name: (E,) embedding}.
         device: where to run.
         precision: "fp32", "bf16" or "fp16" (autocast); default :func:`default_precision`.

@@ -252,7 +252,9 @@ def test_resized_network_shares_the_weights(lits117):
     net.eval()
     fuse_conv_bn(net)
     channels_last_convs(net)
+    net.head.pad_input_channels()  # as TagsPredictor does at load
     big = resized(net, 96)
+    assert big.head.net[0].in_channels == 8
     assert big.img_size == 96 and big.prompt_encoder.mask_input_size == (96, 96)
     assert big.image_encoder.encoder.layers[-1].input_resolution == (24, 24)
     ours = {t.data_ptr() for t in net.state_dict().values()}
@@ -265,7 +267,8 @@ def test_resized_network_shares_the_weights(lits117):
     def run(n, side):
         image = torch.from_numpy(normalize_hu(lits117[0][40:48, 16:16 + side, 16:16 + side], (-160, 240)))[None, None]
         org = np.zeros((8, side, side), bool)
-        org[:, : organ.shape[1], : organ.shape[2]] = organ
+        k = min(side, organ.shape[1])
+        org[:, :k, :k] = organ[:, :k, :k]
         prompts = derive_prompts(org, (1.5, 1.5, 1.5), img_size=n.img_size, mask_size=n.prompt_encoder.mask_input_size[0],
                                  config=cfg.prompts, seed=0)
         with torch.no_grad():
@@ -280,13 +283,27 @@ def test_resized_network_shares_the_weights(lits117):
     small = resized(net, 32).prompt_encoder.pe_layer
     assert isinstance(small, FramedPositionEmbedding) and (small.frame, small.side) == (64, 32)
     assert type(resized(net, 32, trained_frame=False).prompt_encoder.pe_layer) is not FramedPositionEmbedding
-    fresh = build_tags(cfg, img_size=96, pretrained=False).eval()
-    fuse_conv_bn(fresh)
-    fresh.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, strict=True)
-    channels_last_convs(fresh)
+
+    def built_at(side, frame=None):
+        fresh = build_tags(cfg, img_size=side, pretrained=False).eval()
+        fuse_conv_bn(fresh)
+        fresh.head.pad_input_channels()
+        if frame:
+            pe = fresh.prompt_encoder
+            pe.pe_layer = FramedPositionEmbedding(num_pos_feats=pe.embed_dim // 2, frame=frame, side=side)
+        fresh.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, strict=True)
+        channels_last_convs(fresh)
+        return fresh.eval()
+
     wide = run(big, 96)
     assert wide.shape == (1, 1, 8, 96, 96) and wide.std() > 0.1
-    torch.testing.assert_close(wide, run(fresh.eval(), 96), rtol=0, atol=0)
+    torch.testing.assert_close(wide, run(built_at(96), 96), rtol=0, atol=0)
+    # A narrower window runs framed in the trained window, as a network built that way does,
+    # and differs from the same window with SAM's own position normalisation.
+    narrow = run(resized(net, 32), 32)
+    assert narrow.shape == (1, 1, 8, 32, 32) and narrow.std() > 0.1
+    torch.testing.assert_close(narrow, run(built_at(32, frame=64), 32), rtol=0, atol=0)
+    assert not torch.allclose(narrow, run(resized(net, 32, trained_frame=False), 32), atol=1e-3)
     vit = build_tags(ModelConfig(backbone="sam_vit_b"), pretrained=False, img_size=128).eval()
     with pytest.raises(ValueError, match="cannot change its input size"):
         resized(vit, 160)
