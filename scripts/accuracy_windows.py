@@ -71,20 +71,15 @@ def scaled_dataset(src: Path, out: Path, f: float) -> Path:
 
 
 def heldout_lits(lits: Path, z_from: float = 0.6):
-    """(image HU, affine, {target: mask}) of the held-out LiTS-117 slices, canonical, as
+    """(image HU, affine, {target: mask}) of the held-out LiTS-117 slices, canonical, cut as
     training.evaluate cuts them."""
-    from tags.geometry import to_canonical
     from training.data import target_masks
-    from training.datasets import load_case, read_dataset
+    from training.datasets import read_dataset
+    from training.evaluate import canonical_case
 
     ds = read_dataset(lits)
-    img, aff, lab = load_case(ds.cases[0])
-    img, aff, reo = to_canonical(img, aff)
-    lab = reo.apply(lab)
-    lo = int(round(z_from * img.shape[0]))
-    aff = aff.copy()
-    aff[:3, 3] += aff[:3, 0] * lo
-    return np.ascontiguousarray(img[lo:]), aff, target_masks(np.ascontiguousarray(lab[lo:]), ds.targets)
+    img, aff, lab = canonical_case(ds.cases[0], z_from)
+    return img, aff, target_masks(lab, ds.targets)
 
 
 def partial_organ_dice(pred, lits: Path, parts: int) -> dict:

@@ -63,6 +63,23 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[
     return out
 
 
+def canonical_case(case, z_from: Optional[float] = None):
+    """(image HU, affine, label) of a labelled case in canonical orientation, contiguous; with
+    ``z_from``, only the canonical slices from that fraction on (the part ``--z-split`` holds out),
+    the affine moved to the first kept slice."""
+    img, aff, lab = load_case(case)
+    if lab is None:
+        raise ValueError(f"{case.name}: no label to evaluate against")
+    img, aff, reo = to_canonical(img, aff)
+    lab = reo.apply(lab)
+    if z_from is not None:
+        lo = int(round(z_from * img.shape[0]))
+        img, lab = img[lo:], lab[lo:]
+        aff = aff.copy()
+        aff[:3, 3] += aff[:3, 0] * lo
+    return np.ascontiguousarray(img), aff, np.ascontiguousarray(lab)
+
+
 def evaluate(
     predictors: Dict[str, TagsPredictor],
     dataset: str | Path,
@@ -89,17 +106,7 @@ def evaluate(
         raise ValueError(f"{ds.root}: no {split} cases")
     rows: List[Dict] = []
     for case in cases:
-        img, aff, lab = load_case(case)
-        if lab is None:
-            raise ValueError(f"{case.name}: no label to evaluate against")
-        img, aff, reo = to_canonical(img, aff)
-        lab = reo.apply(lab)
-        if z_from is not None:
-            lo = int(round(z_from * img.shape[0]))
-            img, lab = img[lo:], lab[lo:]
-            aff = aff.copy()
-            aff[:3, 3] += aff[:3, 0] * lo
-        img, lab = np.ascontiguousarray(img), np.ascontiguousarray(lab)
+        img, aff, lab = canonical_case(case, z_from)
         spacing = spacing_from_affine(aff)
         truth = target_masks(lab, ds.targets)
         for method, pred in predictors.items():
