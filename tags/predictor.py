@@ -41,21 +41,21 @@ PROMPT_SEED = 0
 DEFAULT_MAX_WINDOW_DEPTH = 96
 """Deepest inference window along the slices (model-grid voxels), see :func:`fit_windows`."""
 
-DEFAULT_WINDOW_SIDES = (64, 256)
-"""Smallest and largest in-plane window side of the tumor pass (model-grid voxels, multiples of
-32; fitted sides between them step so the encoder scale stays exact), see
-:class:`TagsPredictor` ``window_sides``. Absolute sizes, measured on the demo model (trained
-in-plane side 128): a model trained at another side should pass its own."""
+DEFAULT_WINDOW_SIDE_RANGE = (0.5, 2.0)
+"""Smallest and largest in-plane window side of the tumor pass by default, as multiples of the
+side it was trained at (64 and 256 model-grid voxels for the demo model's 128; fitted sides
+step so the encoder scale stays exact), see :class:`TagsPredictor` ``window_sides``."""
 
-DEFAULT_ORGAN_WINDOW_SIDES = (128, 256)
-"""The same for the organ pass: never narrower than the demo model's trained 128 (narrower organ
-windows cost held-out Dice, docs/performance.md). For a model whose organ pass was trained
-wider than 128, pass ``organ_window_sides`` with its trained side as the smallest."""
+DEFAULT_ORGAN_WINDOW_SIDE_RANGE = (1.0, 2.0)
+"""The same for the organ pass: never narrower than trained (narrower organ windows cost
+held-out Dice on the demo model, docs/performance.md)."""
+
+AUTO = "auto"
+"""``window_sides`` / ``organ_window_sides`` value: the default range times the trained side."""
 
 SIDE_MULTIPLE = 32
 """The in-plane window side bounds a caller gives, and the encoder sides, are multiples of this
-(TinyViT's input side); fitted window sides on the model grid step by
-:meth:`TagsPredictor._side_multiple`."""
+(TinyViT's input side); fitted window sides on the model grid step by :meth:`TagsPredictor._side_multiple`."""
 
 
 @dataclass
@@ -155,7 +155,8 @@ class TagsPredictor:
             shrinks so that a window never holds more voxels than ``max_window_depth`` trained
             sides do.
         window_sides: (smallest, largest) in-plane window side of the tumor pass, both multiples
-            of 32, or None for the trained side. The side is fitted to the ROI like the depth
+            of 32, or None for the trained side, or ``"auto"`` (default):
+            :data:`DEFAULT_WINDOW_SIDE_RANGE` times the trained side (64-256 for the demo model). The side is fitted to the ROI like the depth
             (:func:`fit_windows`): an ROI narrower than the trained window gets one window just
             wide enough (not less than the smallest side, which counts as the trained side when
             it is larger), a wider one the fewest windows up to the largest side, where the
@@ -163,7 +164,8 @@ class TagsPredictor:
             at that side (:func:`tags.network.resized`, same weights). Only encoders without
             absolute position embeddings (LiteMedSAM's TinyViT) can change side; for others
             this is ignored.
-        organ_window_sides: the same for the organ pass (default: never narrower than trained).
+        organ_window_sides: the same for the organ pass (``"auto"``:
+            :data:`DEFAULT_ORGAN_WINDOW_SIDE_RANGE`, never narrower than trained).
         trained_frame: a window narrower than the trained one encodes positions (SAM's dense
             image embedding, box and point prompts) as the centre of a trained window would
             (:class:`tags.position.FramedPositionEmbedding`): it is the trained window without
@@ -188,8 +190,8 @@ class TagsPredictor:
         precision: Optional[str] = None,
         overlap: float = 0.25,
         max_window_depth: Optional[int] = DEFAULT_MAX_WINDOW_DEPTH,
-        window_sides: Optional[tuple[int, int]] = DEFAULT_WINDOW_SIDES,
-        organ_window_sides: Optional[tuple[int, int]] = DEFAULT_ORGAN_WINDOW_SIDES,
+        window_sides: Optional[tuple[int, int] | str] = AUTO,
+        organ_window_sides: Optional[tuple[int, int] | str] = AUTO,
         trained_frame: bool = True,
         progress: bool = False,
         compile: bool = False,
@@ -207,8 +209,10 @@ class TagsPredictor:
         self.text = {k: v.to(self.device) for k, v in text_embeddings.items()}
         self.overlap = overlap
         self.max_window_depth = max_window_depth
-        self.window_sides = _checked_sides(window_sides, "window_sides")
-        self.organ_window_sides = _checked_sides(organ_window_sides, "organ_window_sides")
+        self.window_sides = _checked_sides(window_sides, "window_sides", self.config.roi_size,
+                                           DEFAULT_WINDOW_SIDE_RANGE)
+        self.organ_window_sides = _checked_sides(organ_window_sides, "organ_window_sides",
+                                                 self.config.organ_roi_size, DEFAULT_ORGAN_WINDOW_SIDE_RANGE)
         if getattr(net, "block_kind", None) not in RESIZABLE_BLOCK_KINDS:
             log.debug("%s has a fixed input size; in-plane windows keep the trained side", type(net).__name__)
             self.window_sides = self.organ_window_sides = None
@@ -480,9 +484,19 @@ def load_delta(net: TagsNet, weights: Mapping[str, torch.Tensor], where: str = "
         )
 
 
-def _checked_sides(sides: Optional[Sequence[int]], name: str) -> Optional[tuple[int, int]]:
+def _checked_sides(
+    sides: Optional[Sequence[int] | str], name: str, roi_size: Sequence[int], auto_range: tuple[float, float]
+) -> Optional[tuple[int, int]]:
+    """Caller-given (smallest, largest) sides, checked; ``"auto"``: ``auto_range`` times the
+    pass's trained in-plane side (model-grid voxels; :meth:`TagsPredictor._plan_windows` rounds
+    them to the encoder-exact step)."""
     if sides is None:
         return None
+    if isinstance(sides, str):
+        if sides != AUTO:
+            raise ValueError(f"{name} must be (smallest, largest), None or {AUTO!r}: {sides!r}")
+        trained = roi_size[1]
+        return (int(round(trained * auto_range[0])), int(round(trained * auto_range[1])))
     if len(sides) != 2 or sides[0] > sides[1] or any(v <= 0 or v % SIDE_MULTIPLE for v in sides):
         raise ValueError(f"{name} must be (smallest, largest), multiples of {SIDE_MULTIPLE}: {tuple(sides)}")
     return tuple(sides)

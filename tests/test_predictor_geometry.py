@@ -261,3 +261,21 @@ def test_window_sides_are_checked():
             _predictor((1.5, 1.5, 1.5), window_sides=bad)
         with pytest.raises(ValueError, match="organ_window_sides"):
             _predictor((1.5, 1.5, 1.5), organ_window_sides=bad)
+    with pytest.raises(ValueError, match="window_sides"):
+        _predictor((1.5, 1.5, 1.5), window_sides="wide")
+
+
+def test_default_sides_scale_with_the_trained_side():
+    """window_sides="auto" (default): half to twice the tumor pass's trained side, the organ pass
+    never narrower than its own; the demo model (trained at 128) gets 64-256 and 128-256, the
+    ranges measured in docs/performance.md, session 6."""
+    demo = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
+    net = EchoOrganNet(demo)
+    net.block_kind = "tinyvit"
+    pred = TagsPredictor(net, {}, device="cpu")
+    assert (pred.window_sides, pred.organ_window_sides) == ((64, 256), (128, 256))
+    other = EchoOrganNet(small_config(roi_size=(8, 48, 48), organ_roi_size=(8, 96, 96)))
+    other.block_kind = "tinyvit"
+    pred = TagsPredictor(other, {}, device="cpu")
+    assert (pred.window_sides, pred.organ_window_sides) == ((24, 96), (96, 192))
+    assert TagsPredictor(other, {}, device="cpu", window_sides=(32, 64)).window_sides == (32, 64)
