@@ -1,0 +1,100 @@
+"""Where one TAGS window forward spends its time: seconds and GFLOP per part of the network.
+
+    .venv/bin/python scripts/profile_window.py [--model build/demo/model] [--repeats 3] [--json out.json]
+
+Times each part (patch embedding, the four TinyViT stages, neck, fusion, decoder transformer,
+output upscaling, 3D head) with forward pre/post hooks over ``--repeats`` forwards after one
+warm-up, counts its FLOPs with torch.utils.flop_counter, and prints the achieved GFLOP/s of
+each part beside this machine's fp32 matmul peak measured in the same run. The parts do not add
+up to the whole window exactly (text conditioning, prompt embedding, interpolations and the
+einsum of the mask are outside them). fp32, the dtype of a CPU without native bf16.
+Numbers, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tags.bench import build_predictor, machine_info, matmul_gflops, window_inputs  # noqa: E402
+from tags.runtime import keep_freed_memory  # noqa: E402
+
+
+def parts(net) -> dict:
+    """name -> module, in forward order; names are the modules' paths in the network."""
+    enc = net.image_encoder.encoder
+    named = {"image_encoder.encoder.patch_embed": enc.patch_embed}
+    named.update({f"image_encoder.encoder.layers.{i}": layer for i, layer in enumerate(enc.layers)})
+    named.update({"image_encoder.encoder.neck": enc.neck, "fusion": net.fusion,
+                  "mask_decoder.transformer": net.mask_decoder.transformer,
+                  "mask_decoder.output_upscaling": net.mask_decoder.output_upscaling, "head": net.head})
+    return named
+
+
+def profile(model: str, repeats: int = 3) -> dict:
+    pred = build_predictor(model, "fp32", False)
+    net = pred.net
+    inputs = window_inputs(net, tuple(pred.config.roi_size))
+    named = parts(net)
+    seconds: dict = defaultdict(float)
+    started: dict = {}
+    handles = []
+    for name, module in named.items():
+        handles.append(module.register_forward_pre_hook(lambda m, a, _n=name: started.__setitem__(_n, time.perf_counter())))
+        handles.append(module.register_forward_hook(
+            lambda m, a, o, _n=name: seconds.__setitem__(_n, seconds[_n] + time.perf_counter() - started[_n])))
+    with torch.no_grad():
+        net(*inputs)  # warm-up
+        seconds.clear()
+        peak = matmul_gflops("fp32")
+        t = time.perf_counter()
+        for _ in range(repeats):
+            net(*inputs)
+        window = (time.perf_counter() - t) / repeats
+        for h in handles:
+            h.remove()
+        with FlopCounterMode(display=False, depth=None) as fc:
+            net(*inputs)
+    counts = fc.get_flop_counts()
+    rows = {}
+    for name in named:
+        gflop = sum(counts.get("TagsNet." + name, {}).values()) / 1e9
+        s = seconds[name] / repeats
+        rows[name] = {"seconds": round(s, 4), "gflop": round(gflop, 2), "gflops": round(gflop / s, 1) if s else None}
+    total = sum(counts.get("Global", {}).values()) / 1e9
+    return {"machine": machine_info(), "model": model, "roi": list(pred.config.roi_size),
+            "matmul_gflops_fp32": round(peak, 1), "window_seconds": round(window, 3),
+            "window_gflop_inference_net": round(total, 1), "parts": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="build/demo/model", help="model folder (default build/demo/model)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    keep_freed_memory()
+    r = profile(a.model, a.repeats)
+    print(f"{r['machine']['cpu']}, fp32 matmul peak {r['matmul_gflops_fp32']} GFLOP/s; window "
+          f"{'x'.join(map(str, r['roi']))}: {r['window_seconds']:.2f} s")
+    for name, v in r["parts"].items():
+        frac = f"{100 * v['gflops'] / r['matmul_gflops_fp32']:4.0f}%" if v["gflops"] else "   -"
+        print(f"  {name:36s} {1000 * v['seconds']:7.1f} ms {v['gflop']:7.1f} GFLOP {v['gflops'] or 0:7.1f} GFLOP/s {frac}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(r, indent=1))
+        print("written:", a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
