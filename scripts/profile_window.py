@@ -48,10 +48,18 @@ def profile(model: str, repeats: int = 3) -> dict:
     seconds: dict = defaultdict(float)
     started: dict = {}
     handles = []
+
+    def timed(name, module):
+        def start(m, a):
+            started[name] = time.perf_counter()
+
+        def stop(m, a, o):
+            seconds[name] += time.perf_counter() - started[name]
+
+        return [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
+
     for name, module in named.items():
-        handles.append(module.register_forward_pre_hook(lambda m, a, _n=name: started.__setitem__(_n, time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda m, a, o, _n=name: seconds.__setitem__(_n, seconds[_n] + time.perf_counter() - started[_n])))
+        handles += timed(name, module)
     with torch.no_grad():
         net(*inputs)  # warm-up
         seconds.clear()
