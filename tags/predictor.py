@@ -154,16 +154,16 @@ class TagsPredictor:
             with the depth. For an in-plane side larger than the trained one the depth limit
             shrinks so that a window never holds more voxels than ``max_window_depth`` trained
             sides do.
-        window_sides: (smallest, largest) in-plane window side of the tumor pass, both multiples
-            of 32, or None for the trained side, or ``"auto"`` (default):
+        window_sides: (smallest, largest) in-plane window side of the tumor pass, both multiples of
+            32, or None for the trained side, or ``"auto"`` (default):
             :data:`DEFAULT_WINDOW_SIDE_RANGE` times the trained side (64-256 for the demo model).
-            The side is fitted to the ROI like the depth (:func:`fit_windows`): an ROI narrower
-            than the trained window gets one window just wide enough (not less than the smallest
-            side, which counts as the trained side when it is larger), a wider one the fewest windows up to the largest side, where the
-            trained side would tile it with several overlapping windows. The encoder is then run
-            at that side (:func:`tags.network.resized`, same weights). Only encoders without
-            absolute position embeddings (LiteMedSAM's TinyViT) can change side; for others
-            this is ignored.
+            The side is fitted to the ROI like the depth (:func:`fit_windows`): an ROI narrower than
+            the trained window gets one window just wide enough (not less than the smallest side,
+            which counts as the trained side when it is larger), a wider one the fewest windows up
+            to the largest side, where the trained side would tile it with several overlapping
+            windows. The encoder is then run at that side (:func:`tags.network.resized`, same
+            weights). Only encoders without absolute position embeddings (LiteMedSAM's TinyViT) can
+            change side; for others this is ignored.
         organ_window_sides: the same for the organ pass (``"auto"``:
             :data:`DEFAULT_ORGAN_WINDOW_SIDE_RANGE`, never narrower than trained).
         trained_frame: a window narrower than the trained one encodes positions (SAM's dense
