@@ -11,6 +11,15 @@ import torch
 torch.set_num_threads(int(os.environ.get("TAGS_TEST_THREADS", "2")))
 
 
+def pytest_configure(config):
+    """Run in-process inference as ``python app`` does: glibc malloc keeps freed activations
+    for reuse instead of unmapping them (tags.runtime; halves a 256-pixel window's time here).
+    Subprocesses started by tests choose for themselves."""
+    from tags.runtime import keep_freed_memory
+
+    keep_freed_memory()
+
+
 @pytest.fixture(scope="session")
 def lits117():
     """LiTS volume 117 crop: (image HU, labels 0/1 liver/2 tumor), from the registry wheel."""

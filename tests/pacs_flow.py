@@ -8,9 +8,10 @@
    each received series to its own folder and, when the association is released, queues it
    once (a series already processed is not run again: Orthanc re-forwards a study when the
    results make it stable again).
-3. A worker runs the application (`python app -i SERIES -o OUT -m MODEL`) and returns the
-   results: studies with an even index send the SEG by C-STORE and the SR by STOW-RS, odd
-   ones the other way round.
+3. Workers run the application (`python app -i SERIES -o OUT -m MODEL`), one process per
+   series and --workers of them at a time with one CPU thread each (as a workflow manager runs
+   MAP jobs side by side on a 2-core node), and return the results: studies with an even index
+   send the SEG by C-STORE and the SR by STOW-RS, odd ones the other way round.
 4. Every study folder in --studies is sent to Orthanc with dcmtk's storescu, in a row.
 5. When every study has a SEG in Orthanc (or a timeout), each SEG is retrieved by WADO-RS and
    compared with the file the application wrote. A JSON report goes to stdout.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -82,9 +84,10 @@ def start_orthanc(work: Path) -> subprocess.Popen:
 
 
 class Gateway:
-    """Receives forwarded series, runs the application once per series, returns the results."""
+    """Receives forwarded series, runs the application once per series in ``workers`` threads,
+    returns the results."""
 
-    def __init__(self, work: Path, model: Path, app_args: list):
+    def __init__(self, work: Path, model: Path, app_args: list, workers: int):
         self.work, self.model, self.app_args = work, model, app_args
         self.jobs: queue.Queue = queue.Queue()
         self.received: dict = {}  # association id -> series folder
@@ -97,7 +100,8 @@ class Gateway:
         ae.supported_contexts = AllStoragePresentationContexts
         self.server = ae.start_server((GATEWAY[0], GATEWAY[1]), block=False, evt_handlers=[
             (evt.EVT_C_STORE, self.on_store), (evt.EVT_RELEASED, self.on_release)])
-        threading.Thread(target=self.worker, daemon=True).start()
+        for _ in range(workers):
+            threading.Thread(target=self.worker, daemon=True).start()
 
     def on_store(self, event):
         ds = event.dataset
@@ -122,7 +126,8 @@ class Gateway:
             study = folder.parent.name
             out = self.work / "results" / folder.name
             proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(folder), "-o", str(out),
-                                   "-m", str(self.model), *self.app_args], capture_output=True, text=True)
+                                   "-m", str(self.model), *self.app_args], capture_output=True, text=True,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
             if proc.returncode != 0:
                 self.errors.append(f"{study}: app failed: {proc.stderr.strip().splitlines()[-1:]}")
                 continue
@@ -181,6 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--workers", type=int, default=2, help="application processes at a time")
     a, app_args = p.parse_known_args(argv)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     work = Path(a.work)
@@ -189,7 +195,7 @@ def main(argv=None) -> int:
     orthanc = start_orthanc(work)
     report: dict = {}
     try:
-        gateway = Gateway(work, Path(a.model), app_args)
+        gateway = Gateway(work, Path(a.model), app_args, a.workers)
         studies = sorted(Path(a.studies).iterdir())
         t0 = time.time()
         for i, study in enumerate(studies):

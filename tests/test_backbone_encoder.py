@@ -58,8 +58,9 @@ def test_litemedsam_checkpoint_sha256_is_verified(tmp_path):
 
 @pytest.mark.parametrize("slab_size", [1, 4])
 def test_zero_init_adapters_reproduce_pretrained_features(lits117, slab_size):
-    """Untrained adapters + slab embedding = the pretrained 2D encoder on each (centre) slice."""
-    d = 8
+    """Untrained adapters + slab embedding = the pretrained 2D encoder on each (centre) slice,
+    at the native 256 pixels, for a window of two slabs of neighbours (or four single slices)."""
+    d = max(4, 2 * slab_size)
     slices = _ct_slices(lits117, d)  # (D, 1, 256, 256)
     net = build_tags(ModelConfig(adapter=AdapterConfig(slab_size=slab_size))).eval()
     ref = _reference_encoder()

@@ -18,7 +18,9 @@ from training.datasets import read_dataset
 from training.samples import build_samples
 from training.train import TrainConfig, load_checkpoint, model_config_for, train
 
-TINY = dict(roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32), progress=False)
+TINY = dict(encoder_size=128, roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32), progress=False)
+TINY_CLI = ["--encoder-size", "128", "--roi", "8", "32", "32", "--organ-roi", "8", "32", "32", "--no-progress"]
+"""The same small run for the command line (encoder at 128 pixels, as the demo model)."""
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_loss_decreases_on_a_real_crop(samples):
     cases = load_training_cases([read_dataset(samples["lits117"])], mcfg)
     rng = np.random.default_rng(3)
     s = draw_sample(cases, mcfg.tumor_targets, mcfg, rng, organ_fraction=0, prompt_drop=0, box_jitter=0,
-                    img_size=256, mask_size=256)
+                    img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0])
     assert s.target.name == "liver_tumor" and s.label.sum() > 0 and s.organ.sum() > 0
     text = torch.nn.functional.normalize(torch.randn(1, 384), dim=-1)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=5e-4)
@@ -71,14 +73,14 @@ def test_export_then_predict(samples, tmp_path, capsys):
     """Train one step at the default precision (resolved for this CPU and recorded), export,
     predict from the model folder."""
     run = tmp_path / "run"
-    assert main(["train", str(samples["lits117"]), "--out", str(run), "--steps", "1", "--roi", "8", "32", "32",
-                 "--organ-roi", "8", "32", "32", "--no-progress"]) == 0
+    assert main(["train", str(samples["lits117"]), "--out", str(run), "--steps", "1", *TINY_CLI]) == 0
     assert json.loads((run / "train_config.json").read_text())["precision"] == default_precision(torch.device("cpu"))
     out = tmp_path / "model"
     assert main(["export", str(run), str(out)]) == 0
     assert "model folder" in capsys.readouterr().out
     pred = TagsPredictor.from_model_folder(out, device="cpu")
     assert {t.name for t in pred.config.targets} == {"liver", "liver_tumor"}
+    assert pred.config.encoder_size == 128  # --encoder-size reaches the model folder
     card = (out / "README.md").read_text()
     assert "Not for clinical use" in card and "minilm" in card
     organ = np.zeros((10, 40, 40), bool)
@@ -98,8 +100,7 @@ def test_torchrun_two_cpu_processes_agree(samples, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "training.cli", "train", str(samples["lits117"]), "--out", str(run), "--steps", "2",
-           "--checkpoint-every", "1", "--roi", "8", "32", "32", "--organ-roi", "8", "32", "32",
-           "--no-progress", "--precision", "fp32"]
+           "--checkpoint-every", "1", *TINY_CLI, "--precision", "fp32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = json.loads((run / "ddp_check.json").read_text())

@@ -44,7 +44,7 @@ def _train(a: argparse.Namespace) -> int:
         datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
         checkpoint_every=a.checkpoint_every, z_split=z_split, text_encoder=a.text_encoder,
         clip_folder=a.clip_folder, backbone=a.backbone, backbone_checkpoint=a.backbone_checkpoint,
-        slab_size=a.slab, roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi),
+        encoder_size=a.encoder_size, slab_size=a.slab, roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi),
         train_mask_decoder=a.train_mask_decoder, progress=not a.no_progress,
     )
     print(f"run folder: {train(cfg)}")
@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-folder", default=None, help="local CLIP text model folder (for --text-encoder clip)")
     t.add_argument("--backbone", choices=["litemedsam", "sam_vit_b"], default="litemedsam", help="base SAM")
     t.add_argument("--backbone-checkpoint", default=None, help="base checkpoint file (sam_vit_b needs it)")
+    t.add_argument("--encoder-size", type=int, default=None, metavar="SIDE",
+                   help="encoder input side in pixels (default: the backbone's native side, 256 for "
+                        "LiteMedSAM; the demo model uses 128, a quarter of the cost)")
     t.add_argument("--slab", type=int, default=4, help="slices per encoder slab (default 4)")
     t.add_argument("--roi", type=int, nargs=3, default=[64, 128, 128], metavar=("D", "H", "W"),
                    help="tumor window on the model grid")
