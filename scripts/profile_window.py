@@ -2,10 +2,10 @@
 
     .venv/bin/python scripts/profile_window.py [--model build/demo/model] [--repeats 3] [--json out.json]
 
-Times each part (patch embedding, the four TinyViT stages, neck, fusion, decoder transformer,
-output upscaling, 3D head) with forward pre/post hooks over ``--repeats`` forwards after one
-warm-up, counts its FLOPs with torch.utils.flop_counter, and prints the achieved GFLOP/s of
-each part beside this machine's fp32 matmul peak measured in the same run. The parts do not add
+Times each part (the encoder's patch embedding, each stage or block, neck; fusion, decoder
+transformer, output upscaling, 3D head) with forward pre/post hooks over ``--repeats`` forwards
+after one warm-up, counts its FLOPs with torch.utils.flop_counter, and prints the achieved
+GFLOP/s of each part beside this machine's fp32 matmul peak measured in the same run. The parts do not add
 up to the whole window exactly (text conditioning, prompt embedding, interpolations and the
 einsum of the mask are outside them). fp32, the dtype of a CPU without native bf16.
 Numbers, not assertions.
@@ -30,12 +30,16 @@ from tags.runtime import keep_freed_memory  # noqa: E402
 
 
 def parts(net) -> dict:
-    """name -> module, in forward order; names are the modules' paths in the network."""
-    enc = net.image_encoder.encoder
-    named = {"image_encoder.encoder.patch_embed": enc.patch_embed}
-    named.update({f"image_encoder.encoder.layers.{i}": layer for i, layer in enumerate(enc.layers)})
-    named.update({"image_encoder.encoder.neck": enc.neck, "fusion": net.fusion,
-                  "mask_decoder.transformer": net.mask_decoder.transformer,
+    """name -> module, in forward order; names are the modules' paths in the network. The
+    encoder's parts are its own top-level modules, with each block of a block list apart
+    (TinyViT: patch_embed, layers.0-3, neck; SAM's ViT: patch_embed, blocks.0-11, neck)."""
+    named = {}
+    for name, child in net.image_encoder.encoder.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            named.update({f"image_encoder.encoder.{name}.{i}": m for i, m in enumerate(child)})
+        else:
+            named[f"image_encoder.encoder.{name}"] = child
+    named.update({"fusion": net.fusion, "mask_decoder.transformer": net.mask_decoder.transformer,
                   "mask_decoder.output_upscaling": net.mask_decoder.output_upscaling, "head": net.head})
     return named
 

@@ -36,6 +36,26 @@ def test_bench_report_has_every_number(tmp_path):
     assert r["machine"]["cpu_capability"] and isinstance(r["machine"]["native_bf16"], bool)
 
 
+def test_profile_parts_cover_either_backbone():
+    """scripts/profile_window.py times the encoder's own parts: TinyViT's four stages, ViT's blocks."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from profile_window import parts
+
+    from tags.config import AdapterConfig, ModelConfig
+    from tags.network import build_tags
+
+    lite = list(parts(build_tags(ModelConfig(encoder_size=128), pretrained=False)))
+    assert lite[:6] == ["image_encoder.encoder.patch_embed", *(f"image_encoder.encoder.layers.{i}" for i in range(4)),
+                        "image_encoder.encoder.neck"]
+    vit = build_tags(ModelConfig(backbone="sam_vit_b", adapter=AdapterConfig(slab_size=2)), pretrained=False, img_size=128)
+    names = list(parts(vit))
+    assert [n for n in names if ".blocks." in n] == [f"image_encoder.encoder.blocks.{i}" for i in range(12)]
+    assert names[-4:] == ["fusion", "mask_decoder.transformer", "mask_decoder.output_upscaling", "head"]
+
+
 def test_default_dtypes_run_bf16_only_where_native(monkeypatch):
     import tags.predictor as predictor
 
