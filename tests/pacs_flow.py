@@ -96,6 +96,8 @@ class Gateway:
         self.results: dict = {}  # study uid -> {"seg": path, "sr": path, "returned_by": ...}
         self.errors: list = []
         self.index: dict = {}  # study uid -> send order
+        self.running = self.most_running = 0  # application processes now / at most at once
+        self.lock = threading.Lock()
         ae = AE(ae_title=GATEWAY[2])
         ae.supported_contexts = AllStoragePresentationContexts
         self.server = ae.start_server((GATEWAY[0], GATEWAY[1]), block=False, evt_handlers=[
@@ -125,9 +127,14 @@ class Gateway:
             folder = self.jobs.get()
             study = folder.parent.name
             out = self.work / "results" / folder.name
+            with self.lock:
+                self.running += 1
+                self.most_running = max(self.most_running, self.running)
             proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(folder), "-o", str(out),
                                    "-m", str(self.model), *self.app_args], capture_output=True, text=True,
                                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+            with self.lock:
+                self.running -= 1
             if proc.returncode != 0:
                 self.errors.append(f"{study}: app failed: {proc.stderr.strip().splitlines()[-1:]}")
                 continue
@@ -228,6 +235,7 @@ def main(argv=None) -> int:
             per_study[uid] = entry
         report = {"studies_sent": len(expected), "results": len(gateway.results), "per_study": per_study,
                   "duplicates_skipped": gateway.duplicates_skipped, "errors": gateway.errors,
+                  "most_apps_at_once": gateway.most_running,
                   "seconds": round(time.time() - t0, 1)}
         gateway.server.shutdown()
     finally:
