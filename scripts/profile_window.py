@@ -5,9 +5,9 @@
 Times each part (the encoder's patch embedding, each stage or block, neck; fusion, decoder
 transformer, output upscaling, 3D head) with forward pre/post hooks over ``--repeats`` forwards
 after one warm-up, counts its FLOPs with torch.utils.flop_counter, and prints the achieved
-GFLOP/s of each part beside this machine's fp32 matmul peak measured in the same run. The parts do not add
-up to the whole window exactly (text conditioning, prompt embedding, interpolations and the
-einsum of the mask are outside them). fp32, the dtype of a CPU without native bf16.
+GFLOP/s of each part beside this machine's fp32 matmul peak measured in the same run. The parts
+do not add up to the whole window exactly (text conditioning, prompt embedding, interpolations
+and the einsum of the mask are outside them). fp32, the dtype of a CPU without native bf16.
 Numbers, not assertions.
 """
 

@@ -132,6 +132,10 @@ class ModelConfig:
     targets: Tuple[TargetSpec, ...] = ()
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        if self.encoder_size is not None and self.encoder_size <= 0:
+            raise ValueError(f"encoder_size must be a positive number of pixels, not {self.encoder_size}")
+
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:
             if t.name == name:

@@ -134,6 +134,8 @@ def test_litemedsam_at_a_reduced_input_size():
     assert out.shape == (1, 1, 8, 64, 64) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="multiple of 32"):
         build_backbone("litemedsam", img_size=100)
+    with pytest.raises(ValueError, match="encoder_size must be a positive"):
+        ModelConfig(encoder_size=0)  # 0 is a multiple of 32 too; refused before anything is built
 
 
 def test_slices_decode_in_one_call_as_one_at_a_time():

@@ -2,8 +2,8 @@
 
 tests/pacs_flow.py does the work inside `unshare --net` (two application processes at a time,
 one CPU thread each); this test prepares 10 studies from real CT pixels and a model folder,
-runs it and checks its report. If the namespace or Orthanc
-cannot be started the test fails with that message: it never skips.
+runs it and checks its report. If the namespace or Orthanc cannot be started the test fails
+with that message: it never skips.
 """
 
 from __future__ import annotations

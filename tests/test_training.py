@@ -19,7 +19,8 @@ from training.samples import build_samples
 from training.train import TrainConfig, load_checkpoint, model_config_for, train
 
 TINY = dict(encoder_size=128, roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32), progress=False)
-TINY_CLI = ["--encoder-size", "128", "--roi", "8", "32", "32", "--organ-roi", "8", "32", "32", "--no-progress"]
+TINY_CLI = ["--encoder-size", str(TINY["encoder_size"]), "--roi", *map(str, TINY["roi_size"]),
+            "--organ-roi", *map(str, TINY["organ_roi_size"]), "--no-progress"]
 """The same small run for the command line (encoder at 128 pixels, as the demo model)."""
 
 
