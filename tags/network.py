@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, build_backbone
+from .backbones import Backbone, build_backbone, input_hw, square_side
 from .config import ModelConfig
 from .encoder import AdaptedImageEncoder
 from .fusion import PromptFusion, TextConditioning
@@ -33,8 +33,9 @@ class TagsNet(nn.Module):
     def __init__(self, backbone: Backbone, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.img_size = backbone.img_size
-        self.trained_img_size = backbone.img_size  # kept by resized(): the frame of positions
+        self.input_size: Tuple[int, int] = backbone.input_size  # (H, W) of the encoder input
+        # The frame of positions: the side this network was built at (resized() sets the trained one).
+        self.trained_img_size = max(backbone.input_size)
         self.block_kind = backbone.block_kind
         self.backbone_sha256 = backbone.checkpoint_sha256
         self.image_encoder = AdaptedImageEncoder(backbone, config.adapter)
@@ -53,6 +54,12 @@ class TagsNet(nn.Module):
         self.base_keys = frozenset(
             f"{name}.{k}" for name, module in base.items() for k in module.state_dict().keys()
         )
+
+    @property
+    def img_size(self) -> int:
+        """Side S of the square encoder input (every trained network; a rectangular inference
+        network from :func:`resized` has only ``input_size``)."""
+        return square_side(self.input_size, "this network's encoder")
 
     # -- structure ----------------------------------------------------------------------------
     def base_modules(self) -> Dict[str, nn.Module]:
@@ -86,9 +93,8 @@ class TagsNet(nn.Module):
         organ: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         b, _, d, h, w = image.shape
-        s = self.img_size
         n = b * d
-        x = F.interpolate(image.reshape(b, d, h, w), size=(s, s), mode="bilinear", align_corners=False)
+        x = F.interpolate(image.reshape(b, d, h, w), size=self.input_size, mode="bilinear", align_corners=False)
         k = self.image_encoder.slab_size
         pad = (-d) % k
         x = x[:, None]
@@ -119,7 +125,7 @@ class TagsNet(nn.Module):
             pe.not_a_point_embed.weight[0],
         )
 
-        logits = self.decode_slices(emb, sparse, dense)  # (N, 1, 4e, 4e)
+        logits = self.decode_slices(emb, sparse, dense)  # (N, 1, 4e_h, 4e_w)
         logits = logits.reshape(b, d, *logits.shape[-2:])
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, None]
         if organ is None:
@@ -131,7 +137,8 @@ class TagsNet(nn.Module):
         """SAM's two-way mask decoder on N slices, each with its own embedding and prompts, in one
         batch; only the first mask output (the one TAGS trains and uses).
 
-        emb, dense: (N, C, e, e); sparse: (N, T, C). Returns the first mask's logits (N, 1, 4e, 4e).
+        emb, dense: (N, C, e_h, e_w); sparse: (N, T, C). Returns the first mask's logits
+        (N, 1, 4e_h, 4e_w).
         The steps of ``MaskDecoder.predict_masks`` with the decoder's own modules (transformer,
         output upscaling, first hypernetwork MLP), minus what TAGS does not need:
         ``predict_masks`` pairs one image with a batch of prompts, so it copies the image
@@ -146,20 +153,20 @@ class TagsNet(nn.Module):
         output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
         src = (emb + dense).contiguous(memory_format=torch.channels_last)
-        pos = self.prompt_encoder.get_dense_pe().contiguous(memory_format=torch.channels_last)  # (1, C, e, e)
+        pos = self.prompt_encoder.get_dense_pe().contiguous(memory_format=torch.channels_last)  # (1, C, e_h, e_w)
         hs, src = md.transformer(src, pos, tokens)
-        upscaled = md.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))  # (N, C', 4e, 4e)
+        upscaled = md.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))  # (N, C', 4e_h, 4e_w)
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1])  # the first mask token: (N, C')
         return torch.einsum("nc,nchw->nhw", hyper, upscaled)[:, None]
 
 
 RESIZABLE_BLOCK_KINDS = ("tinyvit",)
-"""Encoders that run at any input side (a multiple of 32) with the same weights: TinyViT has no
-absolute position embedding (SAM's ViT does, sized to its 1024 input)."""
+"""Encoders that run at any input size (H and W multiples of 32, square or not) with the same
+weights: TinyViT has no absolute position embedding (SAM's ViT does, sized to its 1024 input)."""
 
 
-def resized(net: TagsNet, img_size: int, *, trained_frame: bool = True) -> TagsNet:
-    """``net`` with its encoder input side set to ``img_size``, for inference.
+def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool = True) -> TagsNet:
+    """``net`` with its encoder input set to ``img_size`` (a side S, or (H, W)), for inference.
 
     The returned network shares every parameter and buffer tensor with ``net`` (no copy of the
     weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
@@ -167,28 +174,30 @@ def resized(net: TagsNet, img_size: int, *, trained_frame: bool = True) -> TagsN
     BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too, and
     its head's input channels padded as ``net``'s (:meth:`VolumeHead.pad_input_channels`).
 
-    With ``trained_frame``, a side smaller than ``net``'s places the window at the centre of the
-    window ``net`` was trained at (:class:`tags.position.FramedPositionEmbedding`): positions
-    encode as they would in a trained-size window padded around it. A larger side, or no
-    ``trained_frame``, normalises positions by the new size as SAM does (for larger sides that
-    measured mixed against extending the trained frame beyond [0, 1], so SAM's behaviour is kept;
-    docs/performance.md).
+    With ``trained_frame``, an axis shorter than the side ``net`` was trained at places the
+    window at the centre of the trained window along that axis
+    (:class:`tags.position.FramedPositionEmbedding`): positions encode as they would in a
+    trained-size window padded around it. A longer axis, or no ``trained_frame``, normalises
+    positions by the new length as SAM does (for larger sides that measured mixed against
+    extending the trained frame beyond [0, 1], so SAM's behaviour is kept; docs/performance.md).
+    A rectangular (H, W) input treats each axis so, as a square one of that side would.
     """
     from .backbones import fuse_conv_bn
     from .position import FramedPositionEmbedding
 
-    if img_size == net.img_size:
+    size = input_hw(img_size)
+    if size == net.input_size:
         return net
     if net.block_kind not in RESIZABLE_BLOCK_KINDS:
         raise ValueError(f"the {net.config.backbone} encoder cannot change its input size "
                          f"(absolute position embedding for {net.img_size}x{net.img_size})")
     if net.training:
         raise RuntimeError("resized() is for inference: put the network in eval mode first")
-    other = build_tags(net.config, img_size=img_size, pretrained=False).eval()
+    other = build_tags(net.config, img_size=size, pretrained=False).eval()
     frame = other.trained_img_size = net.trained_img_size
-    if trained_frame and img_size < frame:
+    if trained_frame and min(size) < frame:
         pe = other.prompt_encoder
-        pe.pe_layer = FramedPositionEmbedding(num_pos_feats=pe.embed_dim // 2, frame=frame, side=img_size)
+        pe.pe_layer = FramedPositionEmbedding(num_pos_feats=pe.embed_dim // 2, frame=frame, side=size)
     if not any(type(m).__name__ == "Conv2d_BN" for m in net.modules()):
         fuse_conv_bn(other)
     other.head.pad_input_channels(net.head.net[0].in_channels)

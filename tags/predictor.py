@@ -157,20 +157,30 @@ class TagsPredictor:
         window_sides: (smallest, largest) in-plane window side of the tumor pass, both multiples of
             32, or None for the trained side, or ``"auto"`` (default):
             :data:`DEFAULT_WINDOW_SIDE_RANGE` times the trained side (64-256 for the demo model).
-            The side is fitted to the ROI like the depth (:func:`fit_windows`): an ROI narrower than
-            the trained window gets one window just wide enough (not less than the smallest side,
-            which counts as the trained side when it is larger), a wider one the fewest windows up
-            to the largest side, where the trained side would tile it with several overlapping
-            windows. The encoder is then run at that side (:func:`tags.network.resized`, same
-            weights). Only encoders without absolute position embeddings (LiteMedSAM's TinyViT) can
-            change side; for others this is ignored.
+            Each in-plane axis is fitted to the ROI like the depth (:func:`fit_windows`): an ROI
+            narrower than the trained window gets one window just wide enough (not less than the
+            smallest side, which counts as the trained side when it is larger), a wider one the
+            fewest windows up to the largest side, where the trained side would tile it with
+            several overlapping windows. Rows and columns are fitted apart, so a 124 x 162 ROI
+            gets 128 x 192 windows (``square_windows``: 192 x 192). The encoder is then run at
+            that size (:func:`tags.network.resized`, same weights). Only encoders without
+            absolute position embeddings (LiteMedSAM's TinyViT) can change size; for others
+            this is ignored.
         organ_window_sides: the same for the organ pass (``"auto"``:
             :data:`DEFAULT_ORGAN_WINDOW_SIDE_RANGE`, never narrower than trained).
         trained_frame: a window narrower than the trained one encodes positions (SAM's dense
             image embedding, box and point prompts) as the centre of a trained window would
             (:class:`tags.position.FramedPositionEmbedding`): it is the trained window without
             the padding that sliding-window inference would add around a narrow ROI. False
-            normalises them by the window, as SAM does (and as wider windows always do).
+            normalises them by the window, as SAM does (and as wider windows always do). Each
+            axis of a rectangular window is treated so on its own.
+        square_windows: tumor pass: fit one in-plane side to both axes (the larger of the two),
+            as sessions 5-8 did; kept to compare. Default False: rows and columns apart, the
+            same held-out Dice on the demo model with a third fewer pixels computed on a
+            512 x 512 x 200 CT (docs/performance.md, session 9).
+        square_organ_windows: the same for the organ pass. Default True: organ windows with
+            rows and columns apart cost held-out liver Dice on the one case where they differed
+            (0.9542 -> 0.9489, docs/performance.md, session 9).
         progress: show a progress bar.
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few
@@ -193,6 +203,8 @@ class TagsPredictor:
         window_sides: Optional[tuple[int, int] | str] = AUTO,
         organ_window_sides: Optional[tuple[int, int] | str] = AUTO,
         trained_frame: bool = True,
+        square_windows: bool = False,
+        square_organ_windows: bool = True,
         progress: bool = False,
         compile: bool = False,
     ) -> None:
@@ -217,7 +229,9 @@ class TagsPredictor:
             log.debug("%s has a fixed input size; in-plane windows keep the trained side", type(net).__name__)
             self.window_sides = self.organ_window_sides = None
         self.trained_frame = trained_frame
-        self._sized_nets: Dict[int, TagsNet] = {}
+        self.square_windows = square_windows
+        self.square_organ_windows = square_organ_windows
+        self._sized_nets: Dict[tuple[int, int], TagsNet] = {}
         self.progress = progress
         self.compiled = compile
         if compile:
@@ -281,7 +295,7 @@ class TagsPredictor:
             prob = self._run_roi(
                 canon, None, box, spacing, target,
                 self.config.preprocessing.organ_spacing, self.config.organ_roi_size, self.organ_window_sides,
-                on_grid=_keep_largest_component,
+                square=self.square_organ_windows, on_grid=_keep_largest_component,
             )
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
         return results
@@ -322,7 +336,7 @@ class TagsPredictor:
                 results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), "organ_absent")
                 continue
             prob = self._run_roi(canon, organ_c, box, spacing, target, pre.spacing, self.config.roi_size,
-                                 self.window_sides)
+                                 self.window_sides, square=self.square_windows)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
         return results
 
@@ -333,24 +347,25 @@ class TagsPredictor:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _net_at(self, side: int) -> TagsNet:
-        """The network with its encoder at input side ``side`` (built once, weights shared)."""
-        if side == self.net.img_size:
+    def _net_at(self, size: tuple[int, int]) -> TagsNet:
+        """The network with its encoder at input size ``size`` (H, W) (built once, weights shared)."""
+        if size == self.net.input_size:
             return self.net
-        if side not in self._sized_nets:
-            net = resized(self.net, side, trained_frame=self.trained_frame)
+        if size not in self._sized_nets:
+            net = resized(self.net, size, trained_frame=self.trained_frame)
             if self.compiled:
                 net.image_encoder.compile()
-            self._sized_nets[side] = net
-        return self._sized_nets[side]
+            self._sized_nets[size] = net
+        return self._sized_nets[size]
 
     def _net_for(self, window_size: Sequence[int], roi_size: Sequence[int]) -> TagsNet:
         """The network for windows of ``window_size`` in a pass trained at ``roi_size``: the
-        loaded one for the trained in-plane size, else one with its encoder at the side that keeps
-        the trained scale (exact: :meth:`_side_multiple`)."""
+        loaded one for the trained in-plane size, else one with its encoder at the size that keeps
+        the trained scale along each axis (exact: :meth:`_side_multiple`)."""
         if tuple(window_size[1:]) == tuple(roi_size[1:]):
             return self.net
-        return self._net_at(self.net.img_size * window_size[-1] // roi_size[-1])
+        s = self.net.img_size
+        return self._net_at((s * window_size[1] // roi_size[1], s * window_size[2] // roi_size[2]))
 
     def _side_multiple(self, trained_side: int) -> int:
         """Step of fitted in-plane window sides: the smallest whose encoder side
@@ -361,22 +376,27 @@ class TagsPredictor:
         return step // math.gcd(self.net.img_size, step)
 
     def _plan_windows(
-        self, shape: Sequence[int], roi_size: Sequence[int], sides: Optional[tuple[int, int]]
+        self, shape: Sequence[int], roi_size: Sequence[int], sides: Optional[tuple[int, int]], square: bool = False
     ) -> tuple[tuple, tuple]:
         """Window size (d, h, w) and per-axis overlap fractions for an ROI of ``shape`` voxels, in a
-        pass trained at ``roi_size`` with in-plane ``sides`` (smallest, largest; None: trained)."""
+        pass trained at ``roi_size`` with in-plane ``sides`` (smallest, largest; None: trained),
+        rows and columns fitted apart unless ``square``."""
         d, h, w = roi_size
         overlap = (self.overlap, self.overlap)
         if sides is not None and h == w:
             m = self._side_multiple(h)
             lo, hi = (-(-sides[0] // m) * m, max(h, sides[1] // m * m))
-            sides = [fit_windows(e, h, self.overlap, multiple=m, max_window=hi, min_window=lo)
-                     for e in shape[1:]]
-            side = max(s for s, _ in sides)
-            if side != h:
-                o = int(round(h * self.overlap))
-                h = w = side
-                overlap = (max(o - 0.5, 0.0) / side,) * 2
+            fitted = [fit_windows(e, h, self.overlap, multiple=m, max_window=hi, min_window=lo)
+                      for e in shape[1:]]
+            if not square:
+                (h, overlap_h), (w, overlap_w) = fitted
+                overlap = (overlap_h, overlap_w)
+            else:
+                side = max(s for s, _ in fitted)
+                if side != h:
+                    o = int(round(h * self.overlap))
+                    h = w = side
+                    overlap = (max(o - 0.5, 0.0) / side,) * 2
         max_depth = self.max_window_depth
         if max_depth is not None and h * w > roi_size[1] * roi_size[2]:
             slab = self.config.adapter.slab_size
@@ -400,8 +420,8 @@ class TagsPredictor:
                     derive_prompts(
                         organ_ch[i, 0].cpu().numpy() > 0.5,
                         grid_spacing,
-                        img_size=net.img_size,
-                        mask_size=net.prompt_encoder.mask_input_size[0],
+                        img_size=net.input_size,
+                        mask_size=net.prompt_encoder.mask_input_size,
                         config=self.config.prompts,
                         seed=PROMPT_SEED,
                     )
@@ -423,6 +443,7 @@ class TagsPredictor:
         model_spacing: Sequence[float],
         roi_size: Sequence[int],
         sides: Optional[tuple[int, int]],
+        square: bool = False,
         on_grid: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     ) -> np.ndarray:
         """Probabilities on the full canonical grid, non-zero only inside ``box``.
@@ -442,7 +463,7 @@ class TagsPredictor:
         inputs = torch.stack(channels)[None]
         del channels
 
-        window_size, overlap = self._plan_windows(shape, roi_size, sides)
+        window_size, overlap = self._plan_windows(shape, roi_size, sides, square)
         net = self._net_for(window_size, roi_size)
 
         def window(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 For each slice of the model window: the organ's bounding box, points inside the organ
 (positive) and in a ring just outside it (negative), and the organ mask itself as a dense
-prompt. Coordinates are in encoder-input pixels (0..S-1), SAM's convention. The derivation is
+prompt. Coordinates are in encoder-input pixels (x in 0..W-1, y in 0..H-1), SAM's convention. The derivation is
 deterministic for a given seed. User points and boxes can be added through the same tensors.
 """
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .backbones import input_hw
 from .config import PromptConfig
 
 
@@ -28,7 +29,7 @@ class SlicePrompts:
         box_valid: (N,) bool, False where the slice has no box.
         points: (N, P, 2) float, x y in encoder pixels.
         point_labels: (N, P) long, 1 positive, 0 negative, -1 padding (SAM's convention).
-        dense: (N, 1, M, M) mask logits at the prompt encoder's mask input size, or None.
+        dense: (N, 1, M_h, M_w) mask logits at the prompt encoder's mask input size, or None.
     """
 
     boxes: torch.Tensor
@@ -64,17 +65,18 @@ class SlicePrompts:
         )
 
 
-def _to_encoder(coord: np.ndarray, size: int, img_size: int) -> np.ndarray:
-    """Pixel index on an axis of length ``size`` -> pixel coordinate on the encoder's S axis."""
-    return (coord + 0.5) * (img_size / size) - 0.5
+def _to_encoder(coord: np.ndarray, size: int, enc_size: int) -> np.ndarray:
+    """Pixel index on an axis of length ``size`` -> pixel coordinate on the encoder's axis of
+    length ``enc_size``."""
+    return (coord + 0.5) * (enc_size / size) - 0.5
 
 
 def derive_prompts(
     organ: np.ndarray,
     spacing: Sequence[float],
     *,
-    img_size: int,
-    mask_size: int,
+    img_size: int | Sequence[int],
+    mask_size: int | Sequence[int],
     config: PromptConfig,
     seed: int = 0,
 ) -> SlicePrompts:
@@ -83,8 +85,10 @@ def derive_prompts(
     Args:
         organ: (D, H, W) bool organ mask on the model grid.
         spacing: (z, y, x) spacing of that grid in mm (sets the ring width in pixels).
-        img_size: encoder input side S; prompt coordinates are scaled from (H, W) to (S, S).
-        mask_size: side of the dense prompt (the prompt encoder's mask input size).
+        img_size: encoder input side S, or (S_h, S_w); prompt coordinates are scaled from
+            (H, W) to it.
+        mask_size: side, or (M_h, M_w), of the dense prompt (the prompt encoder's mask input
+            size).
         config: numbers of points, ring width, dense-prompt logit magnitude.
         seed: seed of the point sampling (same seed, same points).
 
@@ -93,6 +97,8 @@ def derive_prompts(
     """
     organ = np.asarray(organ, dtype=bool)
     d, h, w = organ.shape
+    enc_h, enc_w = input_hw(img_size)
+    mask_hw = input_hw(mask_size)
     rng = np.random.default_rng(seed)
     boxes = np.zeros((d, 4), np.float32)
     box_valid = np.zeros(d, bool)
@@ -105,26 +111,26 @@ def derive_prompts(
     for z in np.flatnonzero(organ.reshape(d, -1).any(axis=1)):
         ys, xs = np.nonzero(organ[z])
         boxes[z] = [
-            _to_encoder(xs.min(), w, img_size),
-            _to_encoder(ys.min(), h, img_size),
-            _to_encoder(xs.max(), w, img_size),
-            _to_encoder(ys.max(), h, img_size),
+            _to_encoder(xs.min(), w, enc_w),
+            _to_encoder(ys.min(), h, enc_h),
+            _to_encoder(xs.max(), w, enc_w),
+            _to_encoder(ys.max(), h, enc_h),
         ]
         box_valid[z] = True
         pick = rng.integers(0, len(ys), config.num_positive)
-        points[z, : config.num_positive, 0] = _to_encoder(xs[pick], w, img_size)
-        points[z, : config.num_positive, 1] = _to_encoder(ys[pick], h, img_size)
+        points[z, : config.num_positive, 0] = _to_encoder(xs[pick], w, enc_w)
+        points[z, : config.num_positive, 1] = _to_encoder(ys[pick], h, enc_h)
         labels[z, : config.num_positive] = 1
         ring_y, ring_x = np.nonzero((dist[z] > 0) & (dist[z] <= config.ring_mm))
         if len(ring_y):
             pick = rng.integers(0, len(ring_y), config.num_negative)
             sl = slice(config.num_positive, p)
-            points[z, sl, 0] = _to_encoder(ring_x[pick], w, img_size)
-            points[z, sl, 1] = _to_encoder(ring_y[pick], h, img_size)
+            points[z, sl, 0] = _to_encoder(ring_x[pick], w, enc_w)
+            points[z, sl, 1] = _to_encoder(ring_y[pick], h, enc_h)
             labels[z, sl] = 0
 
     dense = torch.from_numpy(organ.astype(np.float32))[:, None]
-    dense = F.interpolate(dense, size=(mask_size, mask_size), mode="nearest")
+    dense = F.interpolate(dense, size=mask_hw, mode="nearest")
     dense = (dense * 2.0 - 1.0) * config.mask_logit
     return SlicePrompts(
         boxes=torch.from_numpy(boxes),

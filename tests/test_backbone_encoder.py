@@ -267,12 +267,13 @@ def test_resized_network_shares_the_weights(lits117):
     organ = np.zeros((8, 64, 64), bool)
     organ[:, 20:44, 16:40] = True
 
-    def run(n, side):
-        image = torch.from_numpy(normalize_hu(lits117[0][40:48, 16:16 + side, 16:16 + side], (-160, 240)))[None, None]
-        org = np.zeros((8, side, side), bool)
-        k = min(side, organ.shape[1])
-        org[:, :k, :k] = organ[:, :k, :k]
-        prompts = derive_prompts(org, (1.5, 1.5, 1.5), img_size=n.img_size, mask_size=n.prompt_encoder.mask_input_size[0],
+    def run(n, side, cols=None):
+        cols = cols or side
+        image = torch.from_numpy(normalize_hu(lits117[0][40:48, 16:16 + side, 16:16 + cols], (-160, 240)))[None, None]
+        org = np.zeros((8, side, cols), bool)
+        k, kc = min(side, organ.shape[1]), min(cols, organ.shape[2])
+        org[:, :k, :kc] = organ[:, :k, :kc]
+        prompts = derive_prompts(org, (1.5, 1.5, 1.5), img_size=n.input_size, mask_size=n.prompt_encoder.mask_input_size,
                                  config=cfg.prompts, seed=0)
         with torch.no_grad():
             return n(image, text, prompts, torch.from_numpy(org)[None, None].float())
@@ -284,7 +285,7 @@ def test_resized_network_shares_the_weights(lits117):
     # window normalises positions by its own side, as SAM does; a narrower one is framed).
     assert type(big.prompt_encoder.pe_layer) is not FramedPositionEmbedding
     small = resized(net, 32).prompt_encoder.pe_layer
-    assert isinstance(small, FramedPositionEmbedding) and (small.frame, small.side) == (64, 32)
+    assert isinstance(small, FramedPositionEmbedding) and (small.frame, small.size) == (64, (32, 32))
     assert type(resized(net, 32, trained_frame=False).prompt_encoder.pe_layer) is not FramedPositionEmbedding
 
     def built_at(side, frame=None):
@@ -307,6 +308,17 @@ def test_resized_network_shares_the_weights(lits117):
     assert narrow.shape == (1, 1, 8, 32, 32) and narrow.std() > 0.1
     torch.testing.assert_close(narrow, run(built_at(32, frame=64), 32), rtol=0, atol=0)
     assert not torch.allclose(narrow, run(resized(net, 32, trained_frame=False), 32), atol=1e-3)
+    # A rectangular window (rows narrower than trained, columns wider) runs as a network built at
+    # that size does: rows framed in the trained window, columns normalised by their own length.
+    rect = resized(net, (32, 96))
+    assert rect.input_size == (32, 96) and rect.prompt_encoder.mask_input_size == (32, 96)
+    assert rect.image_encoder.encoder.layers[-1].input_resolution == (8, 24)
+    assert rect.prompt_encoder.pe_layer.size == (32, 96)
+    with pytest.raises(ValueError, match="not square"):
+        rect.img_size
+    out = run(rect, 32, 96)
+    assert out.shape == (1, 1, 8, 32, 96) and out.std() > 0.1
+    torch.testing.assert_close(out, run(built_at((32, 96), frame=64), 32, 96), rtol=0, atol=0)
     vit = build_tags(ModelConfig(backbone="sam_vit_b"), pretrained=False, img_size=128).eval()
     with pytest.raises(ValueError, match="cannot change its input size"):
         resized(vit, 160)

@@ -26,6 +26,10 @@ class EchoOrganNet(nn.Module):
         self.prompt_encoder = type("PE", (), {"mask_input_size": (256, 256)})()
         self.windows = []
 
+    @property
+    def input_size(self):
+        return (self.img_size, self.img_size)
+
     def forward(self, image, text, prompts, organ):
         self.windows.append(tuple(image.shape[2:]))
         return organ * 20.0 - 10.0
@@ -204,6 +208,29 @@ def test_predictor_fits_the_in_plane_window_to_a_wide_roi(monkeypatch):
     assert np.array_equal(results[(32, 64)], organ) and np.array_equal(results[None], organ)
 
 
+def test_rows_and_columns_are_fitted_apart(monkeypatch):
+    """A 20 x 44 ROI in plane (model grid), trained 32 x 32, window_sides (32, 64): windows of
+    32 x 64 (the encoder at 32 x 64, positions framed along the rows), where square windows
+    would be 64 x 64 and compute twice the pixels. Same map-back either way."""
+    import tags.predictor as predictor_module
+
+    sizes_built = []
+    monkeypatch.setattr(predictor_module, "resized", lambda net, size, **kw: sizes_built.append(size) or net)
+    shape = (20, 40, 60)
+    organ = np.zeros(shape, bool)
+    organ[4:16, 13:27, 11:49] = True  # + 3 mm margin: 20 x 44 in plane
+    cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), margin_mm=3.0))
+    for square, window in ((False, (20, 32, 64)), (True, (20, 64, 64))):
+        net = EchoOrganNet(cfg)
+        net.block_kind, net.img_size = "tinyvit", 32
+        pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
+                             window_sides=(32, 64), square_windows=square)
+        r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})["liver_tumor"]
+        assert r.roi[1:] == (slice(10, 30), slice(8, 52))
+        assert set(net.windows) == {window} and np.array_equal(r.mask(), organ)
+        assert sizes_built.pop() == window[1:]
+
+
 class EchoImageNet(EchoOrganNet):
     """Text-only echo for the organ pass: prediction == (image > 0.5) on the model grid."""
 
@@ -237,7 +264,7 @@ def test_each_pass_compares_its_windows_with_its_own_trained_size(monkeypatch):
     organ = np.zeros((40, 50, 50), bool)
     organ[4:36, 3:47, 6:44] = True
     pred.predict(np.zeros(organ.shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})
-    assert sides_built == [64] and {w[1:] for w in net.windows} == {(64, 64)}
+    assert sides_built == [(64, 64)] and {w[1:] for w in net.windows} == {(64, 64)}
 
 
 def test_fitted_sides_keep_the_trained_scale_exactly():
