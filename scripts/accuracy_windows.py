@@ -6,7 +6,8 @@
 Cases, all held out from the demo model's training (tumor prompts from the ground-truth liver,
 an oracle, as in the README's table):
   * LiTS-117, last 40 % of the slices: liver tumor (tumor pass) and liver (organ pass);
-  * the TotalSegmentator DICOM series (Dataset502 test case): liver (organ pass);
+  * the TotalSegmentator DICOM series (Dataset502 test case): liver (organ pass), searched in the
+    whole volume (as training.evaluate does) and in the body box (as the application does);
   * the held-out LiTS tumor at its true scale with narrower ROIs (--tiles): the liver's in-plane
     box split into n x n tiles (or rows x columns, e.g. 1x2: rectangular ROIs), each tile's
     part of the liver given as the organ prompt, tumor Dice inside the tiles (pooled);
@@ -114,6 +115,28 @@ def partial_organ_dice(pred, lits: Path, parts: tuple[int, int]) -> dict:
     return {"dice": 2 * inter / total if total else None, "tiles": tiles}
 
 
+def body_box_organ_dice(pred, dataset: Path, split: str = "test") -> dict:
+    """Organ Dice of each organ target on the first ``split`` case of ``dataset`` with the organ
+    pass searching the body box, as the application does (``training.evaluate`` searches the
+    whole volume). For the TotalSegmentator DICOM case the body box is 108 x 164 voxels in plane
+    on the organ grid, where square and rows-and-columns-apart organ windows differ."""
+    from tags.preprocessing import prepare_ct
+    from training.data import target_masks
+    from training.datasets import read_dataset
+    from training.evaluate import canonical_case
+
+    ds = read_dataset(dataset)
+    img, aff, lab = canonical_case((ds.test_cases if split == "test" else ds.cases)[0])
+    truth = target_masks(lab, ds.targets)
+    ct = prepare_ct(img, aff)
+    names = [t.name for t in pred.config.organ_targets if t.name in truth]
+    out = {}
+    for name, res in pred.segment_organs(ct.hu, ct.affine, names, region=ct.body_box).items():
+        m, t = res.mask(), truth[name]
+        out[name] = float(2 * (m & t).sum() / max(int(m.sum() + t.sum()), 1))
+    return out
+
+
 class WindowLog(logging.Handler):
     """Collects the predictor's window plan lines ("ROI AxBxC voxels ..., windows of DxExF")."""
 
@@ -154,6 +177,10 @@ def run(model: str, samples: Path, precisions, scales, partial, out_dir: Path, s
                 for target, metrics in rep.items():
                     row[f"{case}_{'tumor' if target == 'liver_tumor' else target}"] = metrics["dice"]
                 row[f"{case} windows (ROI -> window)"] = list(log.plans)
+            log.plans.clear()
+            for target, dice in body_box_organ_dice(pred, tseg).items():
+                row[f"totalseg_{target}_body_box"] = dice
+            row["totalseg body box windows (ROI -> window)"] = list(log.plans)
             for parts in partial:
                 log.plans.clear()
                 tag = "x".join(map(str, parts))

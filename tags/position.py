@@ -7,6 +7,8 @@ from typing import Sequence, Tuple
 import torch
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 
+from .backbones import input_hw
+
 
 class FramedPositionEmbedding(PositionEmbeddingRandom):
     """SAM's random-Fourier position embedding for a window of ``side`` encoder pixels, placed
@@ -34,7 +36,7 @@ class FramedPositionEmbedding(PositionEmbeddingRandom):
     def __init__(self, *, num_pos_feats: int, frame: int, side: int | Sequence[int]) -> None:
         super().__init__(num_pos_feats)
         self.frame = frame
-        self.size: Tuple[int, int] = (side, side) if isinstance(side, int) else (int(side[0]), int(side[1]))
+        self.size: Tuple[int, int] = input_hw(side)
         # (x, y) order, as the coordinates: the frame each axis is normalised by, and the offset.
         self._frames = torch.tensor([float(max(frame, s)) for s in self.size[::-1]])
         self._offsets = torch.tensor([max(frame - s, 0) / 2.0 for s in self.size[::-1]])
