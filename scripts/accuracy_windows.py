@@ -23,8 +23,8 @@ Settings (TagsPredictor keywords, :data:`SETTINGS`): the trained window side onl
 default (never narrower than trained); tumor windows narrower than trained with positions in
 the trained frame (since session 6) or normalised by the window; organ windows narrower too;
 all of those with square windows (one side for rows and columns, as sessions 5-8 ran), and the
-default since session 9: the same sides fitted to rows and columns apart. Prints a table; writes every number and the window each ROI got to --json.
-Numbers, not assertions.
+default since session 9: the same sides fitted to rows and columns apart. Prints a table;
+writes every number and the window each ROI got to --json. Numbers, not assertions.
 """
 
 from __future__ import annotations

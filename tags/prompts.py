@@ -2,8 +2,9 @@
 
 For each slice of the model window: the organ's bounding box, points inside the organ
 (positive) and in a ring just outside it (negative), and the organ mask itself as a dense
-prompt. Coordinates are in encoder-input pixels (x in 0..W-1, y in 0..H-1), SAM's convention. The derivation is
-deterministic for a given seed. User points and boxes can be added through the same tensors.
+prompt. Coordinates are in encoder-input pixels (x in 0..W-1, y in 0..H-1), SAM's convention.
+The derivation is deterministic for a given seed. User points and boxes can be added through
+the same tensors.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from tags.position import FramedPositionEmbedding
 
 
-def _pair(frame: int, side: int):
+def _pair(frame: int, side: int | tuple[int, int]):
     torch.manual_seed(0)
     sam = PositionEmbeddingRandom(128)
     framed = FramedPositionEmbedding(num_pos_feats=128, frame=frame, side=side)
@@ -54,10 +54,7 @@ def test_a_wider_window_is_normalised_by_its_own_side_as_sam_does():
 def test_a_rectangular_window_frames_each_axis_on_its_own():
     """A 64 x 192 window (rows x columns) with a 128 frame: rows are a centre crop of the
     trained window (offset 32 px), columns are normalised by their own 192 px, as SAM does."""
-    torch.manual_seed(0)
-    sam = PositionEmbeddingRandom(128)
-    framed = FramedPositionEmbedding(num_pos_feats=128, frame=128, side=(64, 192))
-    framed.load_state_dict(sam.state_dict())
+    sam, framed = _pair(128, (64, 192))
     dense = framed((16, 48))
     assert dense.shape == (256, 16, 48)
     # SAM's embedding of a 128-row, 192-column window; rows 32..95 of it are this window's.
