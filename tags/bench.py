@@ -9,7 +9,8 @@ Prints and (with --json) writes:
   * the sustained matmul GFLOP/s of this machine in each dtype run (fp32, and bf16 where the
     CPU has it natively, unless --dtype says otherwise), measured in the same run;
   * one forward of a TAGS model window (the model folder's roi_size): GFLOP counted by
-    torch.utils.flop_counter, seconds, achieved GFLOP/s and the fraction of the matmul peak of
+    torch.utils.flop_counter (the useful ones: padded window queries skipped, as the predictor
+    runs them; upstream TinyViT's count beside it), seconds, achieved GFLOP/s and the fraction of the matmul peak of
     the dtype it ran in (fp32, bf16 autocast; eager and, with --compile, torch.compile), against
     the peak measured at the start and, pair by pair, against a peak measured just before each
     timed call (:func:`paired_peak_fraction`; the machine's speed drifts);
@@ -40,6 +41,7 @@ from .network import TagsNet, build_tags
 from .prompts import derive_prompts
 from .runtime import keep_freed_memory
 from .targets import organ_target, tumor_target
+from .window_attention import use_inference_attention
 
 DEMO_LIKE = dict(encoder_size=128, roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
 """Configuration benchmarked without --model: the demo model's shape (random adapters)."""
@@ -215,11 +217,15 @@ def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 1
         roi = tuple(pred.config.roi_size)
         inputs = window_inputs(pred.net, roi)
         if "gflop" not in out["window"]:
-            # FLOPs of the network as built, not of the predictor's inference copy: its head's
-            # first convolution is padded with zero-weight input channels (VolumeHead.pad_input_channels)
-            # whose multiplications do no useful work.
+            # The useful FLOPs: those of the network as built with the padded window queries skipped
+            # as the predictor does (use_inference_attention), not of the predictor's inference copy
+            # (its head's first convolution has zero-weight input channels whose multiplications do no
+            # useful work) nor of upstream TinyViT (attention at padded positions it then crops away).
             plain = build_tags(pred.config, pretrained=False).eval()
-            out["window"].update(roi=list(roi), gflop=round(count_gflop(lambda: plain(*inputs)), 1))
+            upstream = count_gflop(lambda: plain(*inputs))
+            use_inference_attention(plain)
+            out["window"].update(roi=list(roi), gflop=round(count_gflop(lambda: plain(*inputs)), 1),
+                                 gflop_upstream_tinyvit=round(upstream, 1))
             del plain
         gflop = out["window"]["gflop"]
         r = best_seconds(lambda: pred.net(*inputs), dt, repeats)
@@ -257,7 +263,8 @@ def format_report(r: Dict) -> str:
         f"machine: {r['machine']['cpu']} ({r['machine'].get('cpu_capability')}, native bf16: "
         f"{r['machine'].get('native_bf16')}), {r['machine']['threads']} threads, torch {r['machine']['torch']}",
         "matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_gflops"].items()),
-        f"TAGS window {'x'.join(map(str, w['roi']))} (D x H x W): {w['gflop']:.1f} GFLOP per forward",
+        f"TAGS window {'x'.join(map(str, w['roi']))} (D x H x W): {w['gflop']:.1f} GFLOP per forward "
+        f"({w.get('gflop_upstream_tinyvit', w['gflop']):.1f} with upstream TinyViT's padded queries)",
     ]
     for k, v in w.items():
         if isinstance(v, dict):

@@ -171,8 +171,10 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     The returned network shares every parameter and buffer tensor with ``net`` (no copy of the
     weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
     prompt encoder's embedding and mask sizes). ``net`` must be in eval mode; if its TinyViT
-    BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too, and
-    its head's input channels padded as ``net``'s (:meth:`VolumeHead.pad_input_channels`).
+    BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too, its
+    TinyViT blocks skip padded queries if ``net``'s do
+    (:func:`tags.window_attention.use_inference_attention`), and its head's input channels are
+    padded as ``net``'s (:meth:`VolumeHead.pad_input_channels`).
 
     With ``trained_frame``, an axis shorter than the side ``net`` was trained at places the
     window at the centre of the trained window along that axis
@@ -184,6 +186,7 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     """
     from .backbones import fuse_conv_bn
     from .position import FramedPositionEmbedding
+    from .window_attention import InferenceTinyViTBlock, use_inference_attention
 
     size = input_hw(img_size)
     if size == net.input_size:
@@ -205,7 +208,10 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     other.backbone_sha256 = net.backbone_sha256
     # eval() again: TinyViT caches its attention biases per window on eval, from the (now shared)
     # bias parameters.
-    return other.to(next(net.parameters()).device).eval()
+    other = other.to(next(net.parameters()).device).eval()
+    if any(isinstance(m, InferenceTinyViTBlock) for m in net.modules()):
+        use_inference_attention(other)
+    return other
 
 
 def build_tags(config: ModelConfig, **backbone_kwargs) -> TagsNet:

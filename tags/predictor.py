@@ -32,6 +32,7 @@ from .model_folder import ModelFolderError, load_model_folder
 from .network import RESIZABLE_BLOCK_KINDS, TagsNet, build_tags, resized
 from .preprocessing import bounding_box, grid_shape, normalize_hu, resample
 from .prompts import SlicePrompts, derive_prompts
+from .window_attention import use_inference_attention
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,9 @@ class TagsPredictor:
     Args:
         net: the network (weights loaded). The predictor takes it over for inference and changes
             it in place: eval mode, frozen BatchNorm layers folded into their convolutions,
-            channels-last convolutions, the head's first convolution padded to 8 input channels
-            (:meth:`VolumeHead.pad_input_channels`). Do not train it or save its state
+            channels-last convolutions, TinyViT blocks that skip padded window queries
+            (:func:`tags.window_attention.use_inference_attention`), the head's first
+            convolution padded to 8 input channels (:meth:`VolumeHead.pad_input_channels`). Do not train it or save its state
             afterwards; build or load another one for that.
         text_embeddings: {target name: (E,) embedding}.
         device: where to run.
@@ -215,6 +217,7 @@ class TagsPredictor:
         self.net = net.to(self.device).eval()
         fuse_conv_bn(self.net)  # inference only: frozen BatchNorm folded into the convolutions
         channels_last_convs(self.net)
+        use_inference_attention(self.net)  # inference only: TinyViT's padded window queries skipped
         if isinstance(getattr(self.net, "head", None), VolumeHead):
             self.net.head.pad_input_channels()  # inference only: oneDNN's fast path for the first Conv3d
         self.config: ModelConfig = net.config

