@@ -280,6 +280,32 @@ def channels_last_convs(module: nn.Module) -> int:
     return len(convs)
 
 
+_SUBCLASSES: Dict[Tuple[Callable, type], type] = {}
+
+
+def swap_to_subclass(module: nn.Module, base_name: str, marker: type, make_subclass: Callable[[type], type],
+                     accept: Callable[[nn.Module], bool] = lambda m: True) -> int:
+    """Turn every submodule of ``module`` whose class is named ``base_name`` (and that
+    ``accept`` takes) into an instance of ``make_subclass(its class)``, in place: the same
+    parameters, buffers, hooks and children, another ``forward``. For inference-only forwards
+    of upstream blocks (:mod:`tags.window_attention`, :mod:`tags.mbconv`); the subclass
+    derives from ``marker`` too, so swapped modules are recognised and left alone. Modules
+    must be in eval mode. Returns how many were swapped."""
+    swapped = 0
+    for m in module.modules():
+        base = type(m)
+        if base.__name__ != base_name or isinstance(m, marker) or not accept(m):
+            continue
+        if m.training:
+            raise RuntimeError(f"swapping {base_name} for inference needs modules in eval mode")
+        key = (make_subclass, base)
+        if key not in _SUBCLASSES:
+            _SUBCLASSES[key] = make_subclass(base)
+        m.__class__ = _SUBCLASSES[key]
+        swapped += 1
+    return swapped
+
+
 BACKBONE_REGISTRY: Dict[str, Callable[..., Backbone]] = {
     "litemedsam": build_litemedsam,
     "sam_vit_b": build_sam_vit_b,

@@ -145,7 +145,9 @@ class TagsNet(nn.Module):
         embedding and the position encoding once per prompt, and it computes all four mask
         outputs and the IoU head. Here each slice's embedding goes in as it is, the position
         encoding broadcasts over the slices, and the (N, C, e, e) inputs are channels-last so the
-        transformer's (N, e*e, C) token view of them is contiguous. Equal to ``predict_masks``
+        transformer's (N, e*e, C) token view of them is contiguous; the output upscaling's
+        LayerNorm2d runs as one ``layer_norm`` over those channels-last tokens
+        (:func:`_layer_norm_2d`) instead of its six elementwise passes. Equal to ``predict_masks``
         slice by slice to float rounding (tests/test_backbone_encoder.py).
         """
         md = self.mask_decoder
@@ -155,9 +157,20 @@ class TagsNet(nn.Module):
         src = (emb + dense).contiguous(memory_format=torch.channels_last)
         pos = self.prompt_encoder.get_dense_pe().contiguous(memory_format=torch.channels_last)  # (1, C, e_h, e_w)
         hs, src = md.transformer(src, pos, tokens)
-        upscaled = md.output_upscaling(src.transpose(1, 2).reshape(n, c, h, w))  # (N, C', 4e_h, 4e_w)
+        upscaled = src.transpose(1, 2).reshape(n, c, h, w)  # channels-last (N, C, e_h, e_w)
+        for layer in md.output_upscaling:  # -> (N, C', 4e_h, 4e_w)
+            upscaled = _layer_norm_2d(layer, upscaled) if type(layer).__name__ == "LayerNorm2d" else layer(upscaled)
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1])  # the first mask token: (N, C')
         return torch.einsum("nc,nchw->nhw", hyper, upscaled)[:, None]
+
+
+def _layer_norm_2d(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """segment_anything's ``LayerNorm2d`` (normalise each pixel over channels, biased variance,
+    eps inside the root) as one ``F.layer_norm`` on the (N, H, W, C) view of ``x``
+    (N, C, H, W): the same values to float rounding, contiguous without a copy when ``x`` is
+    channels-last, and a channels-last result."""
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias, norm.eps)
+    return y.permute(0, 3, 1, 2)
 
 
 RESIZABLE_BLOCK_KINDS = ("tinyvit",)
@@ -172,8 +185,9 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
     prompt encoder's embedding and mask sizes). ``net`` must be in eval mode; if its TinyViT
     BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too, its
-    TinyViT blocks skip padded queries if ``net``'s do
-    (:func:`tags.window_attention.use_inference_attention`), and its head's input channels are
+    TinyViT blocks skip padded queries and its MBConv blocks fuse their convolutions if ``net``'s
+    do (:func:`tags.window_attention.use_inference_attention`, :func:`tags.mbconv.use_fused_mbconv`),
+    and its head's input channels are
     padded as ``net``'s (:meth:`VolumeHead.pad_input_channels`).
 
     With ``trained_frame``, an axis shorter than the side ``net`` was trained at places the
@@ -186,6 +200,7 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     """
     from .backbones import fuse_conv_bn
     from .position import FramedPositionEmbedding
+    from .mbconv import InferenceMBConv, use_fused_mbconv
     from .window_attention import InferenceTinyViTBlock, use_inference_attention
 
     size = input_hw(img_size)
@@ -211,6 +226,8 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     other = other.to(next(net.parameters()).device).eval()
     if any(isinstance(m, InferenceTinyViTBlock) for m in net.modules()):
         use_inference_attention(other)
+    if any(isinstance(m, InferenceMBConv) for m in net.modules()):
+        use_fused_mbconv(other)
     return other
 
 

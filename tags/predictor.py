@@ -32,6 +32,7 @@ from .model_folder import ModelFolderError, load_model_folder
 from .network import RESIZABLE_BLOCK_KINDS, TagsNet, build_tags, resized
 from .preprocessing import bounding_box, grid_shape, normalize_hu, resample
 from .prompts import SlicePrompts, derive_prompts
+from .mbconv import use_fused_mbconv
 from .window_attention import use_inference_attention
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ class TagsPredictor:
         net: the network (weights loaded). The predictor takes it over for inference and changes
             it in place: eval mode, frozen BatchNorm layers folded into their convolutions,
             channels-last convolutions, TinyViT blocks that skip padded window queries
-            (:func:`tags.window_attention.use_inference_attention`), the head's first
+            (:func:`tags.window_attention.use_inference_attention`), MBConv blocks with fused
+            convolutions for fp32 on the CPU (:func:`tags.mbconv.use_fused_mbconv`), the head's first
             convolution padded to 8 input channels (:meth:`VolumeHead.pad_input_channels`). Do not train it or save its state
             afterwards; build or load another one for that.
         text_embeddings: {target name: (E,) embedding}.
@@ -216,6 +218,7 @@ class TagsPredictor:
             raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
         self.net = net.to(self.device).eval()
         fuse_conv_bn(self.net)  # inference only: frozen BatchNorm folded into the convolutions
+        use_fused_mbconv(self.net)  # fp32 CPU inference only: oneDNN convolution + GELU / + residual
         channels_last_convs(self.net)
         use_inference_attention(self.net)  # inference only: TinyViT's padded window queries skipped
         if isinstance(getattr(self.net, "head", None), VolumeHead):

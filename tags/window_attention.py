@@ -17,17 +17,19 @@ block's own modules and weights:
   stay, as upstream: they take part in every window's softmax);
 - the output projection runs on the real tokens only.
 
-The result equals the upstream block to float rounding (``tests/test_window_attention.py``).
+The result equals the upstream block to float rounding (``tests/test_inference_blocks.py``).
 Inference only: the block's parameters are shared with the upstream module, the attention
 biases must be the eval-mode cache ``attn.ab``, and there is no dropout or drop path.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
+
+from .backbones import swap_to_subclass
 
 
 def _window_groups(n: int, ws: int) -> List[Tuple[slice, int]]:
@@ -64,9 +66,6 @@ def _make_inference_block_class(base: type) -> type:
 
     _Inference.__name__ = _Inference.__qualname__ = f"Inference{base.__name__}"
     return _Inference
-
-
-_CLASSES: Dict[type, type] = {}
 
 
 def windowed_attention(attn: nn.Module, x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -115,17 +114,7 @@ def windowed_attention(attn: nn.Module, x: torch.Tensor, ws: int) -> torch.Tenso
 
 def use_inference_attention(module: nn.Module) -> int:
     """Swap every TinyViT block inside ``module`` (in eval mode) to its inference subclass, in
-    place: same parameters, hooks and children, padded queries skipped (module docstring).
-    Returns how many blocks were swapped; already swapped blocks are left as they are."""
-    swapped = 0
-    for m in module.modules():
-        base = type(m)
-        if base.__name__ != "TinyViTBlock" or isinstance(m, InferenceTinyViTBlock):
-            continue
-        if m.training:
-            raise RuntimeError("use_inference_attention needs modules in eval mode")
-        if base not in _CLASSES:
-            _CLASSES[base] = _make_inference_block_class(base)
-        m.__class__ = _CLASSES[base]
-        swapped += 1
-    return swapped
+    place (:func:`tags.backbones.swap_to_subclass`): same parameters, hooks and children,
+    padded queries skipped (module docstring). Returns how many blocks were swapped; already
+    swapped blocks are left as they are."""
+    return swap_to_subclass(module, "TinyViTBlock", InferenceTinyViTBlock, _make_inference_block_class)

