@@ -81,35 +81,39 @@ def windowed_attention(attn: nn.Module, x: torch.Tensor, ws: int) -> torch.Tenso
         on the zero-padded map (before its residual add).
     """
     B, H, W, _ = x.shape
-    heads, kd, d = attn.num_heads, attn.key_dim, attn.d
+    heads, kd = attn.num_heads, attn.key_dim
+    if attn.d != kd:
+        raise ValueError("windowed_attention needs value and key widths equal (TinyViTBlock's attn_ratio 1)")
     nH, nW = -(-H // ws), -(-W // ws)
     pH, pW = nH * ws, nW * ws
-    qkv = attn.qkv(attn.norm(x))  # (B, H, W, heads * (2 kd + d))
-    padded = qkv.new_empty(B, pH, pW, qkv.shape[-1])
-    padded[:, :H, :W] = qkv
+    qkv = attn.qkv(attn.norm(x))  # (B, H, W, heads * 3 * kd): per head q, k, v
     if pH > H or pW > W:
+        padded = qkv.new_empty(B, pH, pW, qkv.shape[-1])
+        padded[:, :H, :W] = qkv
         pad_token = attn.qkv(attn.norm.bias)  # the q, k, v of a zero token: LayerNorm(0) = bias
         padded[:, H:] = pad_token
         padded[:, :H, W:] = pad_token
-    # (B, nH, nW, heads, ws, ws, 2 kd + d)
-    windows = padded.view(B, nH, ws, nW, ws, heads, 2 * kd + d).permute(0, 1, 3, 5, 2, 4, 6)
-    out = qkv.new_empty(B, H, W, heads * d)
+    else:
+        padded = qkv
+    windows = padded.view(B, nH, ws, nW, ws, heads, 3, kd)
+    out = qkv.new_empty(B, H, W, heads, kd)
     bias = attn.ab.view(heads, ws, ws, ws * ws)  # (heads, query row, query col, key)
     for rows, qr in _window_groups(H, ws):
         for cols, qc in _window_groups(W, ws):
-            g = windows[:, rows, cols]  # (B, gh, gw, heads, ws, ws, 2 kd + d)
-            gh, gw = g.shape[1], g.shape[2]
-            g = g.reshape(-1, heads, ws, ws, 2 * kd + d)
-            q = g[:, :, :qr, :qc, :kd].reshape(-1, heads, qr * qc, kd) * attn.scale
-            k = g[..., kd:2 * kd].reshape(-1, heads, ws * ws, kd)
-            v = g[..., 2 * kd:].reshape(-1, heads, ws * ws, d)
+            # One copy into (q/k/v, window, head, row, column, channel).
+            g = windows[:, rows, :, cols].permute(6, 0, 1, 3, 5, 2, 4, 7)
+            gh, gw = g.shape[2], g.shape[3]
+            g = g.contiguous().view(3, B * gh * gw, heads, ws, ws, kd)
+            q = g[0, :, :, :qr, :qc].reshape(-1, heads, qr * qc, kd) * attn.scale
+            k = g[1].view(-1, heads, ws * ws, kd)
+            v = g[2].view(-1, heads, ws * ws, kd)
             a = q @ k.transpose(-2, -1)  # (Bg, heads, qr * qc, ws * ws)
             a += bias[:, :qr, :qc].reshape(heads, qr * qc, ws * ws)
-            o = a.softmax(dim=-1) @ v  # (Bg, heads, qr * qc, d)
-            o = o.view(B, gh, gw, heads, qr, qc, d).permute(0, 1, 4, 2, 5, 3, 6)
+            o = (a.softmax(dim=-1) @ v).view(B, gh, gw, heads, qr, qc, kd)
             r0, c0 = rows.start * ws, cols.start * ws
-            out[:, r0:r0 + gh * qr, c0:c0 + gw * qc] = o.reshape(B, gh * qr, gw * qc, heads * d)
-    return attn.proj(out)
+            target = out[:, r0:r0 + gh * qr, c0:c0 + gw * qc].unflatten(1, (gh, qr)).unflatten(3, (gw, qc))
+            target.copy_(o.permute(0, 1, 4, 2, 5, 3, 6))  # (B, gh, qr, gw, qc, heads, kd)
+    return attn.proj(out.view(B, H, W, heads * kd))
 
 
 def use_inference_attention(module: nn.Module) -> int:
