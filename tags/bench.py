@@ -10,10 +10,11 @@ Prints and (with --json) writes:
     CPU has it natively, unless --dtype says otherwise), measured in the same run;
   * one forward of a TAGS model window (the model folder's roi_size): GFLOP counted by
     torch.utils.flop_counter (the useful ones: padded window queries skipped, as the predictor
-    runs them; upstream TinyViT's count beside it), seconds, achieved GFLOP/s and the fraction of the matmul peak of
-    the dtype it ran in (fp32, bf16 autocast; eager and, with --compile, torch.compile), against
-    the peak measured at the start and, pair by pair, against a peak measured just before each
-    timed call (:func:`paired_peak_fraction`; the machine's speed drifts);
+    runs them; upstream TinyViT's count beside it), seconds, achieved GFLOP/s and the
+    fraction of the matmul peak of the dtype it ran in (fp32, bf16 autocast; eager and, with
+    --compile, torch.compile), against the peak measured at the start and, pair by pair,
+    against a peak measured just before each timed call (:func:`paired_peak_fraction`; the
+    machine's speed drifts);
   * the same region of interest (a cube of --peer-roi voxels at 1 mm) through
     TagsPredictor.predict (resampling to the model grid, anatomy prompts, sliding windows) and
     through :class:`tags.peer_3dsam.SAM3DAdapterStyle` (forward only, random weights): seconds,

@@ -159,7 +159,8 @@ class TagsNet(nn.Module):
         hs, src = md.transformer(src, pos, tokens)
         upscaled = src.transpose(1, 2).reshape(n, c, h, w)  # channels-last (N, C, e_h, e_w)
         for layer in md.output_upscaling:  # -> (N, C', 4e_h, 4e_w)
-            upscaled = _layer_norm_2d(layer, upscaled) if type(layer).__name__ == "LayerNorm2d" else layer(upscaled)
+            is_norm = type(layer).__name__ == "LayerNorm2d"
+            upscaled = _layer_norm_2d(layer, upscaled) if is_norm else layer(upscaled)
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1])  # the first mask token: (N, C')
         return torch.einsum("nc,nchw->nhw", hyper, upscaled)[:, None]
 
@@ -185,10 +186,10 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
     prompt encoder's embedding and mask sizes). ``net`` must be in eval mode; if its TinyViT
     BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too, its
-    TinyViT blocks skip padded queries and its MBConv blocks fuse their convolutions if ``net``'s
-    do (:func:`tags.window_attention.use_inference_attention`, :func:`tags.mbconv.use_fused_mbconv`),
-    and its head's input channels are
-    padded as ``net``'s (:meth:`VolumeHead.pad_input_channels`).
+    TinyViT blocks skip padded queries and its MBConv blocks fuse their convolutions if
+    ``net``'s do (:func:`tags.window_attention.use_inference_attention`,
+    :func:`tags.mbconv.use_fused_mbconv`), and its head's input channels are padded as
+    ``net``'s (:meth:`VolumeHead.pad_input_channels`).
 
     With ``trained_frame``, an axis shorter than the side ``net`` was trained at places the
     window at the centre of the trained window along that axis
@@ -199,8 +200,8 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     A rectangular (H, W) input treats each axis so, as a square one of that side would.
     """
     from .backbones import fuse_conv_bn
-    from .position import FramedPositionEmbedding
     from .mbconv import InferenceMBConv, use_fused_mbconv
+    from .position import FramedPositionEmbedding
     from .window_attention import InferenceTinyViTBlock, use_inference_attention
 
     size = input_hw(img_size)

@@ -28,11 +28,11 @@ from .backbones import channels_last_convs, fuse_conv_bn
 from .config import ModelConfig, TargetSpec
 from .geometry import Reorientation, spacing_from_affine, to_canonical
 from .head import VolumeHead
+from .mbconv import use_fused_mbconv
 from .model_folder import ModelFolderError, load_model_folder
 from .network import RESIZABLE_BLOCK_KINDS, TagsNet, build_tags, resized
 from .preprocessing import bounding_box, grid_shape, normalize_hu, resample
 from .prompts import SlicePrompts, derive_prompts
-from .mbconv import use_fused_mbconv
 from .window_attention import use_inference_attention
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,9 @@ class TagsPredictor:
             it in place: eval mode, frozen BatchNorm layers folded into their convolutions,
             channels-last convolutions, TinyViT blocks that skip padded window queries
             (:func:`tags.window_attention.use_inference_attention`), MBConv blocks with fused
-            convolutions for fp32 on the CPU (:func:`tags.mbconv.use_fused_mbconv`), the head's first
-            convolution padded to 8 input channels (:meth:`VolumeHead.pad_input_channels`). Do not train it or save its state
+            convolutions for fp32 on the CPU (:func:`tags.mbconv.use_fused_mbconv`), the
+            head's first convolution padded to 8 input channels
+            (:meth:`VolumeHead.pad_input_channels`). Do not train it or save its state
             afterwards; build or load another one for that.
         text_embeddings: {target name: (E,) embedding}.
         device: where to run.

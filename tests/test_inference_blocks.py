@@ -133,7 +133,8 @@ def test_pretrained_encoder_features_on_real_ct(lits117):
         encoder = net.image_encoder.encoder
         fuse_conv_bn(encoder)
         channels_last_convs(encoder)
-        img = torch.nn.functional.interpolate(x, size=size, mode="bilinear").expand(-1, 3, -1, -1).contiguous()
+        img = torch.nn.functional.interpolate(x, size=size, mode="bilinear")
+        img = img.expand(-1, 3, -1, -1).contiguous()
         with torch.no_grad():
             before = encoder(img)
             assert use_inference_attention(encoder) == 10  # LiteMedSAM TinyViT: 2 + 6 + 2 blocks
@@ -153,4 +154,5 @@ def test_predictor_and_resized_networks_use_them():
         convs = [m for m in net.modules() if type(m).__name__.endswith("MBConv")]
         assert convs and all(isinstance(b, InferenceMBConv) for b in convs)
     plain = build_tags(cfg, pretrained=False).eval()
-    assert not any(isinstance(m, (InferenceTinyViTBlock, InferenceMBConv)) for m in resized(plain, 96).modules())
+    swapped = (InferenceTinyViTBlock, InferenceMBConv)
+    assert not any(isinstance(m, swapped) for m in resized(plain, 96).modules())
