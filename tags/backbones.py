@@ -289,8 +289,8 @@ def swap_to_subclass(module: nn.Module, base_name: str, marker: type, make_subcl
     ``accept`` takes) into an instance of ``make_subclass(its class)``, in place: the same
     parameters, buffers, hooks and children, another ``forward``. For inference-only forwards
     of upstream blocks (:mod:`tags.window_attention`, :mod:`tags.mbconv`); the subclass
-    derives from ``marker`` too, so swapped modules are recognised and left alone. Modules
-    must be in eval mode. Returns how many were swapped."""
+    derives from ``marker`` too, so swapped modules are recognised and left alone, and is
+    named ``Inference<base>``. Modules must be in eval mode. Returns how many were swapped."""
     swapped = 0
     for m in module.modules():
         base = type(m)
@@ -300,7 +300,9 @@ def swap_to_subclass(module: nn.Module, base_name: str, marker: type, make_subcl
             raise RuntimeError(f"swapping {base_name} for inference needs modules in eval mode")
         key = (make_subclass, base)
         if key not in _SUBCLASSES:
-            _SUBCLASSES[key] = make_subclass(base)
+            sub = make_subclass(base)
+            sub.__name__ = sub.__qualname__ = f"Inference{base.__name__}"
+            _SUBCLASSES[key] = sub
         m.__class__ = _SUBCLASSES[key]
         swapped += 1
     return swapped

@@ -55,7 +55,6 @@ def _make_class(base: type) -> type:
                 y, x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "add", 1.0, None, [], None)
             return torch.ops.aten.gelu_(y)
 
-    _Inference.__name__ = _Inference.__qualname__ = f"Inference{base.__name__}"
     return _Inference
 
 

@@ -64,7 +64,6 @@ def _make_inference_block_class(base: type) -> type:
             x = x.view(B, C, L).transpose(1, 2)
             return x + self.mlp(x)
 
-    _Inference.__name__ = _Inference.__qualname__ = f"Inference{base.__name__}"
     return _Inference
 
 

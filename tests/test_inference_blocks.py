@@ -73,8 +73,6 @@ def test_training_mode_runs_upstream_and_refuses_the_swap():
     ours = copy.deepcopy(block).eval()
     use_inference_attention(ours)
     ours.train()
-    for p in ours.parameters():
-        p.requires_grad_(True)
     x = torch.randn(1, 256, block.dim)
     torch.testing.assert_close(ours(x), block(x))  # training mode: upstream forward, exactly
     ours(x).sum().backward()
