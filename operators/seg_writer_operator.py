@@ -22,7 +22,10 @@ def summary(result: Segmentation, seg_file: str) -> dict:
     ct = result.ct
 
     def entry(o):
-        return {"status": o.status, "voxels": o.voxels, "volume_ml": round(o.ml, 3), "organ_source": o.organ_source}
+        d = {"status": o.status, "voxels": o.voxels, "volume_ml": round(o.ml, 3), "organ_source": o.organ_source}
+        if o.reason:
+            d["reason"] = o.reason
+        return d
 
     return {
         "seg_file": seg_file,

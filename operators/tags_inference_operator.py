@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
@@ -31,7 +31,8 @@ class TargetOutcome:
 
     Attributes:
         mask: (D, H, W) bool on the canonical grid of the CT.
-        status: "ok", or "organ_absent" (the organ mask was empty, so nothing was searched).
+        status: "ok", or "organ_absent" (the organ mask was empty or implausible, so nothing
+            was searched; ``reason`` says which).
         organ_source: where the organ mask (anatomy prompt) came from.
     """
 
@@ -40,6 +41,7 @@ class TargetOutcome:
     status: str
     organ_source: str
     voxel_ml: float
+    reason: Optional[str] = None
 
     @property
     def voxels(self) -> int:
@@ -112,9 +114,11 @@ class TagsInferenceOperator(Operator):
         )
         tumors = []
         for name, r in results.items():
-            out = TargetOutcome(r.target, r.mask(self.threshold), r.status, organs.sources[r.target.organ], p.voxel_ml)
+            out = TargetOutcome(r.target, r.mask(self.threshold), r.status, organs.sources[r.target.organ], p.voxel_ml,
+                                r.reason)
             tumors.append(out)
-            log.info("%s: %d voxels, %.2f ml (%s; organ prompt from %s)", name, out.voxels, out.ml, out.status, out.organ_source)
+            log.info("%s: %d voxels, %.2f ml (%s%s; organ prompt from %s)", name, out.voxels, out.ml, out.status,
+                     f": {out.reason}" if out.reason else "", out.organ_source)
         organ_out = [
             TargetOutcome(config.target(n), m, "ok", organs.sources[n], p.voxel_ml)
             for n, m in organs.masks.items() if n in {t.name for t in config.organ_targets}

@@ -99,6 +99,21 @@ class PromptConfig:
 
 
 @dataclass(frozen=True)
+class LesionDecision:
+    """Which connected components (26-connected, model output >= 0.5) of a tumor target are kept.
+
+    A component is kept when its highest probability reaches ``min_max_probability`` and its
+    volume ``min_volume_ml``; the rest are removed from the mask before anything is written, so
+    the SEG, the SR, the JSON and ``tags-train evaluate`` see the same lesions. Chosen on
+    validation cases only (``chosen_on`` says which and how); the defaults keep everything.
+    """
+
+    min_max_probability: float = 0.5
+    min_volume_ml: float = 0.0
+    chosen_on: str = "default (no decision: every component kept)"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a TAGS model except its weights.
 
@@ -114,7 +129,10 @@ class ModelConfig:
         fusion_heads: attention heads of the prompt fusion.
         text_encoder: name of the text encoder that made the stored embeddings.
         text_dim: width of those embeddings.
+        text_alignment: the network has TAGS' text-alignment branch (trained with it; see
+            :mod:`tags.alignment`). Inference does not use it.
         targets: the structures this model segments.
+        lesion_decision: which connected components of a tumor mask count as lesions.
     """
 
     backbone: str = "litemedsam"
@@ -129,7 +147,9 @@ class ModelConfig:
     train_mask_decoder: bool = False
     text_encoder: str = "minilm"
     text_dim: int = 384
+    text_alignment: bool = False
     targets: Tuple[TargetSpec, ...] = ()
+    lesion_decision: LesionDecision = field(default_factory=LesionDecision)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -173,6 +193,7 @@ class ModelConfig:
                 pre[k] = tuple(float(v) for v in pre[k])
         d["preprocessing"] = PreprocessingConfig(**pre)
         d["prompts"] = PromptConfig(**d.get("prompts", {}))
+        d["lesion_decision"] = LesionDecision(**d.get("lesion_decision", {}))
         for k in ("roi_size", "organ_roi_size"):
             if k in d:
                 d[k] = tuple(int(v) for v in d[k])

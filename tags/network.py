@@ -12,6 +12,7 @@ from .backbones import Backbone, build_backbone, input_hw, square_side
 from .config import ModelConfig
 from .encoder import AdaptedImageEncoder
 from .fusion import PromptFusion, TextConditioning
+from .alignment import TextAlignment
 from .head import VolumeHead
 from .prompts import SlicePrompts, text_only_prompts
 
@@ -27,7 +28,10 @@ class TagsNet(nn.Module):
         text: (B, E) sentence embedding of the target.
         prompts: anatomy prompts for the B*D slices (slice-major per volume) or None (text only).
         organ: (B, 1, D, H, W) organ mask fed to the 3D head (None: zeros).
-    Output: (B, 1, D, H, W) logits.
+        phrases: (B, 2, E) healthy / tumor phrase embeddings (training with text alignment).
+    Output: (B, 1, D, H, W) logits; with ``phrases`` (and ``config.text_alignment``) also the
+    alignment logits (B, 2, D, e_h, e_w) of the adapted image features
+    (:class:`tags.alignment.TextAlignment`).
     """
 
     def __init__(self, backbone: Backbone, config: ModelConfig) -> None:
@@ -45,6 +49,7 @@ class TagsNet(nn.Module):
         self.text = TextConditioning(text_dim=config.text_dim, dim=dim)
         self.fusion = PromptFusion(dim=dim, num_heads=config.fusion_heads)
         self.head = VolumeHead(channels=config.head_channels)
+        self.alignment = TextAlignment(dim=dim, text_dim=config.text_dim) if config.text_alignment else None
 
         base = self.base_modules()
         for name, module in base.items():
@@ -91,7 +96,8 @@ class TagsNet(nn.Module):
         text: torch.Tensor,
         prompts: Optional[SlicePrompts] = None,
         organ: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+        phrases: Optional[torch.Tensor] = None,
+    ):
         b, _, d, h, w = image.shape
         n = b * d
         x = F.interpolate(image.reshape(b, d, h, w), size=self.input_size, mode="bilinear", align_corners=False)
@@ -102,9 +108,13 @@ class TagsNet(nn.Module):
             x = F.pad(x, (0, 0, 0, 0, 0, pad), mode="replicate")
         emb = self.image_encoder(x)[:, :d]  # (B, D, C, e, e)
         emb = emb.reshape(n, *emb.shape[2:])
+        aligned = None
+        if phrases is not None and self.alignment is not None:
+            aligned = self.alignment(emb, per_slice_of(phrases, d))  # (N, 2, e_h, e_w)
+            aligned = aligned.reshape(b, d, 2, *aligned.shape[-2:]).transpose(1, 2)
 
         token, scale, shift = self.text(text)
-        per_slice = lambda t: t.repeat_interleave(d, dim=0)  # noqa: E731
+        per_slice = lambda t: per_slice_of(t, d)  # noqa: E731
         emb = emb * (1.0 + per_slice(scale)) + per_slice(shift)
 
         if prompts is None:
@@ -130,8 +140,8 @@ class TagsNet(nn.Module):
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, None]
         if organ is None:
             organ = torch.zeros_like(image)
-        return self.head(logits, image, organ.to(image.dtype))
-
+        out = self.head(logits, image, organ.to(image.dtype))
+        return out if aligned is None else (out, aligned)
 
     def decode_slices(self, emb: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """SAM's two-way mask decoder on N slices, each with its own embedding and prompts, in one
@@ -163,6 +173,11 @@ class TagsNet(nn.Module):
             upscaled = _layer_norm_2d(layer, upscaled) if is_norm else layer(upscaled)
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1])  # the first mask token: (N, C')
         return torch.einsum("nc,nchw->nhw", hyper, upscaled)[:, None]
+
+
+def per_slice_of(t: torch.Tensor, d: int) -> torch.Tensor:
+    """(B, ...) -> (B*D, ...), each volume's row repeated for its D slices (slice-major)."""
+    return t.repeat_interleave(d, dim=0)
 
 
 def _layer_norm_2d(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,9 @@ from .head import VolumeHead
 from .mbconv import use_fused_mbconv
 from .model_folder import ModelFolderError, load_model_folder
 from .network import RESIZABLE_BLOCK_KINDS, TagsNet, build_tags, resized
-from .preprocessing import bounding_box, grid_shape, normalize_hu, resample
+from .lesion_decision import apply_decision
+from .plausibility import implausible_organ
+from .preprocessing import BODY_HU, bounding_box, grid_shape, normalize_hu, resample
 from .prompts import SlicePrompts, derive_prompts
 from .window_attention import use_inference_attention
 
@@ -66,14 +68,17 @@ class TargetResult:
 
     Attributes:
         probability: (D, H, W) float32 in [0, 1], input orientation.
-        status: "ok" or "organ_absent" (the organ mask is empty: nothing to segment).
+        status: "ok" or "organ_absent" (the organ mask is empty or implausible, see
+            :mod:`tags.plausibility`: nothing was searched).
         roi: the canonical-grid box that was processed (None when nothing was).
+        reason: why the organ counts as absent (None when status is "ok").
     """
 
     target: TargetSpec
     probability: np.ndarray
     status: str
     roi: Optional[tuple] = None
+    reason: Optional[str] = None
 
     def mask(self, threshold: float = 0.5) -> np.ndarray:
         return self.probability >= threshold
@@ -313,6 +318,8 @@ class TagsPredictor:
         affine: np.ndarray,
         organ_masks: Mapping[str, np.ndarray],
         targets: Optional[Sequence[str]] = None,
+        *,
+        decide: bool = True,
     ) -> Dict[str, TargetResult]:
         """Tumor targets inside their organs.
 
@@ -321,6 +328,11 @@ class TagsPredictor:
             affine: 4x4 (d, h, w) -> LPS mm (see :mod:`tags.geometry`).
             organ_masks: {organ name: (D, H, W) bool mask on the same grid}.
             targets: target names (default: every tumor target of the model).
+            decide: apply the model's lesion decision (``config.lesion_decision``); False returns
+                the raw probabilities (to choose that decision on validation cases).
+
+        An organ mask that is empty or implausible (:func:`tags.plausibility.implausible_organ`)
+        gives status "organ_absent" with the reason, and no tumor search.
         """
         names = list(targets) if targets is not None else [t.name for t in self.config.tumor_targets]
         volume_hu = np.asarray(volume_hu)
@@ -328,6 +340,7 @@ class TagsPredictor:
         spacing = spacing_from_affine(canon_affine)
         pre = self.config.preprocessing
         results = {}
+        body = None
         for name in names:
             target = self.config.target(name)
             if target.kind != "tumor":
@@ -338,12 +351,21 @@ class TagsPredictor:
             if organ.shape != volume_hu.shape:
                 raise ValueError(f"{target.organ} mask shape {organ.shape} != volume shape {volume_hu.shape}")
             organ_c = reo.apply(organ)
-            box = bounding_box(organ_c, pre.margin_mm, spacing)
-            if box is None:
-                results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), "organ_absent")
+            if body is None:
+                body = bounding_box(canon > BODY_HU, 0.0, spacing)
+            reason = implausible_organ(target.organ, organ_c, canon, canon_affine, body)
+            if reason is not None:
+                log.warning("%s: no tumor search: %s", name, reason)
+                results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), "organ_absent",
+                                             reason=reason)
                 continue
+            box = bounding_box(organ_c, pre.margin_mm, spacing)
             prob = self._run_roi(canon, organ_c, box, spacing, target, pre.spacing, self.config.roi_size,
                                  self.window_sides, square=self.square_windows)
+            if decide:
+                removed = apply_decision(prob, self.config.lesion_decision, float(np.prod(spacing)) / 1000.0)
+                if removed:
+                    log.info("%s: %d candidate lesion(s) below the lesion decision removed", name, removed)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
         return results
 

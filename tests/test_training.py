@@ -13,7 +13,7 @@ from tags.geometry import affine_from_spacing
 from tags.network import build_tags
 from tags.predictor import TagsPredictor, default_precision
 from training.cli import main
-from training.data import draw_sample, load_training_cases
+from training.data import SamplingConfig, draw_sample, load_training_cases
 from training.datasets import read_dataset
 from training.samples import build_samples
 from training.train import TrainConfig, load_checkpoint, model_config_for, train
@@ -36,7 +36,8 @@ def test_loss_decreases_on_a_real_crop(samples):
     net = build_tags(mcfg)
     cases = load_training_cases([read_dataset(samples["lits117"])], mcfg)
     rng = np.random.default_rng(3)
-    s = draw_sample(cases, mcfg.tumor_targets, mcfg, rng, organ_fraction=0, prompt_drop=0, box_jitter=0,
+    s = draw_sample(cases, mcfg.tumor_targets, mcfg, rng, sampling=SamplingConfig(organ_fraction=0, prompt_drop=0,
+                                                                                box_jitter=0),
                     img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0])
     assert s.target.name == "liver_tumor" and s.label.sum() > 0 and s.organ.sum() > 0
     text = torch.nn.functional.normalize(torch.randn(1, 384), dim=-1)

@@ -8,6 +8,7 @@ differs only in the network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -96,8 +97,9 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
         for g in opt.param_groups:
             g["lr"] = 1e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
         rng = np.random.default_rng([cfg.seed, 7, step])
-        s = draw_sample(cases, model.targets, model, rng, organ_fraction=cfg.organ_fraction, prompt_drop=0.0,
-                        box_jitter=0.0, img_size=256, mask_size=256, crop_size=cfg.crop_size)
+        sampling = dataclasses.replace(cfg.sampling, prompt_drop=0.0, box_jitter=0.0)
+        s = draw_sample(cases, model.targets, model, rng, sampling=sampling, img_size=256, mask_size=256,
+                        crop_size=cfg.crop_size)
         organ = s.organ if s.organ is not None else torch.zeros_like(s.image)
         x = _pad8(torch.cat([augment_intensity(s.image, int(rng.integers(2**31))), organ])[None])
         y = _pad8(s.label[None])

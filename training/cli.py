@@ -34,6 +34,7 @@ def _check(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
+    from .data import SamplingConfig
     from .train import TrainConfig, train
 
     z_split = {}
@@ -46,6 +47,11 @@ def _train(a: argparse.Namespace) -> int:
         clip_folder=a.clip_folder, backbone=a.backbone, backbone_checkpoint=a.backbone_checkpoint,
         encoder_size=a.encoder_size, slab_size=a.slab, roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi),
         train_mask_decoder=a.train_mask_decoder, progress=not a.no_progress,
+        sampling=SamplingConfig(
+            organ_fraction=a.organ_fraction, negative_fraction=a.negative_fraction,
+            synthetic_fraction=a.synthetic_fraction, organ_negative_fraction=a.organ_negative_fraction,
+        ),
+        text_alignment=a.text_alignment, alignment_weight=a.alignment_weight,
     )
     print(f"run folder: {train(cfg)}")
     return 0
@@ -135,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--organ-roi", type=int, nargs=3, default=[32, 128, 128], metavar=("D", "H", "W"),
                    help="organ window on the coarse grid")
     t.add_argument("--train-mask-decoder", action="store_true", help="fine-tune SAM's mask decoder too")
+    t.add_argument("--organ-fraction", type=float, default=0.3, help="share of organ-target steps (default 0.3)")
+    t.add_argument("--negative-fraction", type=float, default=0.0,
+                   help="share of tumor steps on healthy organs without tumors (cases listed as tumor_free)")
+    t.add_argument("--synthetic-fraction", type=float, default=0.0,
+                   help="share of tumor steps with synthetic tumors inserted into healthy organs")
+    t.add_argument("--organ-negative-fraction", type=float, default=0.0,
+                   help="share of organ steps centred on the body outside the organ")
+    t.add_argument("--text-alignment", action="store_true",
+                   help="add TAGS' text-alignment loss (healthy vs tumor phrases of the organ)")
+    t.add_argument("--alignment-weight", type=float, default=0.5, help="weight of that loss (default 0.5)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 

@@ -18,12 +18,19 @@ from .datasets import Dataset, load_case
 
 @dataclass
 class GridCase:
-    """One case on one model grid (canonical orientation). ``labels``: {target name: bool mask}."""
+    """One case on one model grid (canonical orientation).
+
+    Attributes:
+        image: (D, H, W) float32 HU (normalised per crop, after any synthetic tumor).
+        labels: {target name: bool mask}; a tumor-free case has empty tumor masks.
+        tumor_free: the dataset says this case holds no tumor (a healthy organ).
+    """
 
     name: str
-    image: np.ndarray  # (D, H, W) float32 in [0, 1]
+    image: np.ndarray
     labels: Dict[str, np.ndarray]
     spacing: Tuple[float, float, float]
+    tumor_free: bool = False
 
 
 @dataclass
@@ -74,7 +81,7 @@ def prepare_case(
             for k, m in masks.items()
         }
         real = tuple(n * s / m for n, s, m in zip(canon.shape, spacing, shape))
-        out[grid] = GridCase(name, normalize_hu(img, model.preprocessing.hu_window).numpy(), labels, real)
+        out[grid] = GridCase(name, img.numpy(), labels, real)
     return out
 
 
@@ -88,17 +95,36 @@ def load_training_cases(
         for case in ds.cases:
             img, aff, lab = load_case(case)
             zr = (0.0, z_split[ds.name]) if z_split and ds.name in z_split else None
-            cases.append(prepare_case(img, aff, lab, ds.targets, model, f"{ds.name}/{case.name}", zr))
+            grids = prepare_case(img, aff, lab, ds.targets, model, f"{ds.name}/{case.name}", zr)
+            if case.name in ds.tumor_free:
+                for gc in grids.values():
+                    mark_tumor_free(gc, model.tumor_targets)
+            cases.append(grids)
     return cases
 
 
-def _crop(arrays: Sequence[np.ndarray], centre: Sequence[int], size: Sequence[int]) -> List[np.ndarray]:
-    """Crops of ``size`` centred near ``centre``, zero-padded where they leave the volume."""
+def mark_tumor_free(case: GridCase, tumors: Sequence[TargetSpec]) -> None:
+    """Give a healthy case an empty mask for every tumor target whose organ it labels."""
+    case.tumor_free = True
+    for t in tumors:
+        if t.organ in case.labels and t.name not in case.labels:
+            case.labels[t.name] = np.zeros(case.image.shape, bool)
+
+
+PAD_HU = -1024.0
+"""What a crop holds where it leaves the volume (air)."""
+
+
+def _crop(
+    arrays: Sequence[np.ndarray], centre: Sequence[int], size: Sequence[int], fills: Sequence[float] = ()
+) -> List[np.ndarray]:
+    """Crops of ``size`` centred near ``centre``, padded with ``fills`` (default 0) where they
+    leave the volume."""
     shape = arrays[0].shape
     out = []
     starts = [int(c) - s // 2 for c, s in zip(centre, size)]
-    for a in arrays:
-        buf = np.zeros(tuple(size), a.dtype)
+    for i, a in enumerate(arrays):
+        buf = np.full(tuple(size), fills[i] if i < len(fills) else 0, a.dtype)
         src = tuple(slice(max(0, st), min(n, st + s)) for st, s, n in zip(starts, size, shape))
         dst = tuple(slice(sl.start - st, sl.stop - st) for sl, st in zip(src, starts))
         buf[dst] = a[src]
@@ -137,40 +163,93 @@ def augment_prompts(p: SlicePrompts, rng: np.random.Generator, *, drop: float, j
     return SlicePrompts(boxes, box_valid, p.points, labels, dense)
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """What one training step draws.
+
+    Args:
+        organ_fraction: probability of an organ-target sample (when tumor targets exist too).
+        negative_fraction: tumor samples that are crops of a healthy organ, label empty.
+        synthetic_fraction: tumor samples with synthetic tumors inserted into a healthy organ
+            (:class:`training.synthetic_tumors.SynthesizeLiverTumors`); the rest are real tumors.
+        organ_negative_fraction: organ samples centred on body voxels outside the organ (the
+            thorax above a liver, the pelvis below it), label what little organ lies in the crop.
+        prompt_drop, box_jitter: prompt augmentation (:func:`augment_prompts`).
+    """
+
+    organ_fraction: float = 0.3
+    negative_fraction: float = 0.0
+    synthetic_fraction: float = 0.0
+    organ_negative_fraction: float = 0.0
+    prompt_drop: float = 0.2
+    box_jitter: float = 0.05
+
+
+def _pick(pool: List[GridCase], rng: np.random.Generator) -> GridCase:
+    return pool[rng.integers(len(pool))]
+
+
+def _random_voxel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    idx = np.flatnonzero(mask)
+    return np.array(np.unravel_index(idx[rng.integers(len(idx))], mask.shape))
+
+
 def draw_sample(
     cases: List[Dict[str, GridCase]], targets: Sequence[TargetSpec], model: ModelConfig, rng: np.random.Generator,
-    *, organ_fraction: float, prompt_drop: float, box_jitter: float, img_size: int, mask_size: int,
-    crop_size: Optional[Sequence[int]] = None,
+    *, sampling: SamplingConfig, img_size: int, mask_size: int, crop_size: Optional[Sequence[int]] = None,
 ) -> Sample:
-    """One random training sample: a target, a case that labels it, a crop around its organ."""
+    """One random training sample: a target, a case that labels it, a crop around its organ.
+
+    Tumor targets draw a real tumor case, a healthy organ with synthetic tumors or a healthy
+    organ as it is (``sampling``); organ targets a crop around the organ or, as negatives, one
+    centred elsewhere in the body.
+    """
     organs = [t for t in targets if t.kind == "organ"]
     tumors = [t for t in targets if t.kind == "tumor"]
-    use_organ = bool(organs) and (not tumors or rng.random() < organ_fraction)
+    use_organ = bool(organs) and (not tumors or rng.random() < sampling.organ_fraction)
     pool = organs if use_organ else tumors
-    for _ in range(100):
-        t = pool[rng.integers(len(pool))]
-        grid = "organ" if use_organ else "tumor"
-        cands = [c[grid] for c in cases if t.name in c[grid].labels and (use_organ or t.organ in c[grid].labels)]
-        if cands:
-            break
+    grid = "organ" if use_organ else "tumor"
+    t = pool[rng.integers(len(pool))]
+    labelled = [c[grid] for c in cases if t.name in c[grid].labels and (use_organ or t.organ in c[grid].labels)]
+    if not labelled:
+        raise ValueError(f"no training case labels the target {t.name!r}")
+    synthetic = False
+    if use_organ:
+        gc = _pick(labelled, rng)
+        label = gc.labels[t.name]
+        organ = None
+        body = (gc.image > -500) & ~label
+        if rng.random() < sampling.organ_negative_fraction and body.any():
+            centre = _random_voxel(body, rng)
+        elif label.any() and rng.random() < 0.7:
+            centre = _random_voxel(label, rng)
+        else:
+            centre = np.array([rng.integers(n) for n in gc.image.shape])
     else:
-        raise ValueError("no training case labels any of the targets")
-    gc = cands[rng.integers(len(cands))]
-    label = gc.labels[t.name]
-    organ = gc.labels[t.organ] if not use_organ else None
+        healthy = [c for c in labelled if c.tumor_free and c.labels[t.organ].any()]
+        real = [c for c in labelled if c.labels[t.name].any()] or labelled
+        r = rng.random()
+        synthetic = bool(healthy) and r < sampling.synthetic_fraction
+        negative = bool(healthy) and not synthetic and r < sampling.synthetic_fraction + sampling.negative_fraction
+        gc = _pick(healthy if (synthetic or negative) else real, rng)
+        label, organ = gc.labels[t.name], gc.labels[t.organ]
+        focus = label if (label.any() and rng.random() < 0.7) else organ
+        centre = _random_voxel(focus, rng) if focus.any() else np.array([rng.integers(n) for n in gc.image.shape])
     size = tuple(crop_size or (model.organ_roi_size if use_organ else model.roi_size))
-    focus = label if (label.any() and rng.random() < 0.7) else (organ if organ is not None and organ.any() else label)
-    if focus.any():
-        idx = np.argwhere(focus)
-        centre = idx[rng.integers(len(idx))]
-    else:
-        centre = np.array([rng.integers(n) for n in gc.image.shape])
-    arrays = [gc.image, label.astype(np.float32)] + ([organ.astype(np.float32)] if organ is not None else [])
-    crops = _crop(arrays, centre, size)
+    arrays = [gc.image, label] + ([organ] if organ is not None else [])
+    crops = _crop(arrays, centre, size, fills=(PAD_HU,))
+    image_hu, label_crop = crops[0], crops[1]
+    if synthetic:
+        from .synthetic_tumors import SynthesizeLiverTumors
+
+        synth = SynthesizeLiverTumors(prob=1.0)
+        synth.set_random_state(seed=int(rng.integers(2**31)))
+        image_hu, label_crop = synth(image_hu, crops[2], gc.spacing)
     prompts = None
     if organ is not None:
-        p = derive_prompts(crops[2] > 0.5, gc.spacing, img_size=img_size, mask_size=mask_size,
+        p = derive_prompts(crops[2], gc.spacing, img_size=img_size, mask_size=mask_size,
                            config=model.prompts, seed=int(rng.integers(2**31)))
-        prompts = augment_prompts(p, rng, drop=prompt_drop, jitter=box_jitter, img_size=img_size)
-    as_t = lambda a: torch.from_numpy(a)[None]  # noqa: E731
-    return Sample(t, as_t(crops[0]), as_t(crops[2]) if organ is not None else None, as_t(crops[1]), prompts)
+        prompts = augment_prompts(p, rng, drop=sampling.prompt_drop, jitter=sampling.box_jitter, img_size=img_size)
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
+    image = normalize_hu(image_hu, model.preprocessing.hu_window)
+    return Sample(t, as_t(image), as_t(crops[2]) if organ is not None else None, as_t(label_crop), prompts)

@@ -44,12 +44,28 @@ class Case:
 
 @dataclass
 class Dataset:
+    """A dataset folder.
+
+    Attributes:
+        cases: training cases (imagesTr without the ``validation`` ones).
+        validation_cases: imagesTr cases dataset.json lists under ``"validation"``: never
+            trained on, used to choose the lesion threshold (their label file may be absent).
+        test_cases: imagesTs/labelsTs.
+        tumor_free: case names dataset.json lists under ``"tumor_free"``: known to hold no tumor
+            of any target, so their tumor masks are empty (not unknown).
+        organ_free: case names under ``"organ_free"``: no labelled organ in the image at all
+            (e.g. a thorax above the liver); their empty label is intended.
+    """
+
     name: str
     root: Path
     layout: str  # "msd" or "nnunetv2"
     labels: Dict[int, str]
     cases: List[Case]
     test_cases: List[Case] = field(default_factory=list)
+    validation_cases: List[Case] = field(default_factory=list)
+    tumor_free: frozenset = frozenset()
+    organ_free: frozenset = frozenset()
 
     @property
     def targets(self) -> Dict[int, TargetSpec]:
@@ -92,11 +108,17 @@ def read_dataset(root: str | Path) -> Dataset:
                 out.append(Case(case, img, lab if lab.exists() or lab_dir == "labelsTr" else None))
             return out
 
-        return Dataset(name, root, "nnunetv2", labels, collect("imagesTr", "labelsTr"), collect("imagesTs", "labelsTs"))
+        train = collect("imagesTr", "labelsTr")
+        val_names = set(meta.get("validation", []))
+        return Dataset(
+            name, root, "nnunetv2", labels, [c for c in train if c.name not in val_names],
+            collect("imagesTs", "labelsTs"), [c for c in train if c.name in val_names],
+            frozenset(meta.get("tumor_free", [])), frozenset(meta.get("organ_free", [])),
+        )
     raise DatasetError(f"{meta_path}: neither an MSD nor an nnU-Net v2 dataset.json")
 
 
-def _check_case(case: Case, allowed: set) -> List[str]:
+def _check_case(case: Case, allowed: set, organ_free: bool = False) -> List[str]:
     problems = []
     try:
         img, aff = read_nifti(case.image)
@@ -116,7 +138,7 @@ def _check_case(case: Case, allowed: set) -> List[str]:
     unknown = sorted(values - allowed)
     if unknown:
         problems.append(f"{case.name}: unknown label values {unknown} (dataset.json defines {sorted(allowed)})")
-    if values <= {0}:
+    if values <= {0} and not organ_free:
         problems.append(f"{case.name}: label is empty (only background)")
     spacing = np.linalg.norm(aff[:3, :3], axis=0)
     if (spacing < MIN_SPACING_MM).any() or (spacing > MAX_SPACING_MM).any():
@@ -138,7 +160,7 @@ def check_dataset(root: str | Path) -> Dataset:
     allowed = set(ds.labels) | {0}
     problems: List[str] = []
     for case in ds.cases:
-        problems += _check_case(case, allowed)
+        problems += _check_case(case, allowed, case.name in ds.organ_free)
     if problems:
         raise DatasetError(f"dataset {ds.root} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return ds

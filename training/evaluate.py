@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from tags.geometry import spacing_from_affine, to_canonical
 from tags.predictor import TagsPredictor
+from tags.preprocessing import prepare_ct
 
 from .data import target_masks
 from .datasets import load_case, read_dataset
@@ -28,15 +29,24 @@ def _finite(v: float) -> Optional[float]:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
+MIN_LESION_ML = 0.1
+"""Smallest predicted component counted as a false lesion (the application's default
+``--min-lesion-ml``: smaller ones are not reported)."""
+
+
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], nsd_mm: float = 2.0) -> Dict:
-    """Dice, NSD at ``nsd_mm``, HD95 (mm), lesion-wise detection recall/precision.
+    """Dice, NSD at ``nsd_mm``, HD95 (mm), lesion-wise detection recall/precision, false positives.
 
     Both masks empty: Dice 1, NSD 1, HD95 0. One empty: Dice 0, NSD 0, HD95 null.
     A ground-truth lesion (26-connected component) is detected when any predicted voxel
     overlaps it; a predicted component is a true positive when it overlaps any lesion.
+    ``fp_ml``: predicted volume outside the truth; ``false_lesions``: predicted components of at
+    least :data:`MIN_LESION_ML` that overlap no lesion (on a healthy organ: every reported lesion).
     """
     pred, truth = pred.astype(bool), truth.astype(bool)
-    out: Dict = {"voxels_pred": int(pred.sum()), "voxels_truth": int(truth.sum())}
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    out: Dict = {"voxels_pred": int(pred.sum()), "voxels_truth": int(truth.sum()),
+                 "fp_ml": round(float((pred & ~truth).sum()) * voxel_ml, 3)}
     if not pred.any() and not truth.any():
         out.update(dice=1.0, nsd=1.0, hd95=0.0)
     elif not pred.any() or not truth.any():
@@ -54,30 +64,36 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[
     lt, nt = ndimage.label(truth, structure)
     lp, np_ = ndimage.label(pred, structure)
     detected = len(set(np.unique(lt[pred])) - {0})
-    true_pos = len(set(np.unique(lp[truth])) - {0})
+    hit = set(np.unique(lp[truth])) - {0}
+    true_pos = len(hit)
+    sizes = np.bincount(lp.ravel(), minlength=np_ + 1)
+    false_lesions = sum(1 for k in range(1, np_ + 1) if k not in hit and sizes[k] * voxel_ml >= MIN_LESION_ML)
     out.update(
-        lesions_truth=int(nt), lesions_pred=int(np_),
+        lesions_truth=int(nt), lesions_pred=int(np_), false_lesions=int(false_lesions),
         lesion_recall=_finite(detected / nt) if nt else None,
         lesion_precision=_finite(true_pos / np_) if np_ else None,
     )
     return out
 
 
-def canonical_case(case, z_from: Optional[float] = None):
-    """(image HU, affine, label) of a labelled case in canonical orientation, contiguous; with
-    ``z_from``, only the canonical slices from that fraction on (the part ``--z-split`` holds out),
-    the affine moved to the first kept slice."""
+def canonical_case(case, z_from: Optional[float] = None, z_to: Optional[float] = None, label_required: bool = True):
+    """(image HU, affine, label) of a case in canonical orientation, contiguous; with
+    ``z_from`` / ``z_to``, only the canonical slices in that fraction range (``z_from`` on: the
+    part ``--z-split`` holds out), the affine moved to the first kept slice. The label is None
+    for an unlabelled case unless ``label_required``."""
     img, aff, lab = load_case(case)
-    if lab is None:
+    if lab is None and label_required:
         raise ValueError(f"{case.name}: no label to evaluate against")
     img, aff, reo = to_canonical(img, aff)
-    lab = reo.apply(lab)
-    if z_from is not None:
-        lo = int(round(z_from * img.shape[0]))
-        img, lab = img[lo:], lab[lo:]
+    lab = reo.apply(lab) if lab is not None else None
+    if z_from is not None or z_to is not None:
+        lo = int(round((z_from or 0.0) * img.shape[0]))
+        hi = int(round((z_to if z_to is not None else 1.0) * img.shape[0]))
+        img = img[lo:hi]
+        lab = lab[lo:hi] if lab is not None else None
         aff = aff.copy()
         aff[:3, 3] += aff[:3, 0] * lo
-    return np.ascontiguousarray(img), aff, np.ascontiguousarray(lab)
+    return np.ascontiguousarray(img), aff, (np.ascontiguousarray(lab) if lab is not None else None)
 
 
 def evaluate(
@@ -108,11 +124,17 @@ def evaluate(
     for case in cases:
         img, aff, lab = canonical_case(case, z_from)
         spacing = spacing_from_affine(aff)
+        body = prepare_ct(img, aff).body_box  # the organ pass searches the body, as the application does
         truth = target_masks(lab, ds.targets)
+        if case.name in ds.tumor_free:  # a healthy organ: its tumor truth is empty, not unknown
+            for pred in predictors.values():
+                for t in pred.config.tumor_targets:
+                    if t.organ in truth:
+                        truth.setdefault(t.name, np.zeros(lab.shape, bool))
         for method, pred in predictors.items():
             names = [t.name for t in pred.config.targets if t.name in truth and (targets is None or t.name in targets)]
             organ_names = [n for n in names if pred.config.target(n).kind == "organ"]
-            organs = {k: v.mask() for k, v in pred.segment_organs(img, aff, organ_names).items()} if organ_names else {}
+            organs = {k: v.mask() for k, v in pred.segment_organs(img, aff, organ_names, region=body).items()} if organ_names else {}
             tumor_names = [n for n in names if pred.config.target(n).kind == "tumor"]
             if tumor_names:
                 needed = {pred.config.target(n).organ for n in tumor_names}
@@ -120,7 +142,7 @@ def evaluate(
                     prompts = {o: truth[o] for o in needed}
                 else:
                     missing = [o for o in needed if o not in organs]
-                    prompts = {**organs, **{k: v.mask() for k, v in pred.segment_organs(img, aff, missing).items()}}
+                    prompts = {**organs, **{k: v.mask() for k, v in pred.segment_organs(img, aff, missing, region=body).items()}}
                 results = pred.predict(img, aff, prompts, tumor_names)
             else:
                 results = {}
@@ -136,6 +158,8 @@ def evaluate(
                 k: _finite(float(np.mean([r[k] for r in sel if r[k] is not None]))) if any(r[k] is not None for r in sel) else None
                 for k in ("dice", "nsd", "hd95", "lesion_recall", "lesion_precision")
             }
+            summary[method][n]["fp_ml_max"] = max(r["fp_ml"] for r in sel)
+            summary[method][n]["false_lesions_total"] = sum(r["false_lesions"] for r in sel)
     return {
         "dataset": ds.name, "split": split, "z_from": z_from, "nsd_tolerance_mm": nsd_mm,
         "organ_prompt_source": "ground-truth organ label (oracle)" if organ_source == "label" else "model organ pass",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 
-from tags.config import ModelConfig
+from tags.config import LesionDecision, ModelConfig
 from tags.model_folder import save_model_folder
 from tags.network import build_tags
 from tags.predictor import load_delta
@@ -25,6 +26,9 @@ CARD_TEMPLATE = """# TAGS model: {targets}
 - Trained for {steps} steps ({world} process(es)) on: {datasets}.
 - Preprocessing: HU window {window}, tumor grid {spacing} mm, organ grid {organ_spacing} mm.
 
+## Lesion decision
+{decision}
+
 ## Held-out metrics
 {metrics}
 
@@ -35,12 +39,19 @@ CARD_TEMPLATE = """# TAGS model: {targets}
 
 def export_model(
     run: str | Path, out: str | Path, *, metrics: Optional[Dict] = None, limits: str = "", overwrite: bool = False,
-    extra_metadata: Optional[Dict] = None,
+    extra_metadata: Optional[Dict] = None, lesion_decision: Optional[LesionDecision] = None,
+    metrics_markdown: Optional[str] = None,
 ) -> Path:
-    """Write the model folder for the latest checkpoint of ``run``."""
+    """Write the model folder for the latest checkpoint of ``run``.
+
+    ``lesion_decision``: the decision chosen on validation cases (stored in config.json);
+    ``metrics_markdown``: the card's metrics section (default: ``metrics`` as JSON).
+    """
     run = Path(run)
     weights, _, state = load_checkpoint(run)
     config = ModelConfig.from_dict(state["model_config"])
+    if lesion_decision is not None:
+        config = dataclasses.replace(config, lesion_decision=lesion_decision)
     tc = state["train_config"]
     net = build_tags(config, checkpoint=tc.get("backbone_checkpoint"))
     if net.backbone_sha256 != state["base_checkpoint_sha256"]:
@@ -61,7 +72,10 @@ def export_model(
         window=list(p.hu_window),
         spacing=list(p.spacing),
         organ_spacing=list(p.organ_spacing),
-        metrics=json.dumps(metrics, indent=2) if metrics else "Not evaluated.",
+        metrics=metrics_markdown or (json.dumps(metrics, indent=2) if metrics else "Not evaluated."),
+        decision=(f"components kept when their highest probability is at least "
+                  f"{config.lesion_decision.min_max_probability:g} and their volume at least "
+                  f"{config.lesion_decision.min_volume_ml:g} ml; chosen on: {config.lesion_decision.chosen_on}"),
         limits=limits or "Not validated for clinical use.",
     )
     meta = {

@@ -5,10 +5,8 @@ Datasets written under OUT:
 - ``Dataset501_LiTS117``: LiTS volume 117 (128^3 HU crop around the liver), labels 1 liver,
   2 liver tumor. The crop carries no spacing or orientation; both are estimated (see
   :data:`LITS117_SPACING` and :data:`LITS117_DIRECTION`) and recorded in dataset.json.
-- ``Dataset502_TotalSegLiver``: the TotalSegmentator example CT (3 mm, 30 slices) with its
-  predicted liver label (TotalSegmentator class 5) as label 1. Training data for the liver organ
-  target. imagesTs/labelsTs hold the TotalSegmentator example DICOM series (a different
-  acquisition, 20 slices at 0.98 x 0.98 x 2 mm) and its liver label, for held-out evaluation only.
+- ``Dataset502_TotalSegLiver``: healthy livers from the TotalSegmentator source distribution,
+  split by patient into train / validation / test (see :func:`build_totalseg`), label 1 liver.
 
 NIfTI files are written with SimpleITK, whose direction/origin are LPS like DICOM's.
 """
@@ -123,32 +121,88 @@ def build_lits117(out: Path) -> Path:
             "estimated_spacing_mm": list(LITS117_SPACING),
             "spacing_note": "the crop has no spacing; estimated from the liver volume, see training/samples.py",
             "orientation_note": "estimated from anatomy: slices -> patient left, rows -> posterior, columns -> superior (along the spine)",
+            "cases": {"lits117": {"split": "train (first 60 % of canonical slices in the demo), validation and "
+                                           "test along z (see training/demo.py)",
+                                  "licence": "CC BY-NC-SA 4.0 (LiTS): do not redistribute"}},
         },
     )
     return ds
 
 
+AORTA_LIVER_FREE_FROM = 70
+"""First canonical slice (inferior first) of the TotalSegmentator aorta-report CT above the
+liver dome: the dome reaches slice 58 (checked on sagittal slices through the right lobe), so
+slices 70-190 (18 mm and more above it) hold no liver. They train the organ pass on a thorax;
+slices 0-69 (liver, spleen, stomach, no liver label) are a validation case for false-positive
+tumors, with the organ prompt from the model's organ pass."""
+
+TOTALSEG_LICENCE = "TotalSegmentator 2.18.0 source distribution (Apache-2.0), tests/reference_files"
+
+
 def build_totalseg(out: Path) -> Path:
-    ds = out / "Dataset502_TotalSegLiver"
-    ref = totalseg_sdist_dir()
-    ct, aff = read_nifti(ref / "example_ct_sm.nii.gz")
-    seg, _ = read_nifti(ref / "example_seg.nii.gz")
-    write_nifti(ds / "imagesTr" / "totalseg_sm_0000.nii.gz", ct.astype(np.int16), aff)
-    write_nifti(ds / "labelsTr" / "totalseg_sm.nii.gz", (seg == TOTALSEG_LIVER).astype(np.uint8), aff)
-    # Held-out: the example DICOM series as NIfTI (its labels were computed on it).
+    """Healthy livers from the TotalSegmentator source distribution, split by patient.
+
+    - train ``totalseg_ct``: example_ct.nii.gz (112 slices at 3 mm, pelvis to upper abdomen,
+      unenhanced), liver = class 5 of example_seg_fast_force_split.nii.gz (TotalSegmentator
+      "fast" predictions on the same CT). example_ct_sm.nii.gz is its first 30 slices (same
+      origin and grid), so it is not used beside it.
+    - train ``aorta_thorax``: the aorta-report CT (1.5 mm, thorax to upper abdomen, contrast
+      enhanced, another patient) from :data:`AORTA_LIVER_FREE_FROM` up: no liver (organ_free).
+    - validation ``aorta_abdomen``: the same CT below that slice, liver unlabelled.
+    - test ``totalseg_dicom``: the example DICOM series (20 slices, 0.98 x 0.98 x 2 mm, portal
+      venous phase: liver 89 HU, aorta 177 HU) with its liver label. Not the patient of
+      example_ct as far as can be told: another acquisition (unenhanced there: liver 44 HU,
+      aorta 42 HU), another scanner frame of reference (origins 900 mm apart along z) and
+      another field of view; the anatomy cannot be registered across 20 slices to prove it.
+
+    Every case is tumor-free (dataset.json ``tumor_free``): no liver lesion is visible in any
+    of them, so their tumor masks are empty, not unknown.
+    """
+    from tags.geometry import to_canonical
+
     from .dicom_series import read_series
 
+    ds = out / "Dataset502_TotalSegLiver"
+    ref = totalseg_sdist_dir()
+    ct, aff = read_nifti(ref / "example_ct.nii.gz")
+    seg, _ = read_nifti(ref / "example_seg_fast_force_split.nii.gz")
+    write_nifti(ds / "imagesTr" / "totalseg_ct_0000.nii.gz", ct.astype(np.int16), aff)
+    write_nifti(ds / "labelsTr" / "totalseg_ct.nii.gz", (seg == TOTALSEG_LIVER).astype(np.uint8), aff)
+    aorta, aaff = read_nifti(ref / "aorta_report" / "example_ct.nii.gz")
+    canon, caff, _ = to_canonical(aorta, aaff)
+    cut = AORTA_LIVER_FREE_FROM
+    thorax_aff = caff.copy()
+    thorax_aff[:3, 3] += caff[:3, 0] * cut
+    write_nifti(ds / "imagesTr" / "aorta_thorax_0000.nii.gz", canon[cut:].astype(np.int16), thorax_aff)
+    write_nifti(ds / "labelsTr" / "aorta_thorax.nii.gz", np.zeros(canon[cut:].shape, np.uint8), thorax_aff)
+    write_nifti(ds / "imagesTr" / "aorta_abdomen_0000.nii.gz", canon[:cut].astype(np.int16), caff)
+    # Held-out: the example DICOM series as NIfTI (its labels were computed on it).
     vol, daff = read_series(ref / "example_ct_dicom")
     dseg, saff = read_nifti(ref / "example_seg_dicom.nii.gz")
     dseg = same_grid(dseg, saff, vol.shape, daff)
     write_nifti(ds / "imagesTs" / "totalseg_dicom_0000.nii.gz", vol.astype(np.int16), daff)
     write_nifti(ds / "labelsTs" / "totalseg_dicom.nii.gz", (dseg == TOTALSEG_LIVER).astype(np.uint8), daff)
     _dataset_json(
-        ds, "TotalSegLiver", {"liver": 1}, 1,
+        ds, "TotalSegLiver", {"liver": 1}, 2,
         {
             "source": "PyPI sdist totalsegmentator==2.18.0 tests/reference_files (labels are TotalSegmentator "
                       "predictions, class 5 liver, not manual annotations)",
-            "test_cases": "imagesTs/labelsTs: the example DICOM series, held out for evaluation",
+            "validation": ["aorta_abdomen"],
+            "tumor_free": ["totalseg_ct", "aorta_thorax", "aorta_abdomen", "totalseg_dicom"],
+            "organ_free": ["aorta_thorax"],
+            "cases": {
+                "totalseg_ct": {"split": "train", "file": "example_ct.nii.gz",
+                                "label": "example_seg_fast_force_split.nii.gz class 5", "licence": TOTALSEG_LICENCE},
+                "aorta_thorax": {"split": "train", "file": f"aorta_report/example_ct.nii.gz slices {cut}-",
+                                 "label": "none: no liver in these slices", "licence": TOTALSEG_LICENCE},
+                "aorta_abdomen": {"split": "validation", "file": f"aorta_report/example_ct.nii.gz slices 0-{cut - 1}",
+                                  "label": "none (tumor-free; liver from the model's organ pass)",
+                                  "licence": TOTALSEG_LICENCE},
+                "totalseg_dicom": {"split": "test", "file": "example_ct_dicom/ (20 DICOM slices)",
+                                   "label": "example_seg_dicom.nii.gz class 5", "licence": TOTALSEG_LICENCE},
+            },
+            "patients": "totalseg_ct; aorta_thorax + aorta_abdomen (one patient: the thorax trains the organ "
+                        "pass only, the abdomen validates tumor false positives); totalseg_dicom (test only)",
         },
     )
     return ds

@@ -26,13 +26,17 @@ from tqdm import tqdm
 from tags.config import AdapterConfig, ModelConfig, PreprocessingConfig
 from tags.network import TagsNet, build_tags
 from tags.predictor import default_precision
+from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
 
-from .data import augment_intensity, draw_sample, load_training_cases
+from .data import SamplingConfig, augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
 
 CKPT_WEIGHTS = "checkpoint.safetensors"
 CKPT_STATE = "checkpoint.json"
+PHRASES = "phrases/"
+"""Prefix of the (2, E) healthy / tumor phrase embeddings of each tumor target among the stored
+text embeddings (text alignment only)."""
 
 
 @dataclass
@@ -41,6 +45,10 @@ class TrainConfig:
 
     ``precision``: "bf16" (autocast) or "fp32"; None: :func:`training_precision`, resolved when
     the run starts and written to the run folder as resolved.
+    ``sampling``: what each step draws (real, synthetic and healthy tumor crops, organ
+    negatives; :class:`training.data.SamplingConfig`).
+    ``text_alignment``: add TAGS' text-alignment loss (:mod:`tags.alignment`), weighted by
+    ``alignment_weight``, on tumor samples.
     """
 
     datasets: List[str]
@@ -49,9 +57,9 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 20
-    organ_fraction: float = 0.3
-    prompt_drop: float = 0.2
-    box_jitter: float = 0.05
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    text_alignment: bool = False
+    alignment_weight: float = 0.5
     precision: Optional[str] = None
     seed: int = 0
     checkpoint_every: int = 50
@@ -94,6 +102,7 @@ def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
         organ_roi_size=tuple(cfg.organ_roi_size),
         text_encoder=cfg.text_encoder,
         text_dim=text_dim,
+        text_alignment=cfg.text_alignment,
         targets=tuple(targets.values()),
         train_mask_decoder=cfg.train_mask_decoder,
     )
@@ -161,6 +170,9 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
         encoder = build_text_encoder(cfg.text_encoder, cfg.clip_folder)
         model_cfg = model_config_for(cfg, encoder.dim)
         text = embed_targets(encoder, {t.name: t.sentence for t in model_cfg.targets})
+        if cfg.text_alignment:
+            for t in model_cfg.tumor_targets:
+                text[PHRASES + t.name] = phrase_embeddings(encoder, t.organ)
     net = build_tags(model_cfg, checkpoint=cfg.backbone_checkpoint)
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -199,8 +211,7 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     for step in bar:
         rng = np.random.default_rng([cfg.seed, rank, step])
         s = draw_sample(
-            cases, model_cfg.targets, model_cfg, rng,
-            organ_fraction=cfg.organ_fraction, prompt_drop=cfg.prompt_drop, box_jitter=cfg.box_jitter,
+            cases, model_cfg.targets, model_cfg, rng, sampling=cfg.sampling,
             img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0], crop_size=cfg.crop_size,
         )
         for g in opt.param_groups:
@@ -208,9 +219,15 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
         image = augment_intensity(s.image, int(rng.integers(2**31)))[None].to(device)
         organ = s.organ[None].to(device) if s.organ is not None else None
         prompts = s.prompts.to(device) if s.prompts is not None else None
+        label = s.label[None].to(device)
+        phrases = text.get(PHRASES + s.target.name) if cfg.text_alignment else None
         with autocast:
-            logits = model(image, text[s.target.name][None], prompts, organ)
-        loss = loss_fn(logits.float(), s.label[None].to(device))
+            out = model(image, text[s.target.name][None], prompts, organ,
+                        phrases=phrases[None] if phrases is not None else None)
+        logits, aligned = out if isinstance(out, tuple) else (out, None)
+        loss = loss_fn(logits.float(), label)
+        if aligned is not None:
+            loss = loss + cfg.alignment_weight * alignment_loss(aligned.float(), label)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)

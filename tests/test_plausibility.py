@@ -1,0 +1,68 @@
+"""Organ plausibility and the lesion decision, on the TotalSegmentator example DICOM series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tags.config import LesionDecision
+from tags.geometry import to_canonical
+from tags.lesion_decision import apply_decision, components
+from tags.plausibility import implausible_organ
+from tags.preprocessing import prepare_ct
+from training.dicom_series import read_series
+from training.registry_data import totalseg_sdist_dir
+from training.samples import read_nifti, same_grid
+
+# TotalSegmentator v2 'total' classes
+LIVER, SPLEEN, AORTA, VERTEBRA = 5, 1, 52, 32
+
+
+@pytest.fixture(scope="module")
+def series():
+    ref = totalseg_sdist_dir()
+    vol, aff = read_series(ref / "example_ct_dicom")
+    seg, saff = read_nifti(ref / "example_seg_dicom.nii.gz")
+    seg = same_grid(seg, saff, vol.shape, aff)
+    ct = prepare_ct(vol, aff)
+    return ct, np.ascontiguousarray(ct.reorientation.apply(seg))
+
+
+def test_the_real_liver_is_plausible(series):
+    ct, seg = series
+    assert implausible_organ("liver", seg == LIVER, ct.hu, ct.affine, ct.body_box) is None
+
+
+@pytest.mark.parametrize("cls, words", [(AORTA, "centre line"), (VERTEBRA, "HU"), (SPLEEN, "left")])
+def test_other_structures_called_liver_are_refused(series, cls, words):
+    ct, seg = series
+    mask = seg == cls
+    assert mask.any(), "the series labels this structure"
+    reason = implausible_organ("liver", mask, ct.hu, ct.affine, ct.body_box)
+    assert reason is not None and words in reason
+
+
+def test_tiny_or_empty_masks_are_refused(series):
+    ct, seg = series
+    liver = seg == LIVER
+    tiny = np.zeros_like(liver)
+    idx = np.argwhere(liver)[0]
+    tiny[tuple(idx)] = True
+    assert "ml" in implausible_organ("liver", tiny, ct.hu, ct.affine, ct.body_box)
+    assert "empty" in implausible_organ("liver", np.zeros_like(liver), ct.hu, ct.affine)
+    assert implausible_organ("an_organ_without_bounds", liver, ct.hu, ct.affine) is None
+
+
+def test_lesion_decision_removes_weak_and_small_components():
+    prob = np.zeros((20, 40, 40), np.float32)
+    prob[2:8, 2:10, 2:10] = 0.97  # strong, 384 voxels
+    prob[12:14, 20:23, 20:23] = 0.6  # weak, 18 voxels
+    prob[15, 35, 35] = 0.99  # strong but one voxel
+    voxel_ml = 0.001
+    _, comps = components(prob, voxel_ml)
+    assert sorted(round(c.max_probability, 2) for c in comps) == [0.6, 0.97, 0.99]
+    p = prob.copy()
+    assert apply_decision(p, LesionDecision(), voxel_ml) == 0 and np.array_equal(p, prob)
+    p = prob.copy()
+    assert apply_decision(p, LesionDecision(min_max_probability=0.9, min_volume_ml=0.01), voxel_ml) == 2
+    assert (p[2:8, 2:10, 2:10] == 0.97).all() and p[12:].max() == 0.0

@@ -1,0 +1,126 @@
+"""Choose the lesion decision (:class:`tags.config.LesionDecision`) on validation cases only.
+
+Every validation case is predicted without a decision; each candidate lesion (connected
+component of probability >= 0.5) is recorded with its highest probability, volume and whether it
+overlaps a labelled tumor. On a healthy (tumor-free) case every candidate is false. The decision
+kept is the one with no false lesion of at least 0.1 ml and at most 1 ml of false volume on the
+healthy validation cases that gives the best lesion F1 on the tumor validation cases; if none
+reaches that, the one with the least false volume on healthy cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from tags.config import LesionDecision
+from tags.geometry import spacing_from_affine
+from tags.lesion_decision import components, keeps
+from tags.predictor import TagsPredictor
+from tags.preprocessing import prepare_ct
+
+from .data import target_masks
+from .evaluate import MIN_LESION_ML, canonical_case
+
+PROBABILITY_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+VOLUME_GRID_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+MAX_HEALTHY_FP_ML = 1.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    case: str
+    healthy: bool
+    max_probability: float
+    volume_ml: float
+    true: bool
+
+
+@dataclass(frozen=True)
+class ValidationCase:
+    """A validation case: dataset folder, case name, optional slice range, organ source."""
+
+    dataset: str
+    case: str
+    z_from: Optional[float] = None
+    z_to: Optional[float] = None
+    organ_source: str = "label"
+
+
+def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[ValidationCase]) -> Dict:
+    """Candidate lesions and true lesion counts of ``target`` on ``cases`` (no decision applied)."""
+    from .datasets import read_dataset
+
+    spec = predictor.config.target(target)
+    out: Dict = {"candidates": [], "true_lesions": 0, "cases": []}
+    for vc in cases:
+        ds = read_dataset(vc.dataset)
+        case = next(c for c in ds.cases + ds.validation_cases + ds.test_cases if c.name == vc.case)
+        img, aff, lab = canonical_case(case, vc.z_from, vc.z_to, label_required=False)
+        spacing = spacing_from_affine(aff)
+        healthy = case.name in ds.tumor_free
+        truth = target_masks(lab, ds.targets) if lab is not None else {}
+        tumor = truth.get(target, np.zeros(img.shape, bool))
+        if vc.organ_source == "label" and spec.organ in truth:
+            organ = truth[spec.organ]
+        else:
+            region = prepare_ct(img, aff).body_box
+            organ = predictor.segment_organs(img, aff, [spec.organ], region=region)[spec.organ].mask()
+        result = predictor.predict(img, aff, {spec.organ: organ}, [target], decide=False)[target]
+        labels, comps = components(result.probability, float(np.prod(spacing)) / 1000.0)
+        for c in comps:
+            overlap = bool(tumor[labels == c.label].any())
+            out["candidates"].append(Candidate(case.name, healthy, c.max_probability, c.volume_ml, overlap))
+        from scipy import ndimage
+
+        from tags.lesions import CONNECTIVITY
+
+        out["true_lesions"] += int(ndimage.label(tumor, CONNECTIVITY)[1])
+        out["cases"].append({"case": case.name, "healthy": healthy, "status": result.status,
+                             "reason": result.reason, "candidates": len(comps)})
+    return out
+
+
+def score(decision: LesionDecision, found: Dict) -> Dict:
+    """False lesions / volume on healthy cases, lesion precision / recall / F1 on tumor cases."""
+    kept = [c for c in found["candidates"] if keeps(c, decision)]
+    healthy = [c for c in kept if c.healthy]
+    tumor = [c for c in kept if not c.healthy]
+    tp = sum(c.true for c in tumor)
+    precision = tp / len(tumor) if tumor else 0.0
+    recall = min(1.0, tp / found["true_lesions"]) if found["true_lesions"] else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    by_case: Dict[str, float] = {}
+    for c in healthy:
+        by_case[c.case] = by_case.get(c.case, 0.0) + c.volume_ml
+    return {
+        "healthy_false_lesions": sum(c.volume_ml >= MIN_LESION_ML for c in healthy),
+        "healthy_fp_ml_max": round(max(by_case.values(), default=0.0), 3),
+        "lesion_precision": round(precision, 3), "lesion_recall_approx": round(recall, 3), "lesion_f1": round(f1, 3),
+    }
+
+
+def choose_lesion_decision(found: Dict, description: str) -> tuple[LesionDecision, Dict]:
+    """The decision (see the module docstring) and the score table of every candidate setting."""
+    table = []
+    for p in PROBABILITY_GRID:
+        for v in VOLUME_GRID_ML:
+            d = LesionDecision(min_max_probability=p, min_volume_ml=v)
+            table.append((d, score(d, found)))
+    ok = [(d, s) for d, s in table if s["healthy_false_lesions"] == 0 and s["healthy_fp_ml_max"] <= MAX_HEALTHY_FP_ML]
+    if ok:
+        best, s = max(ok, key=lambda x: (x[1]["lesion_f1"], -x[0].min_max_probability, -x[0].min_volume_ml))
+        how = "best lesion F1 on tumor validation with no false lesion on healthy validation"
+    else:
+        best, s = min(table, key=lambda x: (x[1]["healthy_fp_ml_max"], -x[1]["lesion_f1"]))
+        how = "no setting kept healthy validation free of false lesions: least false volume"
+    chosen = LesionDecision(best.min_max_probability, best.min_volume_ml, f"{description}; {how}")
+    report = {"chosen": {"min_max_probability": best.min_max_probability, "min_volume_ml": best.min_volume_ml,
+                         "how": how, **s},
+              "grid": [{"min_max_probability": d.min_max_probability, "min_volume_ml": d.min_volume_ml, **sc}
+                       for d, sc in table],
+              "cases": found["cases"], "true_lesions": found["true_lesions"],
+              "candidates": len(found["candidates"])}
+    return chosen, report
