@@ -19,12 +19,12 @@ an oracle, as in the README's table):
     positions by its own side also rescales the position embedding by about 1/f, undoing part
     of the declared scale, which a real ROI of that size would not need.
 
-Settings (TagsPredictor keywords, :data:`SETTINGS`): the trained window side only; session 5's
-default (never narrower than trained); tumor windows narrower than trained with positions in
-the trained frame (since session 6) or normalised by the window; organ windows narrower too;
-all of those with square windows (one side for rows and columns, as sessions 5-8 ran), and the
-default since session 9: the same sides fitted to rows and columns apart. Prints a table;
-writes every number and the window each ROI got to --json. Numbers, not assertions.
+Settings (TagsPredictor keywords, :data:`SETTINGS`): the trained window side only; 128-256 in
+both passes (never narrower than trained); tumor windows narrower than trained with positions
+in the trained frame or normalised by the window; organ windows narrower too; all of those with
+square windows (one side for rows and columns), and the default: the same sides fitted to rows
+and columns apart in the tumor pass. Prints a table; writes every number and the window each
+ROI got to --json. Numbers, not assertions.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SQUARE = dict(square_windows=True)  # one in-plane side for both axes, as sessions 5-8 did
+SQUARE = dict(square_windows=True)  # one in-plane side for both axes (square_windows=True)
 
 SETTINGS = {
     "trained side only": dict(window_sides=None, organ_window_sides=None),
-    "128-256 both passes (session 5)": dict(window_sides=(128, 256), organ_window_sides=(128, 256), **SQUARE),
+    "128-256 both passes": dict(window_sides=(128, 256), organ_window_sides=(128, 256), **SQUARE),
     "tumor 96-256, framed": dict(window_sides=(96, 256), **SQUARE),
-    "tumor 64-256, framed, square (sessions 6-8 default)": dict(window_sides=(64, 256), **SQUARE),
+    "tumor 64-256, framed, square": dict(window_sides=(64, 256), **SQUARE),
     "tumor 64-256, window frame": dict(window_sides=(64, 256), trained_frame=False, **SQUARE),
     "tumor and organ 64-256, framed": dict(window_sides=(64, 256), organ_window_sides=(64, 256), **SQUARE),
     "tumor 64-256, framed, rows and columns apart (default)": dict(window_sides=(64, 256)),

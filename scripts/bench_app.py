@@ -1,6 +1,6 @@
 """End-to-end benchmark of the application: DICOM in -> SEG out, wall time, peak RSS, stages.
 
-    .venv/bin/python scripts/bench_app.py [--model build/demo/model] [--out build/bench] [--slices 200 300]
+    .venv/bin/python scripts/bench_app.py [--model models/liver-demo] [--out build/bench] [--slices 200 300]
 
 Cases: the TotalSegmentator sample study (20 x 512 x 512, JPEG 2000), and 512 x 512 x N series
 built from real CT pixels (the TotalSegmentator source distribution's aorta_report CT,
@@ -79,7 +79,7 @@ def run_case(name: str, study: Path, model: Path, out: Path, extra: list) -> dic
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(REPO / "build" / "demo" / "model"))
+    p.add_argument("--model", default=str(REPO / "models" / "liver-demo"))
     p.add_argument("--out", default=str(REPO / "build" / "bench"))
     p.add_argument("--slices", type=int, nargs="*", default=[200, 300])
     p.add_argument("--tag", default="", help="name of this configuration: writes OUT/bench_app-TAG.json")

@@ -1,6 +1,6 @@
 """Produce the MAP build context offline, without Docker.
 
-    .venv/bin/python scripts/map_context.py --model build/demo/model --out build/map-context
+    .venv/bin/python scripts/map_context.py --model models/liver-demo --out build/map-context
 
 Runs holoscan-cli 4.2.0's packager (`monai-deploy package app -c app.yaml -m MODEL ...`,
 artifact sources from scripts/map/package-source.json, so nothing is downloaded) in-process,
@@ -75,7 +75,7 @@ def build_context(model: Path, out: Path, tag: str = "tags-seg-map:0.1.0") -> Pa
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(REPO / "build" / "demo" / "model"))
+    p.add_argument("--model", default=str(REPO / "models" / "liver-demo"))
     p.add_argument("--out", default=str(REPO / "build" / "map-context"))
     a = p.parse_args(argv)
     out = build_context(Path(a.model), Path(a.out))

@@ -1,6 +1,6 @@
 """Where one TAGS window forward spends its time: seconds and GFLOP per part of the network.
 
-    .venv/bin/python scripts/profile_window.py [--model build/demo/model] [--repeats 3] [--json out.json]
+    .venv/bin/python scripts/profile_window.py [--model models/liver-demo] [--repeats 3] [--json out.json]
 
 Times each part (the encoder's patch embedding, each stage or block, neck; fusion, decoder
 transformer, output upscaling, 3D head) with forward pre/post hooks over ``--repeats`` forwards
@@ -90,7 +90,7 @@ def profile(model: str, repeats: int = 3) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="build/demo/model", help="model folder (default build/demo/model)")
+    p.add_argument("--model", default="models/liver-demo", help="model folder (default models/liver-demo)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)

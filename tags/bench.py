@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--dtype", action="append", choices=["fp32", "bf16"], help="dtypes to run (default fp32, and bf16 where the CPU has it natively)")
     p.add_argument("--window-sides", type=int, nargs=2, metavar=("SMALLEST", "LARGEST"), default=None,
-                   help="in-plane window sides of the tumor pass (default: the predictor's; 128 256 is session 5's)")
+                   help="in-plane window sides of the tumor pass (default: the predictor's; 128 256: not below 128)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
     keep_freed_memory()  # as the application does; both models run under it

@@ -101,7 +101,7 @@ def cpu_has_native_bf16() -> bool:
 def default_precision(device: torch.device) -> str:
     """bf16 on CUDA and on CPUs with native bf16 (the model is trained under bf16 autocast),
     fp32 elsewhere (emulated bf16 is slower than fp32). On the demo model, bf16 instead of fp32
-    moves held-out Dice by less than 0.01 (docs/performance.md)."""
+    moves held-out tumor Dice by less than 0.01 and liver Dice by up to 0.016 (docs/performance.md)."""
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
         return "bf16"
     return "fp32"
@@ -185,12 +185,12 @@ class TagsPredictor:
             normalises them by the window, as SAM does (and as wider windows always do). Each
             axis of a rectangular window is treated so on its own.
         square_windows: tumor pass: fit one in-plane side to both axes (the larger of the two),
-            as sessions 5-8 did; kept to compare. Default False: rows and columns apart, the
+            kept to compare. Default False: rows and columns apart, the
             same held-out Dice on the demo model with a third fewer pixels computed on a
-            512 x 512 x 200 CT (docs/performance.md, session 9).
+            512 x 512 x 200 CT (docs/performance.md).
         square_organ_windows: the same for the organ pass. Default True: organ windows with
             rows and columns apart cost held-out liver Dice on the one case where they differed
-            (0.9542 -> 0.9489, docs/performance.md, session 9).
+            (0.9542 -> 0.9489, docs/performance.md).
         progress: show a progress bar.
         compile: compile the image encoder with ``torch.compile`` (the encoder is most of the
             time). The first window pays the compilation (about 40 s on a 2-core CPU, a few

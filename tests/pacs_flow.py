@@ -97,6 +97,7 @@ class Gateway:
         self.errors: list = []
         self.index: dict = {}  # study uid -> send order
         self.running = self.most_running = 0  # application processes now / at most at once
+        self.app_runs: dict = {}  # study uid -> application runs started
         self.lock = threading.Lock()
         ae = AE(ae_title=GATEWAY[2])
         ae.supported_contexts = AllStoragePresentationContexts
@@ -125,27 +126,34 @@ class Gateway:
     def worker(self):
         while True:
             folder = self.jobs.get()
-            study = folder.parent.name
-            out = self.work / "results" / folder.name
-            with self.lock:
-                self.running += 1
-                self.most_running = max(self.most_running, self.running)
-            proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(folder), "-o", str(out),
-                                   "-m", str(self.model), *self.app_args], capture_output=True, text=True,
-                                  env=dict(os.environ, OMP_NUM_THREADS="1"))
-            with self.lock:
-                self.running -= 1
-            if proc.returncode != 0:
-                self.errors.append(f"{study}: app failed: {proc.stderr.strip().splitlines()[-1:]}")
-                continue
-            seg, sr = next(out.glob("SEG_*.dcm")), next(out.glob("SR_*.dcm"))
-            even = self.index.get(study, 0) % 2 == 0
             try:
-                self.c_store(seg if even else sr)
-                self.stow(sr if even else seg)
-            except Exception as e:  # reported, never swallowed
-                self.errors.append(f"{study}: return failed: {e}")
-            self.results[study] = {"seg": str(seg), "sr": str(sr), "seg_returned_by": "C-STORE" if even else "STOW-RS"}
+                self.run_job(folder)
+            except Exception as e:  # a crash ends the flow at once with the reason (main() watches errors)
+                self.errors.append(f"{folder.parent.name}: gateway worker crashed: {e!r}")
+
+    def run_job(self, folder: Path):
+        study = folder.parent.name
+        out = self.work / "results" / folder.name
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.app_runs[study] = self.app_runs.get(study, 0) + 1
+        proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(folder), "-o", str(out),
+                               "-m", str(self.model), *self.app_args], capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        with self.lock:
+            self.running -= 1
+        if proc.returncode != 0:
+            self.errors.append(f"{study}: app failed: {proc.stderr.strip().splitlines()[-1:]}")
+            return
+        seg, sr = next(out.glob("SEG_*.dcm")), next(out.glob("SR_*.dcm"))
+        even = self.index.get(study, 0) % 2 == 0
+        try:
+            self.c_store(seg if even else sr)
+            self.stow(sr if even else seg)
+        except Exception as e:  # reported, never swallowed
+            self.errors.append(f"{study}: return failed: {e}")
+        self.results[study] = {"seg": str(seg), "sr": str(sr), "seg_returned_by": "C-STORE" if even else "STOW-RS"}
 
     @staticmethod
     def c_store(path: Path):
@@ -193,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--reforward-wait", type=float, default=90,
+                   help="seconds to wait for Orthanc's re-forward of every finished study")
     p.add_argument("--workers", type=int, default=2, help="application processes at a time")
     a, app_args = p.parse_known_args(argv)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -213,18 +223,25 @@ def main(argv=None) -> int:
             if proc.returncode != 0 or "E:" in proc.stderr:
                 raise RuntimeError(f"storescu failed: {proc.stderr[-500:]}")
         expected = set(gateway.index)
-        while time.time() - t0 < a.timeout:
+        while time.time() - t0 < a.timeout and not gateway.errors:
             segs = json.loads(http("GET", "/dicom-web/instances?Modality=SEG")[1] or b"[]")
             if len({s["0020000D"]["Value"][0] for s in segs}) >= len(expected) and len(gateway.results) >= len(expected):
                 break
             time.sleep(2)
-        time.sleep(4)  # let a re-forward after the results arrive reach the gateway (it must be skipped)
+        # The results make each study stable again and Orthanc forwards its CT once more: wait
+        # until every study's re-forward reached the gateway (it must be skipped, not run).
+        t1 = time.time()
+        while time.time() - t1 < a.reforward_wait and gateway.duplicates_skipped < len(expected) and not gateway.errors:
+            time.sleep(1)
+        time.sleep(3)  # a wrongly queued re-forward would have started an application run by now
         per_study = {}
         for uid in sorted(expected):
             series = json.loads(http("GET", f"/dicom-web/studies/{uid}/series")[1] or b"[]")
             modalities = sorted(s["00080060"]["Value"][0] for s in series)
             segs = json.loads(http("GET", f"/dicom-web/studies/{uid}/instances?Modality=SEG")[1] or b"[]")
-            entry = {"modalities": modalities, "seg_instances": len(segs)}
+            srs = json.loads(http("GET", f"/dicom-web/studies/{uid}/instances?Modality=SR")[1] or b"[]")
+            entry = {"modalities": modalities, "seg_instances": len(segs), "sr_instances": len(srs),
+                     "app_runs": gateway.app_runs.get(uid, 0)}
             res = gateway.results.get(uid)
             if res and segs:
                 s = segs[0]

@@ -201,3 +201,35 @@ def test_command_line_with_map_environment_and_a_clear_failure(studies, model, t
                            "-m", str(tmp_path / "no-such-model")], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0
     assert not empty.exists() or list(empty.iterdir()) == []
+
+
+def test_options_through_the_application(studies, model, tmp_path):
+    """--organ-segments by its environment variable, --ignore-study-seg, --min-lesion-ml and
+    --precision, each through `python app` (a fresh process, so the load line is logged)."""
+    from training.sample_study import add_organ_seg
+
+    study = tmp_path / "study"
+    shutil.copytree(studies["totalseg"], study)
+    add_organ_seg(study, np.zeros((20, 512, 512), bool), codes.SCT.Liver)  # an upstream tool found no liver
+
+    def app(out, *args, **env):
+        proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(study), "-o", str(out), "-m", str(model),
+                               *args], capture_output=True, text=True, env=dict(os.environ, **env))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout + proc.stderr, json.loads((out / "tags_results.json").read_text())
+
+    # The study's (empty) liver SEG is used: no tumor search, so any precision runs fast.
+    log, summary = app(tmp_path / "a", "--precision", "bf16", "--min-lesion-ml", "5", TAGS_ORGAN_SEGMENTS="1")
+    assert "precision bf16" in log
+    assert summary["tumors"]["liver_tumor"]["status"] == "organ_absent"
+    seg = hd.seg.segread(next((tmp_path / "a").glob("SEG_*.dcm")))
+    assert [seg.get_segment_description(n).segmented_property_type.value for n in seg.segment_numbers] == [
+        "108369006", "10200004"]  # the organ segment is there (TAGS_ORGAN_SEGMENTS=1)
+    lesions = json.loads((tmp_path / "a" / "tags_lesions.json").read_text())
+    assert lesions["min_lesion_ml"] == 5.0
+
+    # --ignore-study-seg: the model's organ pass instead of the study's SEG; no organ segment by default.
+    log, summary = app(tmp_path / "b", "--ignore-study-seg")
+    assert summary["organs"]["liver"]["organ_source"] == "model organ pass"
+    seg = hd.seg.segread(next((tmp_path / "b").glob("SEG_*.dcm")))
+    assert [seg.get_segment_description(n).segmented_property_type.value for n in seg.segment_numbers] == ["108369006"]

@@ -154,7 +154,7 @@ def test_axis_aligned_variants_align(name, base, reference, model, tmp_path):
 
 
 def test_oblique_and_anisotropic(base, model, tmp_path):
-    """10 degrees about z and about x, non-isotropic pixels: the organ frames still match the
+    """10 degrees about z and 6 degrees about x, non-isotropic pixels: the organ frames still match the
     sphere at each CT voxel centre (the image is resampled by nothing: nearest-axis canonical)."""
     crop, _ = base
     rz, rx = np.radians(10), np.radians(6)

@@ -281,3 +281,106 @@ def test_target_organ_absent_gives_a_valid_empty_result(study, model, tmp_path, 
     assert int(pydicom.dcmread(seg_path).pixel_array.sum()) == 0
     lesions = json.loads((tmp_path / "out" / "tags_lesions.json").read_text())["targets"]["liver_tumor"]
     assert lesions["status"] == "organ_absent" and lesions["lesion_count"] == 0
+    assert tumor["reason"] == "the organ mask is empty"
+    import highdicom as hd
+
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    sr_path = next((tmp_path / "out").glob("SR_*.dcm"))
+    assert (seg.SeriesNumber, pydicom.dcmread(sr_path, stop_before_pixels=True).SeriesNumber) == (9901, 9902)
+    report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(sr_path)])
+    (group,) = report.get_image_measurement_groups()
+    assert [(q.name.value, q.value.value) for q in group.get_qualitative_evaluations()] == [
+        (codes.SCT.Lesion.value, codes.SCT.Absent.value)]
+
+
+# -- what the README promises, each at its boundary ---------------------------------------------
+
+
+@pytest.mark.parametrize("keyword", ["ImagePositionPatient", "ImageOrientationPatient"])
+def test_missing_position_or_orientation(study, model, tmp_path, capsys, keyword):
+    d = _copy(study, tmp_path / "in")
+    victim = _slices(d)[6]
+    number = pydicom.dcmread(victim, stop_before_pixels=True).InstanceNumber
+    _edit([victim], lambda ds: delattr(ds, keyword))
+    _refused(d, model, tmp_path, capsys, f"CT instance number {number} of 20 has no {keyword}")
+
+
+def test_mixed_image_sizes(crop, model, tmp_path, capsys):
+    d = tmp_path / "in"
+    write_ct_series(crop, affine_from_spacing((2.0, 0.98, 0.98)), d, SeriesInfo(uid_seed="sizes"))
+    small = write_ct_series(crop[:, :128, :128], affine_from_spacing((2.0, 0.98, 0.98)), tmp_path / "small",
+                            SeriesInfo(uid_seed="sizes"))  # same series and instance UIDs, other size
+    shutil.copy(small[3], sorted(d.iterdir())[3])
+    _refused(d, model, tmp_path, capsys, "mixes image sizes [(128, 128), (160, 160)]")
+
+
+def test_non_dicom_file_beside_a_series_is_ignored(study, model, tmp_path, capsys):
+    d = _copy(study, tmp_path / "in")
+    (d / "readme.txt").write_text("exported by a PACS\n")
+    (d / "thumbnail.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    summary = _processed(d, model, tmp_path, capsys)
+    assert summary["ct"]["series"].startswith("series #1 (20 slices")
+
+
+def test_equal_series_the_lowest_series_number_is_chosen(study, model, tmp_path, capsys):
+    d = _copy(study, tmp_path / "in")
+    other_uid = generate_uid(entropy_srcs=["same size series"])
+    for f in _slices(study):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SeriesNumber = other_uid, 7
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), "7"])
+        ds.save_as(d / f"other_{ds.InstanceNumber}.dcm")
+    summary = _processed(d, model, tmp_path, capsys)
+    assert summary["ct"]["series"].startswith("series #1 (20 slices")  # not series #7
+
+
+@pytest.mark.parametrize("degrees, refused", [(0.4, False), (0.6, True)])
+def test_gantry_tilt_limit(crop, model, tmp_path, capsys, degrees, refused):
+    a = affine_from_spacing((2.0, 0.98, 0.98))
+    a[1, 0] = 2.0 * np.tan(np.radians(degrees))
+    write_ct_series(crop[:8], a, tmp_path / "in", SeriesInfo(uid_seed=f"tilt{degrees}"))
+    if refused:
+        _refused(tmp_path / "in", model, tmp_path, capsys, "gantry tilt")
+    else:
+        _processed(tmp_path / "in", model, tmp_path, capsys)
+
+
+def test_eight_slices_are_enough_seven_are_not(crop, model, tmp_path, capsys):
+    write_ct_series(crop[:8], affine_from_spacing((2.0, 0.98, 0.98)), tmp_path / "in8", SeriesInfo(uid_seed="eight"))
+    _processed(tmp_path / "in8", model, tmp_path, capsys)
+    write_ct_series(crop[:7], affine_from_spacing((2.0, 0.98, 0.98)), tmp_path / "in7", SeriesInfo(uid_seed="seven"))
+    shutil.rmtree(tmp_path / "out")
+    _refused(tmp_path / "in7", model, tmp_path, capsys, "has 7 slices; at least 8")
+
+
+def test_default_voxel_limit_is_512x512x1000(monkeypatch):
+    from operators.ct_series_selector import max_voxels
+
+    monkeypatch.delenv("TAGS_MAX_VOXELS", raising=False)
+    assert max_voxels() == 512 * 512 * 1000
+
+
+def test_a_failed_run_leaves_an_existing_output_folder_as_it_was(study, model, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.txt").write_text("results of an earlier run\n")
+    (tmp_path / "in").mkdir()
+    code, errors = _run(tmp_path / "in", model, out, capsys)
+    assert code != 0 and len(errors) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
+    assert (out / "earlier.txt").read_text() == "results of an earlier run\n"
+
+
+def test_the_error_line_is_the_last_line(study, model, tmp_path):
+    """As `python app`: whatever Holoscan logs before it, `error:` is the last line of stderr."""
+    import subprocess
+    import sys
+
+    d = _copy(study, tmp_path / "in")
+    for f in _slices(d)[5:]:
+        f.unlink()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "app"), "-i", str(d),
+                           "-o", str(tmp_path / "out"), "-m", str(model)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "5 slices" in lines[-1], lines[-3:]

@@ -295,7 +295,7 @@ def test_window_sides_are_checked():
 def test_default_sides_scale_with_the_trained_side():
     """window_sides="auto" (default): half to twice the tumor pass's trained side, the organ pass
     never narrower than its own; the demo model (trained at 128) gets 64-256 and 128-256, the
-    ranges measured in docs/performance.md, session 6."""
+    ranges measured in docs/performance.md ("Window geometry")."""
     demo = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
     net = EchoOrganNet(demo)
     net.block_kind = "tinyvit"

@@ -20,6 +20,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import DynUNet
 from safetensors.torch import load_model, save_model
 from torch import nn
+from tqdm import tqdm
 
 from tags.config import ModelConfig, TargetSpec
 from tags.predictor import TagsPredictor
@@ -92,6 +93,8 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
     t0 = time.time()
     step = 0
     losses = []
+    # Progress in seconds of the wall-time budget (the step count is not known in advance).
+    bar = tqdm(total=int(seconds), disable=not cfg.progress, desc="baseline", unit="s")
     while time.time() - t0 < seconds and (max_steps is None or step < max_steps):
         frac = (time.time() - t0) / seconds
         for g in opt.param_groups:
@@ -113,6 +116,9 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
+        bar.update(min(int(seconds), int(time.time() - t0)) - bar.n)
+        bar.set_postfix(step=step, loss=f"{losses[-1]:.3f}")
+    bar.close()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(model.to_json())

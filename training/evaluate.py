@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
+from tqdm import tqdm
 
 from tags.geometry import spacing_from_affine, to_canonical
 from tags.predictor import TagsPredictor
@@ -105,6 +106,7 @@ def evaluate(
     organ_source: str = "label",
     nsd_mm: float = 2.0,
     targets: Optional[List[str]] = None,
+    progress: bool = False,
 ) -> Dict:
     """Evaluate every predictor (e.g. {"tags": ..., "baseline": ...}) on a dataset's cases.
 
@@ -113,6 +115,7 @@ def evaluate(
         z_from: evaluate only canonical slices from this fraction on (the part held out by
             ``--z-split DATASET:z_from`` in training); the volume is cut before prediction.
         organ_source: "label" (ground-truth organ as prompt, an oracle) or "model".
+        progress: a progress bar over the cases.
     """
     if organ_source not in ("label", "model"):
         raise ValueError("organ_source must be 'label' or 'model'")
@@ -121,7 +124,7 @@ def evaluate(
     if not cases:
         raise ValueError(f"{ds.root}: no {split} cases")
     rows: List[Dict] = []
-    for case in cases:
+    for case in tqdm(cases, desc=f"evaluate {ds.name}", disable=not progress, unit="case"):
         img, aff, lab = canonical_case(case, z_from)
         spacing = spacing_from_affine(aff)
         body = prepare_ct(img, aff).body_box  # the organ pass searches the body, as the application does

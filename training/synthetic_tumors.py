@@ -19,7 +19,7 @@ written anew with numpy/scipy so it runs on a CPU inside the training loop:
 
 Radii and every smoothing sigma are in mm (the paper's 1 mm voxels) and converted with the
 array's spacing, so the same tumors come out on the 1.5 mm model grid. Each tumor is generated in its own bounding box,
-so the cost grows with the tumors, not the volume (``scripts/bench_synthetic_tumors.py``).
+so the cost grows with the tumors, not the volume (``scripts/bench_synthetic_tumors.py`` measures it).
 """
 
 from __future__ import annotations
