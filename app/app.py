@@ -25,7 +25,6 @@ from typing import List, Optional
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
-from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
 from tags.model_folder import ModelFolderError
 from tags.preprocessing import CTInputError
@@ -34,6 +33,7 @@ from operators import (
     CTPreprocessOperator, CTSeriesSelectorOperator, InferenceSettings, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
     TagsInferenceOperator,
 )
+from operators.ct_volume_operator import CTVolumeOperator
 
 CT_SELECTION_RULES = json.dumps(
     {
@@ -81,7 +81,7 @@ class TagsSegApp(Application):
             self, CountCondition(self, 1), input_folder=Path(ctx.input_path), must_load=False, name="loader"
         )
         selector = CTSeriesSelectorOperator(self, rules=CT_SELECTION_RULES, all_matched=True, name="selector")
-        to_volume = DICOMSeriesToVolumeOperator(self, name="to_volume")
+        to_volume = CTVolumeOperator(self, name="to_volume")
         preprocess = CTPreprocessOperator(self, started=self.started, name="preprocess")
         organs = OrganPromptOperator(
             self, model_path=ctx.model_path, settings=opts.inference, use_study_seg=opts.use_study_seg, name="organs",
@@ -189,8 +189,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         out = run(argv)
-    except Exception as e:  # one clear line; details are in the log above
+    except (CTInputError, ModelFolderError) as e:  # one clear line naming the problem
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - not a library message for the user: the traceback goes to the log
+        logging.getLogger("app").error("unexpected failure", exc_info=True)
+        print(f"error: the study could not be processed: an internal {type(e).__name__} that no input check "
+              "caught; the traceback is in the log above", file=sys.stderr)
         return 1
     print(f"results in {out}")
     return 0

@@ -38,6 +38,8 @@ class CTSeries:
         study_uid, series_uid: of the source series.
         label: a log-safe description (series number, slice count, grid; no identifiers).
         timings: seconds per stage, filled in by the operators as the data passes.
+        skipped_files: files of the input the loader could not parse
+            (:class:`~operators.study_loader.SkippedFile`), reported in tags_results.json.
     """
 
     prepared: PreparedCT
@@ -46,6 +48,7 @@ class CTSeries:
     series_uid: str
     label: str
     timings: dict = field(default_factory=dict)
+    skipped_files: list = field(default_factory=list)
 
 
 def prepare_series(image: Image, datasets: List) -> CTSeries:
@@ -75,6 +78,20 @@ def prepare_series(image: Image, datasets: List) -> CTSeries:
     return CTSeries(prepared, list(datasets), str(first.StudyInstanceUID), str(first.SeriesInstanceUID), label)
 
 
+GAP_WORDS = ("not evenly spaced", "slice(s) with a position")
+
+
+def blame_damaged_files(error: CTInputError, skipped: List) -> CTInputError:
+    """A gap in the series while damaged DICOM files were skipped: the damaged files are the
+    likely missing slices, so the message names them first."""
+    damaged = [s for s in skipped if s.damaged_dicom]
+    if not damaged or not any(w in str(error) for w in GAP_WORDS):
+        return error
+    names = ", ".join(f"{s.name} ({s.reason})" for s in damaged[:5])
+    return CTInputError(f"{len(damaged)} damaged DICOM file(s) in the input, likely slices of this series: {names}; "
+                        f"without them {error}")
+
+
 class CTPreprocessOperator(Operator):
     """Checks the selected CT series and prepares its volume.
 
@@ -102,7 +119,12 @@ class CTPreprocessOperator(Operator):
         selection = op_input.receive("study_selected_series_list")
         series = selection[0].selected_series[0].series
         datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
-        ct = prepare_series(image, datasets)
+        skipped = list(getattr(selection[0].study, "skipped_files", []))
+        try:
+            ct = prepare_series(image, datasets)
+        except CTInputError as e:
+            raise blame_damaged_files(e, skipped) from None
+        ct.skipped_files = skipped
         ct.timings["preprocess"] = time.perf_counter() - t0
         if self.started is not None:
             ct.timings["load"] = t0 - self.started

@@ -23,6 +23,8 @@ from pydicom.uid import CTImageStorage
 
 from tags.preprocessing import CTInputError
 
+from .dicom_checks import check_instances
+
 log = logging.getLogger(__name__)
 
 MAX_VOXELS = 512 * 512 * 1000
@@ -59,6 +61,7 @@ def check_series(series) -> None:
         missing = [k for k in REQUIRED if k not in ds or ds[k].value in (None, "")]
         if missing:
             raise CTInputError(f"CT {_which(ds)} of {len(datasets)} has no {', '.join(missing)}")
+    check_instances(datasets)  # UIDs and the values the geometry and volume rely on, per file
     sizes = Counter((int(ds.Rows), int(ds.Columns)) for ds in datasets)
     if len(sizes) > 1:
         raise CTInputError(f"the CT series mixes image sizes {sorted(sizes)}")

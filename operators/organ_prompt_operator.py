@@ -16,6 +16,7 @@ import numpy as np
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from pydicom.sr.coding import Code
 
+from tags.model_folder import ModelFolderError
 from tags.runtime import release_freed_memory
 
 from .ct_preprocess_operator import CTSeries
@@ -94,7 +95,7 @@ class OrganPromptOperator(Operator):
         missing = [n for n in wanted if n not in masks and n in organ_targets]
         for name in wanted:
             if name not in masks and name not in organ_targets:
-                raise ValueError(f"the study has no SEG of the {name} and the model has no {name} organ target")
+                raise ModelFolderError(f"the study has no SEG of the {name} and the model has no {name} organ target")
         if missing:
             p = ct.prepared
             results = self.predictor.segment_organs(p.hu, p.affine, organs=missing, region=p.body_box)

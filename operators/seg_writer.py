@@ -19,6 +19,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
 import tags
+from tags.model_folder import ModelFolderError
 
 from .tags_inference_operator import Segmentation, TargetOutcome
 
@@ -65,7 +66,7 @@ def build_seg(result: Segmentation, *, include_organs: bool = False) -> hd.seg.S
     ct = result.ct
     outcomes: List[TargetOutcome] = list(result.tumors) + (list(result.organs) if include_organs else [])
     if not outcomes:
-        raise ValueError("nothing to write: the model has no tumor targets")
+        raise ModelFolderError("nothing to write: the model folder has no tumor targets")
     algorithm = hd.AlgorithmIdentificationSequence(
         name="TAGS", family=codes.cid7162.ArtificialIntelligence, version=f"{tags.__version__} model {result.model_version}",
     )

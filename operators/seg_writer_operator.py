@@ -31,6 +31,7 @@ def summary(result: Segmentation, seg_file: str) -> dict:
         "seg_file": seg_file,
         "model": {"name": result.model_name, "version": result.model_version},
         "ct": {"series": ct.label, "spacing_mm": [round(s, 4) for s in ct.prepared.spacing]},
+        "input": {"skipped_files": [f.to_dict() for f in ct.skipped_files]},
         "tumors": {o.target.name: entry(o) for o in result.tumors},
         "organs": {o.target.name: {**entry(o), "organ_source": o.organ_source} for o in result.organs},
         "timings_s": {k: round(v, 2) for k, v in ct.timings.items()},

@@ -1,17 +1,52 @@
-"""Study loading: the SDK's DICOMDataLoaderOperator, with a clear message when nothing loads.
+"""Study loading: the SDK's DICOMDataLoaderOperator, with clear messages about what it skipped.
 
 The SDK loader skips files that are not DICOM and instances without usable UIDs, each with a
-log line; when that leaves no study at all, this subclass says why in one message.
+log line; when that leaves no study at all, this subclass says why in one message. Files that
+cannot be parsed at all (a damaged header, a bad length field) are skipped before the SDK reads
+them and listed, with the reason, on every loaded study (``skipped_files``), so a later error
+about a gap in the series can name the damaged file instead.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List
 
 import pydicom
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 
 from tags.preprocessing import CTInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file of the input that was not loaded: its name, why, and whether it looked like a
+    DICOM file (a damaged one) rather than something else."""
+
+    name: str
+    reason: str
+    damaged_dicom: bool
+
+    def to_dict(self) -> dict:
+        return {"file": self.name, "reason": self.reason, "damaged_dicom": self.damaged_dicom}
+
+
+def why_unreadable(path: Path, error: Exception) -> SkippedFile:
+    """Describe a file pydicom could not parse (no identifiers: name, size, error type)."""
+    try:
+        head = path.open("rb").read(132)
+        size = path.stat().st_size
+    except OSError:
+        return SkippedFile(path.name, "cannot be read from disk", False)
+    if size == 0:
+        return SkippedFile(path.name, "empty file (0 bytes)", False)
+    if head[128:132] == b"DICM":
+        return SkippedFile(path.name, f"a DICOM file whose content cannot be parsed ({type(error).__name__})", True)
+    return SkippedFile(path.name, "not a DICOM file", False)
 
 
 def why_nothing_loaded(input_path: Path) -> str:
@@ -43,4 +78,40 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
         studies = super().load_data_to_studies(Path(input_path))
         if not studies:
             raise CTInputError(why_nothing_loaded(Path(input_path)))
+        return studies
+
+    def _load_data(self, files: List[str]):
+        """The SDK's loading of the files pydicom can parse; the others are skipped and listed.
+
+        Each file is parsed once here before the SDK parses it again: a file that breaks
+        pydicom with anything but the SDK's expected InvalidDicomError would otherwise stop
+        the whole run with the library's message.
+        """
+        readable, skipped = [], []
+        for f in files:
+            try:
+                ds = pydicom.dcmread(f)
+                ds.get("SOPInstanceUID"), ds.get("ImagePositionPatient")  # values the SDK reads at once
+            except Exception as e:  # noqa: BLE001 - every parser failure skips the file with its reason
+                log.debug("cannot parse %s", Path(f).name, exc_info=True)
+                skipped.append(why_unreadable(Path(f), e))
+                continue
+            readable.append(f)
+        try:
+            studies = super()._load_data(readable)
+        except Exception:
+            # Failure path only: find the file the SDK cannot take, to name it.
+            for f in readable:
+                try:
+                    super()._load_data([f])
+                except Exception as e:  # noqa: BLE001
+                    log.debug("the SDK loader failed on %s", Path(f).name, exc_info=True)
+                    raise CTInputError(f"file {Path(f).name} cannot be loaded: a value in its DICOM header is "
+                                       f"damaged ({type(e).__name__})") from None
+            raise
+        if skipped:
+            log.warning("%d file(s) of the input skipped: %s", len(skipped),
+                        "; ".join(f"{s.name}: {s.reason}" for s in skipped[:10]))
+        for study in studies:
+            study.skipped_files = list(skipped)
         return studies

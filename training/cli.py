@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Builds OUT/samples, trains TAGS and a same-budget DynUNet baseline, evaluates "
                                    "both on held-out data and exports OUT/model with a model card.")
     m.add_argument("out", help="work folder")
-    m.add_argument("--minutes", type=float, default=55.0, help="approximate total budget (default 55)")
+    m.add_argument("--minutes", type=float, default=60.0, help="approximate total budget (default 60)")
     m.set_defaults(func=_demo)
     return p
 

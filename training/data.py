@@ -175,6 +175,11 @@ class SamplingConfig:
         organ_negative_fraction: organ samples centred on body voxels outside the organ (the
             thorax above a liver, the pelvis below it), label what little organ lies in the crop.
         prompt_drop, box_jitter: prompt augmentation (:func:`augment_prompts`).
+        phase_probability, phase_hu: contrast-phase augmentation (:func:`shift_organ_hu`): with
+            this probability the organ's median HU in the crop is moved to a value drawn from
+            ``phase_hu``, tumors inside it moving along (their contrast to the organ is kept), so
+            that a healthy liver is not told from a tumor by its absolute HU (unenhanced livers
+            lie near 50 HU, portal venous ones near 90-130 HU).
     """
 
     organ_fraction: float = 0.3
@@ -183,6 +188,20 @@ class SamplingConfig:
     organ_negative_fraction: float = 0.0
     prompt_drop: float = 0.2
     box_jitter: float = 0.05
+    phase_probability: float = 0.0
+    phase_hu: Tuple[float, float] = (40.0, 140.0)
+
+
+def shift_organ_hu(image_hu: np.ndarray, organ: np.ndarray, target_hu: float, spacing: Sequence[float]) -> np.ndarray:
+    """``image_hu`` with the organ's median HU moved to ``target_hu``: an offset applied inside
+    the organ, its edge blurred over about 1.5 mm (no step at the label's border)."""
+    from scipy import ndimage
+
+    if not organ.any():
+        return image_hu
+    offset = float(target_hu) - float(np.median(image_hu[organ]))
+    weight = ndimage.gaussian_filter(organ.astype(np.float32), [1.5 / s for s in spacing])
+    return (image_hu + offset * weight).astype(np.float32)
 
 
 def _pick(pool: List[GridCase], rng: np.random.Generator) -> GridCase:
@@ -239,6 +258,9 @@ def draw_sample(
     arrays = [gc.image, label] + ([organ] if organ is not None else [])
     crops = _crop(arrays, centre, size, fills=(PAD_HU,))
     image_hu, label_crop = crops[0], crops[1]
+    region = crops[2] if organ is not None else (crops[1] if use_organ else None)
+    if region is not None and region.any() and rng.random() < sampling.phase_probability:
+        image_hu = shift_organ_hu(image_hu, region > 0.5, rng.uniform(*sampling.phase_hu), gc.spacing)
     if synthetic:
         from .synthetic_tumors import SynthesizeLiverTumors
 

@@ -1,0 +1,152 @@
+"""Checks of each CT instance before its values reach the volume, the SEG or the SR.
+
+A PACS can send damaged files: a UID with garbage bytes in it, a position that is not a number,
+a rescale slope of zero. Whatever the SEG and SR will copy (UIDs) and whatever the geometry and
+the volume rely on (spacing, position, orientation, size, bit depth, rescale) is checked here,
+and a defect is reported with the file's name and instance number, never as a raw library
+message and never as a gap in the series.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+log = logging.getLogger(__name__)
+
+UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+MAX_SIDE = 8192
+MAX_SPACING_MM = 100.0
+MAX_POSITION_MM = 1e5
+
+
+def file_label(ds) -> str:
+    """'CT0007.dcm (instance number 7)': the file's name and its instance number when readable."""
+    name = Path(str(getattr(ds, "filename", "") or "")).name or "a CT file"
+    try:
+        number = ds.get("InstanceNumber")
+    except Exception:  # noqa: BLE001 - a damaged value is reported elsewhere
+        number = None
+    return f"{name} (instance number {number})" if number not in (None, "") else name
+
+
+def uid_problem(value) -> Optional[str]:
+    """Why ``value`` is not a valid DICOM UI value (digits and dots, components without leading
+    zeros, at most 64 characters), or None."""
+    text = str(value)
+    if not text:
+        return "is empty"
+    if len(text) > 64:
+        return f"is {len(text)} characters long (at most 64)"
+    if not UID(text).is_valid:
+        shown = text.encode("ascii", "backslashreplace").decode()[:40]
+        return f"is not a valid UID ({shown!r}: only digits and dots, no leading zeros)"
+    return None
+
+
+def _numbers(ds, key: str, count: int) -> Tuple[Optional[List[float]], Optional[str]]:
+    try:
+        raw = ds[key].value
+        items = raw if isinstance(raw, (list, tuple, MultiValue)) else [raw]
+        values = [float(v) for v in items]
+    except Exception:  # noqa: BLE001 - damaged bytes or text
+        return None, f"{key} cannot be read as numbers"
+    if len(values) != count:
+        return None, f"{key} has {len(values)} value(s), {count} expected"
+    if not all(math.isfinite(v) for v in values):
+        return None, f"{key} is not finite"
+    return values, None
+
+
+def instance_defects(ds) -> List[str]:
+    """Every defect of one CT instance that would corrupt the volume or the derived objects."""
+    out = []
+    for key in UID_KEYS + (("FrameOfReferenceUID",) if "FrameOfReferenceUID" in ds else ()):
+        try:
+            why = uid_problem(ds.get(key, ""))
+        except Exception:  # noqa: BLE001
+            why = "cannot be read"
+        if why:
+            out.append(f"{key} {why}")
+    try:
+        ts = ds.file_meta.TransferSyntaxUID
+        if not UID(str(ts)).is_transfer_syntax:
+            out.append(f"its transfer syntax {str(ts)[:40]!r} is not a known DICOM transfer syntax")
+    except Exception:  # noqa: BLE001
+        out.append("its file meta has no readable TransferSyntaxUID")
+    spacing, why = _numbers(ds, "PixelSpacing", 2) if "PixelSpacing" in ds else (None, None)
+    if why:
+        out.append(why)
+    elif spacing and not all(0 < v <= MAX_SPACING_MM for v in spacing):
+        out.append(f"PixelSpacing {spacing} is outside (0, {MAX_SPACING_MM:g}] mm")
+    position, why = _numbers(ds, "ImagePositionPatient", 3) if "ImagePositionPatient" in ds else (None, None)
+    if why:
+        out.append(why)
+    elif position and max(abs(v) for v in position) > MAX_POSITION_MM:
+        out.append(f"ImagePositionPatient {position} is implausibly far from the origin")
+    orientation, why = _numbers(ds, "ImageOrientationPatient", 6) if "ImageOrientationPatient" in ds else (None, None)
+    if why:
+        out.append(why)
+    elif orientation:
+        r, c = np.array(orientation[:3]), np.array(orientation[3:])
+        if abs(np.linalg.norm(r) - 1) > 0.01 or abs(np.linalg.norm(c) - 1) > 0.01 or abs(float(r @ c)) > 0.01:
+            out.append(f"ImageOrientationPatient {orientation} is not two orthogonal unit vectors")
+    for key in ("Rows", "Columns"):
+        try:
+            v = int(ds[key].value) if key in ds else None
+        except Exception:  # noqa: BLE001
+            out.append(f"{key} cannot be read")
+            continue
+        if v is not None and not 1 <= v <= MAX_SIDE:
+            out.append(f"{key} {v} is outside 1..{MAX_SIDE}")
+    try:
+        bits = int(ds.get("BitsAllocated", 16))
+        stored = int(ds.get("BitsStored", bits))
+        if bits not in (8, 16, 32) or not 1 <= stored <= bits:
+            out.append(f"BitsAllocated {bits} / BitsStored {stored} are not a CT pixel format")
+    except Exception:  # noqa: BLE001
+        out.append("BitsAllocated or BitsStored cannot be read")
+    for key, nonzero in (("RescaleSlope", True), ("RescaleIntercept", False)):
+        if key in ds:
+            try:
+                v = float(ds[key].value)
+            except Exception:  # noqa: BLE001
+                out.append(f"{key} cannot be read as a number")
+                continue
+            if not math.isfinite(v) or (nonzero and v == 0):
+                out.append(f"{key} {v} is not usable")
+    return out
+
+
+def check_instances(datasets: Iterable) -> None:
+    """Raise :class:`~tags.preprocessing.CTInputError` naming the first damaged instance."""
+    from tags.preprocessing import CTInputError
+
+    for ds in datasets:
+        defects = instance_defects(ds)
+        if defects:
+            raise CTInputError(f"CT file {file_label(ds)} is damaged: {'; '.join(defects[:3])}")
+
+
+def find_undecodable(datasets: Iterable) -> Optional[str]:
+    """The label and reason of the first instance whose pixel data cannot be decoded and
+    rescaled, or None (used only after the volume could not be built, to name the file)."""
+    for ds in datasets:
+        try:
+            arr = ds.pixel_array
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            if arr.shape[-2:] != (rows, cols):
+                return f"{file_label(ds)}: pixel data of shape {arr.shape} for {rows} x {cols}"
+            slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+            if not np.isfinite(arr.astype(np.float64) * slope + intercept).all():
+                return f"{file_label(ds)}: rescaled pixel values are not finite"
+        except Exception as e:  # noqa: BLE001 - any decoder failure names the file
+            log.debug("decoding %s failed", file_label(ds), exc_info=True)
+            return f"{file_label(ds)}: its pixel data cannot be decoded ({type(e).__name__})"
+    return None
