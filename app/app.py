@@ -118,9 +118,35 @@ def _option_parser() -> argparse.ArgumentParser:
     p.add_argument("--organ-segments", action="store_true", default=os.environ.get("TAGS_ORGAN_SEGMENTS", "") == "1",
                    help="also write the organ masks as segments ($TAGS_ORGAN_SEGMENTS=1)")
     p.add_argument("--ignore-study-seg", action="store_true", help="always use the model's organ pass")
-    p.add_argument("--min-lesion-ml", type=float, default=float(os.environ.get("TAGS_MIN_LESION_ML", "0.1")),
+    p.add_argument("--min-lesion-ml", type=float, default=os.environ.get("TAGS_MIN_LESION_ML", "0.1"),
                    help="smallest lesion reported in the SR, ml (default 0.1; $TAGS_MIN_LESION_ML)")
     return p
+
+
+class AppOptionError(ValueError):
+    """An option or environment variable the application cannot use; the message names it."""
+
+
+def _checked_options(ns: argparse.Namespace) -> argparse.Namespace:
+    """Values that came from the environment are not checked by argparse: check them here."""
+    if ns.precision not in (None, "fp32", "bf16", "fp16"):
+        raise AppOptionError(f"precision {ns.precision!r} ($TAGS_PRECISION) is not fp32, bf16 or fp16")
+    try:
+        ns.min_lesion_ml = float(ns.min_lesion_ml)
+    except ValueError:
+        raise AppOptionError(f"--min-lesion-ml / $TAGS_MIN_LESION_ML {ns.min_lesion_ml!r} is not a number") from None
+    if not ns.min_lesion_ml >= 0:
+        raise AppOptionError(f"--min-lesion-ml must be 0 or more, not {ns.min_lesion_ml}")
+    if ns.device is not None:
+        import torch
+
+        try:
+            dev = torch.device(ns.device)
+        except RuntimeError:
+            raise AppOptionError(f"device {ns.device!r} ($TAGS_DEVICE) is not a torch device (cpu, cuda, cuda:1)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise AppOptionError(f"device {ns.device!r} was asked for, but no CUDA device is available")
+    return ns
 
 
 def _paths(sdk_args: List[str]) -> tuple:
@@ -141,6 +167,7 @@ def run(argv: List[str]) -> Path:
     Returns the output folder. Raises on any failure, after removing the staging folder.
     """
     opts_ns, sdk_args = _option_parser().parse_known_args(argv)
+    opts_ns = _checked_options(opts_ns)
     options = AppOptions(InferenceSettings(opts_ns.device, opts_ns.precision, opts_ns.compile), opts_ns.organ_segments,
                          not opts_ns.ignore_study_seg, opts_ns.min_lesion_ml)
     input_path, output_path, model_path = _paths(sdk_args)
@@ -189,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         out = run(argv)
-    except (CTInputError, ModelFolderError) as e:  # one clear line naming the problem
+    except (CTInputError, ModelFolderError, AppOptionError) as e:  # one clear line naming the problem
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - not a library message for the user: the traceback goes to the log

@@ -78,7 +78,7 @@ def prepare_series(image: Image, datasets: List) -> CTSeries:
     return CTSeries(prepared, list(datasets), str(first.StudyInstanceUID), str(first.SeriesInstanceUID), label)
 
 
-GAP_WORDS = ("not evenly spaced", "slice(s) with a position")
+GAP_WORDS = ("not evenly spaced", "slice(s) with a position", "slices; at least")
 
 
 def blame_damaged_files(error: CTInputError, skipped: List) -> CTInputError:
@@ -90,6 +90,34 @@ def blame_damaged_files(error: CTInputError, skipped: List) -> CTInputError:
     names = ", ".join(f"{s.name} ({s.reason})" for s in damaged[:5])
     return CTInputError(f"{len(damaged)} damaged DICOM file(s) in the input, likely slices of this series: {names}; "
                         f"without them {error}")
+
+
+def blame_strays(error: CTInputError, datasets: List, others: List) -> CTInputError:
+    """A gap in the series while another CT instance of the input lies at a position inside it
+    that no slice of the series has: that instance (its Series Instance UID damaged or changed)
+    is the likely missing slice, so the message names it."""
+    if not others or not any(w in str(error) for w in GAP_WORDS[:1]):
+        return error
+    from .dicom_checks import file_label
+
+    try:
+        iop = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        z = sorted(float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])) for d in datasets)
+    except Exception:  # noqa: BLE001 - the geometry error itself is reported
+        return error
+    strays = []
+    for o in others:
+        try:
+            oz = float(np.dot(normal, [float(v) for v in o.ImagePositionPatient]))
+        except Exception:  # noqa: BLE001
+            continue
+        if z[0] < oz < z[-1] and min(abs(oz - v) for v in z) > 0.1:
+            strays.append(file_label(o))
+    if not strays:
+        return error
+    return CTInputError(f"CT file(s) {', '.join(strays[:5])} lie at missing slice positions of the series but carry "
+                        f"another Series (or Study) Instance UID, damaged or changed; without them {error}")
 
 
 class CTPreprocessOperator(Operator):
@@ -123,7 +151,8 @@ class CTPreprocessOperator(Operator):
         try:
             ct = prepare_series(image, datasets)
         except CTInputError as e:
-            raise blame_damaged_files(e, skipped) from None
+            e = blame_damaged_files(e, skipped)
+            raise blame_strays(e, datasets, getattr(selection[0].study, "other_ct_instances", [])) from None
         ct.skipped_files = skipped
         ct.timings["preprocess"] = time.perf_counter() - t0
         if self.started is not None:

@@ -111,6 +111,11 @@ class CTSeriesSelectorOperator(DICOMSeriesSelectorOperator):
             log.info("%d CT series match; taking the one with the most slices (lowest series number on a tie)",
                      len(candidates))
         check_series(chosen.series)
+        study.other_ct_instances = [
+            i.get_native_sop_instance() for st in dicom_study_list for series in st.get_all_series()
+            if series is not chosen.series for i in series.get_sop_instances()
+            if str(i.get_native_sop_instance().get("SOPClassUID", "")) == CTImageStorage
+        ]  # to name a slice whose damaged UID moved it out of the series (ct_preprocess_operator)
         out = StudySelectedSeries(study)
         out.add_selected_series(SelectedSeries(chosen.selection_name, chosen.series))
         return [out]

@@ -5,7 +5,8 @@ segment holds all lesions of the target; TID 1411 does not allow naming frames a
 together, so the lesion's slices and centroid are in tags_lesions.json), with finding type (the target's code), finding site
 (the organ it lies in), algorithm, and measurements: volume (ml), long and short axis (mm,
 axial, RECIST-style), mean and maximum attenuation (HU). A target without lesions gets a TID
-1501 group "Lesion: Absent". The SR is a Comprehensive 3D SR in the CT's study, new series.
+1501 group "Lesion: Absent" ("Lesion: Indeterminate" when the organ mask was implausible and no
+search ran). The SR is a Comprehensive 3D SR in the CT's study, new series.
 """
 
 from __future__ import annotations
@@ -89,10 +90,15 @@ def build_sr(result: Segmentation, seg, measured: List[TargetLesions]) -> hd.sr.
     for tl in measured:
         target = targets[tl.name]
         if not tl.lesions:
+            # Not searched because the organ mask was implausible: nothing is known, so the SR
+            # says "indeterminate", not "absent".
+            assessed = tl.status != "organ_implausible"
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{tl.name}: no lesion"),
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier=f"{tl.name}: {'no lesion' if assessed else 'not assessed, organ not found'}"),
                 finding_type=_code(target.type), algorithm_id=algorithm,
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.SCT.Lesion, value=codes.SCT.Absent)],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                    name=codes.SCT.Lesion, value=codes.SCT.Absent if assessed else codes.SCT.Indeterminate)],
             ))
             continue
         for les in tl.lesions:

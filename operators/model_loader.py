@@ -46,9 +46,15 @@ class InferenceSettings:
 
 @functools.lru_cache(maxsize=2)
 def _load(path: str, settings: InferenceSettings) -> TagsPredictor:
-    return TagsPredictor.from_model_folder(
-        path, device=settings.device, precision=settings.precision, compile=settings.compile
-    )
+    try:
+        return TagsPredictor.from_model_folder(
+            path, device=settings.device, precision=settings.precision, compile=settings.compile
+        )
+    except ModelFolderError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # a base checkpoint missing, an unreadable file ...
+        log.debug("loading the model folder failed", exc_info=True)
+        raise ModelFolderError(f"the model in {path} cannot be loaded: {type(e).__name__}: {e}") from None
 
 
 def shared_predictor(path: str | os.PathLike, settings: InferenceSettings = InferenceSettings()) -> TagsPredictor:

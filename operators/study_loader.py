@@ -38,7 +38,8 @@ class SkippedFile:
 def why_unreadable(path: Path, error: Exception) -> SkippedFile:
     """Describe a file pydicom could not parse (no identifiers: name, size, error type)."""
     try:
-        head = path.open("rb").read(132)
+        with path.open("rb") as fh:
+            head = fh.read(132)
         size = path.stat().st_size
     except OSError:
         return SkippedFile(path.name, "cannot be read from disk", False)
@@ -70,6 +71,15 @@ def why_nothing_loaded(input_path: Path) -> str:
     return f"none of the {dicom} DICOM file(s) in the input folder could be loaded"
 
 
+def _position_key(ds) -> tuple:
+    """(series UID, rounded position) of an instance, None parts where they cannot be read."""
+    try:
+        pos = tuple(round(float(v), 3) for v in ds.get("ImagePositionPatient") or ())
+    except Exception:  # noqa: BLE001
+        pos = None
+    return str(ds.get("SeriesInstanceUID", "")), pos
+
+
 class StudyLoaderOperator(DICOMDataLoaderOperator):
     """DICOMDataLoaderOperator that raises :class:`CTInputError` naming the problem when no
     study loads (ports as the SDK loader's: output ``dicom_study_list``)."""
@@ -83,20 +93,22 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
     def _load_data(self, files: List[str]):
         """The SDK's loading of the files pydicom can parse; the others are skipped and listed.
 
-        Each file is parsed once here before the SDK parses it again: a file that breaks
-        pydicom with anything but the SDK's expected InvalidDicomError would otherwise stop
-        the whole run with the library's message.
+        Each file's header is parsed here before the SDK parses the whole file: a file that
+        breaks pydicom with anything but the SDK's expected InvalidDicomError would otherwise
+        stop the whole run with the library's message. Files the SDK then drops (it skips an
+        instance whose UID or position it cannot use, with a log line only) are listed too.
         """
-        readable, skipped = [], []
+        readable, skipped, headers = [], [], {}
         for f in files:
             try:
-                ds = pydicom.dcmread(f)
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
                 ds.get("SOPInstanceUID"), ds.get("ImagePositionPatient")  # values the SDK reads at once
             except Exception as e:  # noqa: BLE001 - every parser failure skips the file with its reason
                 log.debug("cannot parse %s", Path(f).name, exc_info=True)
                 skipped.append(why_unreadable(Path(f), e))
                 continue
             readable.append(f)
+            headers[f] = ds
         try:
             studies = super()._load_data(readable)
         except Exception:
@@ -109,9 +121,24 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
                     raise CTInputError(f"file {Path(f).name} cannot be loaded: a value in its DICOM header is "
                                        f"damaged ({type(e).__name__})") from None
             raise
+        loaded, positions = set(), set()
+        for study in studies:
+            for series in study.get_all_series():
+                for inst in series.get_sop_instances():
+                    ds = inst.get_native_sop_instance()
+                    loaded.add(str(Path(str(getattr(ds, "filename", ""))).resolve()))
+                    positions.add(_position_key(ds))
+        for f in readable:
+            if str(Path(f).resolve()) in loaded:
+                continue
+            if _position_key(headers[f]) in positions:  # the SDK keeps one instance per position
+                skipped.append(SkippedFile(Path(f).name, "a second instance at a slice position already loaded", False))
+            else:
+                skipped.append(SkippedFile(Path(f).name, "a DICOM file the loader dropped (a UID, position or "
+                                           "acquisition number in its header cannot be used)", True))
         if skipped:
             log.warning("%d file(s) of the input skipped: %s", len(skipped),
                         "; ".join(f"{s.name}: {s.reason}" for s in skipped[:10]))
         for study in studies:
-            study.skipped_files = list(skipped)
+            study.skipped_files = list(skipped)  # not tied to a study: they could not be read
         return studies

@@ -31,8 +31,9 @@ class TargetOutcome:
 
     Attributes:
         mask: (D, H, W) bool on the canonical grid of the CT.
-        status: "ok", or "organ_absent" (the organ mask was empty or implausible, so nothing
-            was searched; ``reason`` says which).
+        status: "ok", "organ_absent" (the organ mask was empty) or "organ_implausible" (the
+            mask was not plausibly the organ); in both latter cases nothing was searched and
+            ``reason`` says why.
         organ_source: where the organ mask (anatomy prompt) came from.
     """
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# System packages the tests need (Orthanc with its DICOMweb plugin and dcmtk for the PACS test;
-# g++ for torch.compile's CPU code generation), installed from apt when missing. Needs root or sudo; without them the PACS test fails and says so.
+# System packages the tests need (Orthanc with its DICOMweb plugin, dcmtk and iproute2 for the
+# PACS test; g++ and the Python headers for torch.compile's CPU code generation), installed from
+# apt when missing. Needs root or sudo; without them the PACS test fails and says so.
 set -euo pipefail
 need=()
 command -v Orthanc >/dev/null || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v g++ >/dev/null || need+=(g++)
+command -v ip >/dev/null || need+=(iproute2)
+PYINC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || echo /nonexistent)
+[ -f "$PYINC/Python.h" ] || need+=(python3-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "[setup] apt-get install ${need[*]}"
 SUDO=""

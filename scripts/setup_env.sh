@@ -5,7 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+if ! command -v "$PY" >/dev/null; then
+    echo "[setup] error: no python3 found; install Python 3.11 (Debian 12: apt-get install python3)" >&2
+    exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
+    if ! "$PY" -c "import ensurepip, venv" 2>/dev/null; then
+        # Debian's python3 has no venv/ensurepip without the python3-venv package.
+        echo "[setup] installing python3-venv (apt)"
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get update -q >/dev/null || true
+        $SUDO apt-get install -y -q python3-venv >/dev/null \
+            || { echo "[setup] error: python3 has no venv module; install python3-venv" >&2; exit 1; }
+    fi
     echo "[setup] creating .venv with $($PY -V)"
     "$PY" -m venv .venv
 fi

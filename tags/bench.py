@@ -135,7 +135,7 @@ def best_seconds(fn: Callable[[], object], dtype: str, repeats: int, warmup: int
 def paired_peak_fraction(fn: Callable[[], object], gflop: float, dtype: str, pairs: int) -> Dict:
     """``fn`` timed ``pairs`` times, each right after a short matmul-peak measurement in the same
     dtype, and its achieved GFLOP/s divided by that peak pair by pair. This machine's speed drifts
-    (the fp32 peak measured 145-176 GFLOP/s within minutes here), so a peak measured once at the
+    (the fp32 peak measured 145-176 GFLOP/s within minutes on the 2-core AVX2 EPYC), so a peak measured once at the
     start and a window timed later can differ by the drift, not by the model. Reports the
     median fraction and its range, the best time and the peaks."""
     fractions, times, peaks = [], [], []

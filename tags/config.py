@@ -11,8 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 1
-"""Version of the model-folder format this code reads and writes."""
+FORMAT_VERSION = 2
+"""Version of the model-folder format this code writes (2: ``text_alignment`` and
+``lesion_decision`` in config.json)."""
+READABLE_VERSIONS = (1, 2)
+"""Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +105,18 @@ class PromptConfig:
 class LesionDecision:
     """Which connected components (26-connected, model output >= 0.5) of a tumor target are kept.
 
-    A component is kept when its highest probability reaches ``min_max_probability`` and its
-    volume ``min_volume_ml``; the rest are removed from the mask before anything is written, so
-    the SEG, the SR, the JSON and ``tags-train evaluate`` see the same lesions. Chosen on
-    validation cases only (``chosen_on`` says which and how); the defaults keep everything.
+    A component is kept when its highest probability reaches ``min_max_probability``, its
+    volume ``min_volume_ml`` and, if set, its contrast ``min_contrast_hu`` (the organ's median HU
+    outside all candidates minus the component's median HU: how much darker than the parenchyma
+    it is; the demo model knows only hypodense tumors); the rest are removed from the mask
+    before anything is written, so the SEG, the SR, the JSON and ``tags-train evaluate`` see the
+    same lesions. Chosen on validation cases only (``chosen_on`` says which and how); the
+    defaults keep everything.
     """
 
     min_max_probability: float = 0.5
     min_volume_ml: float = 0.0
+    min_contrast_hu: Optional[float] = None
     chosen_on: str = "default (no decision: every component kept)"
 
 
@@ -133,6 +140,10 @@ class ModelConfig:
             :mod:`tags.alignment`). Inference does not use it.
         targets: the structures this model segments.
         lesion_decision: which connected components of a tumor mask count as lesions.
+        organ_bounds: plausibility bounds of the organ masks that tumor targets search in
+            ({organ: {"ml": [lo, hi], "hu": [lo, hi], "side": "right"|"left"|None}}); None: the
+            library's bounds (:data:`tags.plausibility.ORGAN_BOUNDS`); {}: no check (e.g. a test
+            model whose organ pass is untrained).
     """
 
     backbone: str = "litemedsam"
@@ -150,6 +161,7 @@ class ModelConfig:
     text_alignment: bool = False
     targets: Tuple[TargetSpec, ...] = ()
     lesion_decision: LesionDecision = field(default_factory=LesionDecision)
+    organ_bounds: Optional[Dict[str, Dict[str, Any]]] = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -180,12 +192,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
                 f"model folder format version {version!r} is not supported by this code "
-                f"(it reads version {FORMAT_VERSION})"
+                f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
         d = dict(d)
+        d["format_version"] = FORMAT_VERSION  # read as the current version (newer keys default)
         d["adapter"] = AdapterConfig(**d.get("adapter", {}))
         pre = dict(d.get("preprocessing", {}))
         for k in ("hu_window", "spacing", "organ_spacing"):

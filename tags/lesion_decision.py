@@ -1,7 +1,7 @@
 """Lesion decision: which connected components of a tumor probability map are reported.
 
 Each 26-connected component of ``probability >= 0.5`` gets a score, its highest probability,
-and its volume. :class:`tags.config.LesionDecision` (in the model folder's config.json, chosen on
+its volume and its contrast to the organ's parenchyma (HU). :class:`tags.config.LesionDecision` (in the model folder's config.json, chosen on
 validation cases by :func:`training.calibrate.choose_lesion_decision`) keeps the components that
 reach both thresholds; the predictor removes the others before any output is written.
 """
@@ -9,7 +9,7 @@ reach both thresholds; the predictor removes the others before any output is wri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -22,36 +22,58 @@ VOXEL_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class Component:
-    """One candidate lesion: highest and mean probability, volume, and its label in the map."""
+    """One candidate lesion: highest and mean probability, volume, contrast to the organ (HU,
+    positive: darker than the parenchyma; None without HU and organ), its label in the map."""
 
     label: int
     max_probability: float
     mean_probability: float
     volume_ml: float
+    contrast_hu: Optional[float] = None
 
 
-def components(probability: np.ndarray, voxel_ml: float) -> tuple[np.ndarray, List[Component]]:
-    """(label map, components) of ``probability >= 0.5``."""
-    labels, n = ndimage.label(probability >= VOXEL_THRESHOLD, structure=CONNECTIVITY)
+def components(
+    probability: np.ndarray, voxel_ml: float, hu: Optional[np.ndarray] = None, organ: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, List[Component]]:
+    """(label map, components) of ``probability >= 0.5``; with ``hu`` and ``organ`` (same grid)
+    each component's contrast: the organ's median HU outside every candidate minus the
+    component's median HU."""
+    candidate = probability >= VOXEL_THRESHOLD
+    labels, n = ndimage.label(candidate, structure=CONNECTIVITY)
     if n == 0:
         return labels, []
     index = np.arange(1, n + 1)
     peak = ndimage.maximum(probability, labels, index)
     mean = ndimage.mean(probability, labels, index)
     size = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml) for i, p, m, s in zip(index, peak, mean, size)]
+    contrast = [None] * n
+    if hu is not None and organ is not None:
+        parenchyma = organ & ~candidate
+        if parenchyma.any():
+            ref = float(np.median(hu[parenchyma]))
+            contrast = [ref - float(v) for v in ndimage.median(hu, labels, index)]
+    comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml, c)
+             for i, p, m, s, c in zip(index, peak, mean, size, contrast)]
     return labels, comps
 
 
 def keeps(c: Component, decision: LesionDecision) -> bool:
-    return c.max_probability >= decision.min_max_probability and c.volume_ml >= decision.min_volume_ml
+    if c.max_probability < decision.min_max_probability or c.volume_ml < decision.min_volume_ml:
+        return False
+    if decision.min_contrast_hu is not None and c.contrast_hu is not None:
+        return c.contrast_hu >= decision.min_contrast_hu
+    return True
 
 
-def apply_decision(probability: np.ndarray, decision: LesionDecision, voxel_ml: float) -> int:
-    """Zero the components ``decision`` rejects, in place; returns how many were removed."""
-    if decision.min_max_probability <= VOXEL_THRESHOLD and decision.min_volume_ml <= 0:
+def apply_decision(
+    probability: np.ndarray, decision: LesionDecision, voxel_ml: float,
+    hu: Optional[np.ndarray] = None, organ: Optional[np.ndarray] = None,
+) -> int:
+    """Zero the components ``decision`` rejects, in place; returns how many were removed.
+    ``hu`` and ``organ`` (same grid) are needed for the contrast criterion."""
+    if decision.min_max_probability <= VOXEL_THRESHOLD and decision.min_volume_ml <= 0 and decision.min_contrast_hu is None:
         return 0
-    labels, comps = components(probability, voxel_ml)
+    labels, comps = components(probability, voxel_ml, hu, organ)
     rejected = [c.label for c in comps if not keeps(c, decision)]
     if rejected:
         probability[np.isin(labels, rejected)] = 0.0

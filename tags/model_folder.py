@@ -154,11 +154,12 @@ def load_model_folder(path: str | os.PathLike) -> ModelFolder:
     path = Path(path)
     meta = read_metadata(path)
     version = meta.get("format_version")
-    from .config import FORMAT_VERSION
+    from .config import READABLE_VERSIONS
 
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ModelFolderError(
-            f"model folder {path} has format version {version!r}; this application reads version {FORMAT_VERSION}"
+            f"model folder {path} has format version {version!r}; this application reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     for name in HASHED_FILES:
         f = path / name

@@ -12,7 +12,8 @@ Bounds (:data:`ORGAN_BOUNDS`), per organ:
 - ``side``: "right"/"left": the mask's centre of mass must lie at least
   :data:`SIDE_MARGIN` of the body's left-right width on that side of the body's centre line
   (measured: livers 13-17 % to the right on three patients; the aorta 1-6 % and a vertebra 2 %
-  off the centre line; the spleen 19-32 % to the left).
+  off the centre line; the spleen 19-32 % to the left). Skipped when the body touches the
+  image's left or right edge (no reliable centre line in a truncated field of view).
 """
 
 from __future__ import annotations
@@ -34,18 +35,21 @@ its side of the centre line."""
 
 def implausible_organ(
     name: str, mask: np.ndarray, hu: np.ndarray, affine: np.ndarray, body_box: Optional[Sequence[slice]] = None,
+    bounds_table: Optional[Dict[str, Dict]] = None,
 ) -> Optional[str]:
     """Why the canonical (D, H, W) ``mask`` of organ ``name`` is not plausible, or None.
 
     Args:
         hu: the CT in HU on the same canonical grid; affine: canonical (d, h, w) -> LPS.
         body_box: canonical box of the body (default: the whole volume).
+        bounds_table: bounds per organ (default :data:`ORGAN_BOUNDS`; a model folder may carry
+            its own, ``ModelConfig.organ_bounds``).
 
     Organs without bounds only need a non-empty mask.
     """
     if not mask.any():
         return "the organ mask is empty"
-    bounds = ORGAN_BOUNDS.get(name)
+    bounds = (ORGAN_BOUNDS if bounds_table is None else bounds_table).get(name)
     if bounds is None:
         return None
     voxel_ml = float(np.prod(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))) / 1000.0
@@ -58,9 +62,12 @@ def implausible_organ(
     if not lo <= median <= hi:
         return f"{name} mask has a median of {median:.0f} HU, outside {lo:g}..{hi:g} HU (vessel, bone or air?)"
     side = bounds.get("side")
-    if side is not None:
-        box = tuple(body_box) if body_box is not None else tuple(slice(0, n) for n in mask.shape)
-        w = box[2]
+    box = tuple(body_box) if body_box is not None else tuple(slice(0, n) for n in mask.shape)
+    w = box[2]
+    # The body's centre line is only known when the body lies inside the field of view: a body
+    # box touching the image's left or right edge (a small or shifted reconstruction field) has
+    # no reliable centre, and the side test is skipped.
+    if side is not None and w.start > 0 and w.stop < mask.shape[2]:
         # Canonical columns run towards +x (LPS: patient left).
         centre_w = float(np.nonzero(mask)[2].mean())
         mid, width = (w.start + w.stop - 1) / 2.0, max(1, w.stop - w.start)

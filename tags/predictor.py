@@ -68,8 +68,9 @@ class TargetResult:
 
     Attributes:
         probability: (D, H, W) float32 in [0, 1], input orientation.
-        status: "ok" or "organ_absent" (the organ mask is empty or implausible, see
-            :mod:`tags.plausibility`: nothing was searched).
+        status: "ok", "organ_absent" (the organ mask is empty: nothing to search) or
+            "organ_implausible" (the mask is not plausibly the organ, see :mod:`tags.plausibility`:
+            nothing was searched, so nothing is known about tumors).
         roi: the canonical-grid box that was processed (None when nothing was).
         reason: why the organ counts as absent (None when status is "ok").
     """
@@ -331,8 +332,9 @@ class TagsPredictor:
             decide: apply the model's lesion decision (``config.lesion_decision``); False returns
                 the raw probabilities (to choose that decision on validation cases).
 
-        An organ mask that is empty or implausible (:func:`tags.plausibility.implausible_organ`)
-        gives status "organ_absent" with the reason, and no tumor search.
+        An empty organ mask gives status "organ_absent", an implausible one
+        (:func:`tags.plausibility.implausible_organ`) "organ_implausible", each with the reason and
+        no tumor search.
         """
         names = list(targets) if targets is not None else [t.name for t in self.config.tumor_targets]
         volume_hu = np.asarray(volume_hu)
@@ -353,17 +355,18 @@ class TagsPredictor:
             organ_c = reo.apply(organ)
             if body is None:
                 body = bounding_box(canon > BODY_HU, 0.0, spacing)
-            reason = implausible_organ(target.organ, organ_c, canon, canon_affine, body)
+            reason = implausible_organ(target.organ, organ_c, canon, canon_affine, body, self.config.organ_bounds)
             if reason is not None:
-                log.warning("%s: no tumor search: %s", name, reason)
-                results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), "organ_absent",
-                                             reason=reason)
+                status = "organ_absent" if not organ_c.any() else "organ_implausible"
+                log.warning("%s: no tumor search (%s): %s", name, status, reason)
+                results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), status, reason=reason)
                 continue
             box = bounding_box(organ_c, pre.margin_mm, spacing)
             prob = self._run_roi(canon, organ_c, box, spacing, target, pre.spacing, self.config.roi_size,
                                  self.window_sides, square=self.square_windows)
             if decide:
-                removed = apply_decision(prob, self.config.lesion_decision, float(np.prod(spacing)) / 1000.0)
+                removed = apply_decision(prob, self.config.lesion_decision, float(np.prod(spacing)) / 1000.0,
+                                         hu=canon, organ=organ_c)
                 if removed:
                     log.info("%s: %d candidate lesion(s) below the lesion decision removed", name, removed)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box)

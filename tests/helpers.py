@@ -42,10 +42,12 @@ def random_text(config: ModelConfig, seed: int = 0):
 def app_model_folder(path, seed: int = 0):
     """A model folder shaped like the demo model (LiteMedSAM at 128, slab 4, 32x128x128
     windows, liver + liver tumor) with perturbed trainable weights: real encoder, untrained
-    head. Wires and tests the application; its masks carry no clinical meaning."""
+    head. Wires and tests the application; its masks carry no clinical meaning, so its organ
+    masks are not checked for plausibility (``organ_bounds={}``; the demo model's are, see
+    tests/test_app.py)."""
     from tags.model_folder import save_model_folder
 
-    config = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
+    config = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128), organ_bounds={})
     torch.manual_seed(seed)  # the default init of the new layers uses the global generator
     net = perturbed_net(config, seed)
     return save_model_folder(

@@ -233,3 +233,30 @@ def test_options_through_the_application(studies, model, tmp_path):
     assert summary["organs"]["liver"]["organ_source"] == "model organ pass"
     seg = hd.seg.segread(next((tmp_path / "b").glob("SEG_*.dcm")))
     assert [seg.get_segment_description(n).segmented_property_type.value for n in seg.segment_numbers] == ["108369006"]
+
+
+def test_an_implausible_organ_is_not_searched_and_the_sr_says_indeterminate(studies, tmp_path):
+    """With the committed demo model: an upstream SEG that calls the aorta "liver" (a vessel in
+    the middle of the body) is refused by the plausibility check; no tumor search runs, the
+    JSON says why, and the SR says "Lesion: Indeterminate", not "Absent"."""
+    from training.registry_data import totalseg_sdist_dir
+    from training.sample_study import add_organ_seg
+    from training.samples import same_grid
+
+    study = tmp_path / "study"
+    shutil.copytree(studies["totalseg"], study)
+    vol, affine = read_series(study)
+    lab, lab_aff = read_nifti(totalseg_sdist_dir() / "example_seg_dicom.nii.gz")
+    aorta = same_grid(lab, lab_aff, vol.shape, affine) == 52  # TotalSegmentator class 52: aorta
+    add_organ_seg(study, aorta, codes.SCT.Liver)
+    out = tmp_path / "out"
+    run(["-i", str(study), "-o", str(out), "-m", str(REPO / "models" / "liver-demo")])
+    tumor = json.loads((out / "tags_results.json").read_text())["tumors"]["liver_tumor"]
+    assert tumor["status"] == "organ_implausible" and tumor["voxels"] == 0
+    assert "centre line" in tumor["reason"] or "HU" in tumor["reason"], tumor["reason"]
+    report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(next(out.glob("SR_*.dcm")))])
+    (group,) = report.get_image_measurement_groups()
+    assert [(q.name.value, q.value.value) for q in group.get_qualitative_evaluations()] == [
+        (codes.SCT.Lesion.value, codes.SCT.Indeterminate.value)]
+    ct_files = [f for f in study.glob("*.dcm") if not f.name.startswith("SEG_")]
+    assert dicom_errors(next(out.glob("SR_*.dcm")), [next(out.glob("SEG_*.dcm")), *ct_files]) == []

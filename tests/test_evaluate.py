@@ -72,8 +72,14 @@ def test_evaluate_tags_beside_baseline(tmp_path):
              "baseline": BaselinePredictor.from_folder(tmp_path / "baseline")}
     r = evaluate(preds, s["totalseg"], split="test")
     assert r["organ_prompt_source"].startswith("ground-truth")
-    assert set(r["summary"]) == {"tags", "baseline"} and set(r["summary"]["tags"]) == {"liver"}
-    assert {(c["method"], c["target"]) for c in r["cases"]} == {("tags", "liver"), ("baseline", "liver")}
+    # The test case is a healthy liver (tumor_free): its tumor truth is empty, so the tumor
+    # target is evaluated too, as false positives.
+    assert set(r["summary"]) == {"tags", "baseline"} and set(r["summary"]["tags"]) == {"liver", "liver_tumor"}
+    assert {(c["method"], c["target"]) for c in r["cases"]} == {
+        (m, t) for m in ("tags", "baseline") for t in ("liver", "liver_tumor")}
+    tumor = [c for c in r["cases"] if c["target"] == "liver_tumor"]
+    assert all(c["voxels_truth"] == 0 and c["fp_ml"] >= 0 and c["false_lesions"] >= 0 for c in tumor)
+    assert all(c["fp_ml"] == 0 or c["voxels_pred"] > 0 for c in tumor)
     write_report(r, tmp_path / "report")
-    assert (tmp_path / "report.csv").read_text().count("\n") == 3
+    assert (tmp_path / "report.csv").read_text().count("\n") == 5
     assert json.loads((tmp_path / "report.json").read_text())["split"] == "test"

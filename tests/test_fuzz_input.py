@@ -10,6 +10,7 @@ reported in docs).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -98,13 +99,20 @@ def test_damaged_files_never_give_a_bad_seg_or_a_raw_error(case, series, model, 
     lines = [ln for ln in err.splitlines() if ln.strip()]
     if code == 0:
         res = result_files(out)
-        intact = [f for f in files if f not in damaged]
-        assert dicom_errors(res["seg"], intact) == [], (kind, [f.name for f in damaged])
-        assert dicom_errors(res["sr"], [res["seg"], *intact]) == [], (kind, [f.name for f in damaged])
+        skipped = {f["file"] for f in json.loads(res["results"].read_text())["input"]["skipped_files"]}
+        used = [f for f in files if f.name not in skipped]  # the slices the SEG may reference
+        assert dicom_errors(res["seg"], used) == [], (kind, [f.name for f in damaged])
+        assert dicom_errors(res["sr"], [res["seg"], *used]) == [], (kind, [f.name for f in damaged])
         # every referenced CT instance has a valid UID and is one of the input's instances
         seg = pydicom.dcmread(res["seg"], stop_before_pixels=True)
         refs = {str(r.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
         assert all(pydicom.uid.UID(u).is_valid for u in refs)
+        # every damaged file is either a referenced slice or listed as skipped: none vanishes
+        for f in damaged:
+            if f.name in skipped:
+                continue
+            uid = str(pydicom.dcmread(f, stop_before_pixels=True, force=True).get("SOPInstanceUID", ""))
+            assert uid in refs, (kind, f.name, "neither referenced by the SEG nor listed as skipped")
     else:
         assert code == 1
         assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())

@@ -98,3 +98,23 @@ def test_no_pickle_in_the_folder(exported):
     for f in path.iterdir():
         head = f.read_bytes()[:2]
         assert head != b"\x80\x04" and head != b"PK", f"{f.name} looks like a pickle/zip checkpoint"
+
+
+def test_committed_demo_model_loads_and_its_hashes_verify():
+    """models/liver-demo, the folder scripts/demo.sh uses: every sha256 verifies (files and the
+    installed LiteMedSAM base checkpoint), the weights fit the network, the lesion decision
+    chosen on validation cases is recorded, and its card names the licence."""
+    from pathlib import Path
+
+    from tags.model_folder import load_model_folder
+    from tags.predictor import TagsPredictor
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "liver-demo"
+    loaded = load_model_folder(folder)
+    assert {t.name for t in loaded.config.targets} == {"liver", "liver_tumor"}
+    decision = loaded.config.lesion_decision
+    assert "validation" in decision.chosen_on and decision.min_max_probability >= 0.5
+    predictor = TagsPredictor.from_model_folder(folder, device="cpu", precision="fp32")
+    assert predictor.config == loaded.config
+    card = (folder / "README.md").read_text()
+    assert "CC BY-NC-SA 4.0" in card and "| evaluation | target | metric | TAGS | baseline |" in card

@@ -85,8 +85,8 @@ def test_export_then_predict(samples, tmp_path, capsys):
     assert pred.config.encoder_size == 128  # --encoder-size reaches the model folder
     card = (out / "README.md").read_text()
     assert "Not for clinical use" in card and "minilm" in card
-    organ = np.zeros((10, 40, 40), bool)
-    organ[2:8, 10:30, 10:30] = True
+    organ = np.zeros((10, 60, 60), bool)
+    organ[1:9, 5:55, 5:55] = True  # 90 ml: within the liver's plausible volume
     r = pred.predict(np.random.default_rng(0).normal(60, 30, organ.shape).astype(np.float32),
                      affine_from_spacing((2.0, 1.5, 1.5)), {"liver": organ})
     assert r["liver_tumor"].status == "ok" and r["liver_tumor"].probability.shape == organ.shape

@@ -26,6 +26,7 @@ from .evaluate import MIN_LESION_ML, canonical_case
 
 PROBABILITY_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 VOLUME_GRID_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+CONTRAST_GRID_HU = (None, 10.0, 20.0, 30.0)
 MAX_HEALTHY_FP_ML = 1.0
 
 
@@ -36,6 +37,7 @@ class Candidate:
     max_probability: float
     volume_ml: float
     true: bool
+    contrast_hu: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,13 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
     out: Dict = {"candidates": [], "true_lesions": 0, "cases": []}
     for vc in cases:
         ds = read_dataset(vc.dataset)
-        case = next(c for c in ds.cases + ds.validation_cases + ds.test_cases if c.name == vc.case)
-        img, aff, lab = canonical_case(case, vc.z_from, vc.z_to, label_required=False)
-        spacing = spacing_from_affine(aff)
+        found_cases = [c for c in ds.cases + ds.validation_cases + ds.test_cases if c.name == vc.case]
+        if not found_cases:
+            raise ValueError(f"validation case {vc.case!r} is not in {ds.root}")
+        case = found_cases[0]
         healthy = case.name in ds.tumor_free
+        img, aff, lab = canonical_case(case, vc.z_from, vc.z_to, label_required=not healthy)
+        spacing = spacing_from_affine(aff)
         truth = target_masks(lab, ds.targets) if lab is not None else {}
         tumor = truth.get(target, np.zeros(img.shape, bool))
         if vc.organ_source == "label" and spec.organ in truth:
@@ -69,10 +74,11 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
             region = prepare_ct(img, aff).body_box
             organ = predictor.segment_organs(img, aff, [spec.organ], region=region)[spec.organ].mask()
         result = predictor.predict(img, aff, {spec.organ: organ}, [target], decide=False)[target]
-        labels, comps = components(result.probability, float(np.prod(spacing)) / 1000.0)
+        labels, comps = components(result.probability, float(np.prod(spacing)) / 1000.0, hu=img, organ=organ)
         for c in comps:
             overlap = bool(tumor[labels == c.label].any())
-            out["candidates"].append(Candidate(case.name, healthy, c.max_probability, c.volume_ml, overlap))
+            out["candidates"].append(Candidate(case.name, healthy, c.max_probability, c.volume_ml, overlap,
+                                               c.contrast_hu))
         from scipy import ndimage
 
         from tags.lesions import CONNECTIVITY
@@ -107,20 +113,23 @@ def choose_lesion_decision(found: Dict, description: str) -> tuple[LesionDecisio
     table = []
     for p in PROBABILITY_GRID:
         for v in VOLUME_GRID_ML:
-            d = LesionDecision(min_max_probability=p, min_volume_ml=v)
-            table.append((d, score(d, found)))
+            for c in CONTRAST_GRID_HU:
+                d = LesionDecision(min_max_probability=p, min_volume_ml=v, min_contrast_hu=c)
+                table.append((d, score(d, found)))
+    strictness = lambda d: (d.min_max_probability, d.min_volume_ml, d.min_contrast_hu or 0.0)  # noqa: E731
     ok = [(d, s) for d, s in table if s["healthy_false_lesions"] == 0 and s["healthy_fp_ml_max"] <= MAX_HEALTHY_FP_ML]
     if ok:
-        best, s = max(ok, key=lambda x: (x[1]["lesion_f1"], -x[0].min_max_probability, -x[0].min_volume_ml))
-        how = "best lesion F1 on tumor validation with no false lesion on healthy validation"
+        # Among settings of equal F1, the strictest: the fewest candidates a new healthy liver can show.
+        best, s = max(ok, key=lambda x: (x[1]["lesion_f1"], strictness(x[0])))
+        how = "best lesion F1 on tumor validation with no false lesion on healthy validation (strictest on a tie)"
     else:
         best, s = min(table, key=lambda x: (x[1]["healthy_fp_ml_max"], -x[1]["lesion_f1"]))
         how = "no setting kept healthy validation free of false lesions: least false volume"
-    chosen = LesionDecision(best.min_max_probability, best.min_volume_ml, f"{description}; {how}")
+    chosen = LesionDecision(best.min_max_probability, best.min_volume_ml, best.min_contrast_hu, f"{description}; {how}")
     report = {"chosen": {"min_max_probability": best.min_max_probability, "min_volume_ml": best.min_volume_ml,
-                         "how": how, **s},
-              "grid": [{"min_max_probability": d.min_max_probability, "min_volume_ml": d.min_volume_ml, **sc}
-                       for d, sc in table],
+                         "min_contrast_hu": best.min_contrast_hu, "how": how, **s},
+              "grid": [{"min_max_probability": d.min_max_probability, "min_volume_ml": d.min_volume_ml,
+                        "min_contrast_hu": d.min_contrast_hu, **sc} for d, sc in table],
               "cases": found["cases"], "true_lesions": found["true_lesions"],
               "candidates": len(found["candidates"])}
     return chosen, report

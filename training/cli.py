@@ -51,6 +51,7 @@ def _train(a: argparse.Namespace) -> int:
         sampling=SamplingConfig(
             organ_fraction=a.organ_fraction, negative_fraction=a.negative_fraction,
             synthetic_fraction=a.synthetic_fraction, organ_negative_fraction=a.organ_negative_fraction,
+            phase_probability=a.phase_probability, phase_hu=tuple(a.phase_hu),
         ),
         text_alignment=a.text_alignment, alignment_weight=a.alignment_weight,
     )
@@ -88,7 +89,7 @@ def _evaluate(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     from .demo import build_demo
 
-    print(f"demo model folder: {build_demo(a.out, a.minutes)}")
+    print(f"demo model folder: {build_demo(a.out, a.minutes, reuse_training=a.reuse_training)}")
     return 0
 
 
@@ -149,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of tumor steps with synthetic tumors inserted into healthy organs")
     t.add_argument("--organ-negative-fraction", type=float, default=0.0,
                    help="share of organ steps centred on the body outside the organ")
+    t.add_argument("--phase-probability", type=float, default=0.0,
+                   help="share of crops whose organ is moved to another contrast phase (default 0)")
+    t.add_argument("--phase-hu", type=float, nargs=2, default=[40.0, 140.0], metavar=("LOW", "HIGH"),
+                   help="range of the organ's median HU after that move (default 40 140)")
     t.add_argument("--text-alignment", action="store_true",
                    help="add TAGS' text-alignment loss (healthy vs tumor phrases of the organ)")
     t.add_argument("--alignment-weight", type=float, default=0.5, help="weight of that loss (default 0.5)")
@@ -187,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "both on held-out data and exports OUT/model with a model card.")
     m.add_argument("out", help="work folder")
     m.add_argument("--minutes", type=float, default=60.0, help="approximate total budget (default 60)")
+    m.add_argument("--reuse-training", action="store_true",
+                   help="OUT already holds a finished run and baseline: only decide, evaluate and export again")
     m.set_defaults(func=_demo)
     return p
 

@@ -245,7 +245,8 @@ def draw_sample(
         else:
             centre = np.array([rng.integers(n) for n in gc.image.shape])
     else:
-        healthy = [c for c in labelled if c.tumor_free and c.labels[t.organ].any()]
+        # Healthy: listed as tumor-free, or labelling the tumor target with no tumor voxel.
+        healthy = [c for c in labelled if c.labels[t.organ].any() and (c.tumor_free or not c.labels[t.name].any())]
         real = [c for c in labelled if c.labels[t.name].any()] or labelled
         r = rng.random()
         synthetic = bool(healthy) and r < sampling.synthetic_fraction

@@ -111,8 +111,12 @@ def metrics_table(reports: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
-def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False) -> Path:
-    """Build the demo model folder at ``out``/model within about ``minutes`` on this machine."""
+def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, reuse_training: bool = False) -> Path:
+    """Build the demo model folder at ``out``/model within about ``minutes`` on this machine.
+
+    ``reuse_training``: when ``out`` already holds a finished TAGS run and baseline, only choose
+    the lesion decisions, evaluate and export again (after a change to those steps).
+    """
     out = Path(out)
     t0 = time.time()
     samples_dir = out / "samples"
@@ -122,17 +126,25 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False) 
         else build_samples(samples_dir, overwrite=True)
     )
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
-    train_seconds = minutes * 60 * TRAIN_SHARE
-    steps = max(10, int(train_seconds / SECONDS_PER_STEP))
-    cfg = demo_config(samples, out / "run", steps)
-    print(f"[demo] training TAGS for {steps} steps (about {steps * SECONDS_PER_STEP / 60:.0f} min)", flush=True)
-    train(cfg)
-    tags_seconds = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
-    from tags.config import ModelConfig
+    trained = (out / "run" / "checkpoint.json").is_file() and (out / "baseline" / "summary.json").is_file()
+    if reuse_training and trained:
+        steps = int(json.loads((out / "run" / "checkpoint.json").read_text())["step"])
+        cfg = demo_config(samples, out / "run", steps)
+        tags_seconds = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
+        base = json.loads((out / "baseline" / "summary.json").read_text())
+        print(f"[demo] reusing the trained TAGS run ({steps} steps) and baseline in {out}", flush=True)
+    else:
+        train_seconds = minutes * 60 * TRAIN_SHARE
+        steps = max(10, int(train_seconds / SECONDS_PER_STEP))
+        cfg = demo_config(samples, out / "run", steps)
+        print(f"[demo] training TAGS for {steps} steps (about {steps * SECONDS_PER_STEP / 60:.0f} min)", flush=True)
+        train(cfg)
+        tags_seconds = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
+        from tags.config import ModelConfig
 
-    model_cfg = ModelConfig.from_dict(load_checkpoint(out / "run")[2]["model_config"])
-    print(f"[demo] training the DynUNet baseline for the same {tags_seconds:.0f} s", flush=True)
-    base = train_baseline(cfg, model_cfg, tags_seconds, out / "baseline")
+        model_cfg = ModelConfig.from_dict(load_checkpoint(out / "run")[2]["model_config"])
+        print(f"[demo] training the DynUNet baseline for the same {tags_seconds:.0f} s", flush=True)
+        base = train_baseline(cfg, model_cfg, tags_seconds, out / "baseline")
     tmp_model = out / "model.unevaluated"
     export_model(out / "run", tmp_model, overwrite=True)
     from tags.predictor import TagsPredictor
@@ -168,11 +180,17 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False) 
         "tags_training_seconds": tags_seconds,
     }
     command = "tags-train demo " + shlex.quote(str(out)) + f" --minutes {minutes:g}"
+    timing = {"tags_training_seconds": tags_seconds, "baseline_seconds": base.get("seconds")}
+    if reuse_training and trained:
+        timing["decided_and_evaluated_again_seconds"] = round(time.time() - t0, 1)
+        command += " (then again with --reuse-training)"
+    else:
+        timing["build_seconds"] = round(time.time() - t0, 1)
     markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {tags_seconds:.0f} s; the baseline "
                 f"({base['architecture']}) {base['steps']} steps in the same time. Command: `{command}`.")
     export_model(out / "run", out / "model", metrics=metrics, limits=LIMITS, overwrite=True,
                  lesion_decision=decisions["tags"], metrics_markdown=markdown,
-                 extra_metadata={"built_by": command, "build_seconds": round(time.time() - t0, 1)})
+                 extra_metadata={"built_by": command, **timing})
     import shutil
 
     shutil.rmtree(tmp_model, ignore_errors=True)

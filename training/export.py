@@ -37,6 +37,14 @@ CARD_TEMPLATE = """# TAGS model: {targets}
 """
 
 
+def _decision_text(d: LesionDecision) -> str:
+    contrast = (f", and they are at least {d.min_contrast_hu:g} HU darker than the organ's parenchyma"
+                if d.min_contrast_hu is not None else "")
+    return (f"Candidate lesions (26-connected components of probability >= 0.5) are kept when their highest "
+            f"probability is at least {d.min_max_probability:g}, their volume at least {d.min_volume_ml:g} ml"
+            f"{contrast}. Chosen on: {d.chosen_on}.")
+
+
 def export_model(
     run: str | Path, out: str | Path, *, metrics: Optional[Dict] = None, limits: str = "", overwrite: bool = False,
     extra_metadata: Optional[Dict] = None, lesion_decision: Optional[LesionDecision] = None,
@@ -73,9 +81,7 @@ def export_model(
         spacing=list(p.spacing),
         organ_spacing=list(p.organ_spacing),
         metrics=metrics_markdown or (json.dumps(metrics, indent=2) if metrics else "Not evaluated."),
-        decision=(f"components kept when their highest probability is at least "
-                  f"{config.lesion_decision.min_max_probability:g} and their volume at least "
-                  f"{config.lesion_decision.min_volume_ml:g} ml; chosen on: {config.lesion_decision.chosen_on}"),
+        decision=_decision_text(config.lesion_decision),
         limits=limits or "Not validated for clinical use.",
     )
     meta = {

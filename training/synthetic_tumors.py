@@ -6,9 +6,10 @@ written anew with numpy/scipy so it runs on a CPU inside the training loop:
 - a size class drawn uniformly from tiny / small / medium / large / mix; base radius 4, 8, 16,
   32 mm, each ellipsoid axis 0.75-1.25 x the base; counts tiny 3-10, small 3-10, medium 2-5,
   large 1-3 (mix: one draw of each class);
-- each centre a random voxel of the liver mask eroded once, on an axial slice between 30 % and
-  70 % of the liver's extent along the slices (of the liver inside the array given: training
-  applies it to crops);
+- each centre a random voxel of the liver mask eroded in-plane by a 5 x 5 structuring element
+  (the recipe's erosion of the chosen slice), on an axial slice between 30 % and 70 % of the
+  liver's extent along the slices (of the liver inside the array given: training applies it to
+  crops);
 - the ellipsoid deformed by a random elastic displacement on a 3-point grid per axis pair
   (sigma per class: tiny 0.5-1, small 1-2, medium 3-6, large 5-10 mm), nearest-neighbour,
   then clipped to the liver;
@@ -37,7 +38,7 @@ SIZE_CLASSES: Dict[str, Dict[str, Tuple[float, float]]] = {
     "medium": {"radius_mm": (16.0, 16.0), "count": (2, 5), "sigma": (3.0, 6.0)},
     "large": {"radius_mm": (32.0, 32.0), "count": (1, 3), "sigma": (5.0, 10.0)},
 }
-"""Per size class: base radius (mm), number of tumors (inclusive range), elastic sigma (voxels)."""
+"""Per size class: base radius (mm), number of tumors (inclusive range), elastic sigma (mm)."""
 
 CHOICES = ("tiny", "small", "medium", "large", "mix")
 AXIS_SCALE = (0.75, 1.25)
