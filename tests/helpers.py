@@ -11,8 +11,11 @@ from tags.targets import organ_target, tumor_target
 
 def small_config(**kw) -> ModelConfig:
     """A LiteMedSAM config with a small window, liver + liver tumor targets, encoding at 128
-    pixels as the demo model does (a quarter of the native 256's cost)."""
+    pixels as the demo model does (a quarter of the native 256's cost). Test models are
+    untrained and their organ masks synthetic, so organ plausibility is not checked
+    (``organ_bounds={}``; tests/test_plausibility.py and the demo model's test check it)."""
     base = dict(
+        organ_bounds={},
         encoder_size=128,
         adapter=AdapterConfig(slab_size=4),
         roi_size=(8, 48, 48),
@@ -43,11 +46,10 @@ def app_model_folder(path, seed: int = 0):
     """A model folder shaped like the demo model (LiteMedSAM at 128, slab 4, 32x128x128
     windows, liver + liver tumor) with perturbed trainable weights: real encoder, untrained
     head. Wires and tests the application; its masks carry no clinical meaning, so its organ
-    masks are not checked for plausibility (``organ_bounds={}``; the demo model's are, see
-    tests/test_app.py)."""
+    masks are not checked for plausibility (see :func:`small_config`)."""
     from tags.model_folder import save_model_folder
 
-    config = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128), organ_bounds={})
+    config = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
     torch.manual_seed(seed)  # the default init of the new layers uses the global generator
     net = perturbed_net(config, seed)
     return save_model_folder(
