@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import List
+from typing import List, Optional
 
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
@@ -23,7 +23,7 @@ from pydicom.uid import CTImageStorage
 
 from tags.preprocessing import CTInputError
 
-from .dicom_checks import check_instances
+from .dicom_checks import check_instances, file_label, instance_defects
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ class CTSeriesSelectorOperator(DICOMSeriesSelectorOperator):
                 if all(str(i.get_native_sop_instance().get("SOPClassUID", "")) == CTImageStorage for i in instances):
                     candidates.append((study_sel.study, s))
         if not candidates:
+            damaged = damaged_ct_instance(dicom_study_list)
+            if damaged:
+                raise CTInputError(f"{damaged}; so no CT series matched the selection (axial ORIGINAL/PRIMARY CT)")
             raise CTInputError(
                 "no axial ORIGINAL/PRIMARY CT image series (CT Image Storage) in the input; found "
                 + describe_found(dicom_study_list)
@@ -119,6 +122,43 @@ class CTSeriesSelectorOperator(DICOMSeriesSelectorOperator):
         out = StudySelectedSeries(study)
         out.add_selected_series(SelectedSeries(chosen.selection_name, chosen.series))
         return [out]
+
+
+RULE_KEYS = ("Modality", "ImageType", "ImageOrientationPatient")
+"""Attributes the selection rules read from a series (the SDK takes them from one instance)."""
+
+
+def damaged_ct_instance(studies) -> Optional[str]:
+    """A CT Image Storage instance that is damaged, or whose rule attribute differs from the rest
+    of its series (one bad file can make the whole series fail the rules): a sentence naming
+    it, or None."""
+    for study in studies or []:
+        for series in study.get_all_series():
+            dss = [i.get_native_sop_instance() for i in series.get_sop_instances()]
+            if not dss or any(str(d.get("SOPClassUID", "")) != CTImageStorage for d in dss):
+                continue
+            for ds in dss:
+                defects = instance_defects(ds)
+                if defects:
+                    return f"CT file {file_label(ds)} is damaged: {'; '.join(defects[:3])}"
+            if len(dss) < 3:
+                continue
+            for key in RULE_KEYS:
+                values = [_text(ds, key) for ds in dss]
+                majority, count = Counter(values).most_common(1)[0]
+                odd = [ds for ds, v in zip(dss, values) if v != majority]
+                if odd and count > len(dss) / 2:
+                    return (f"CT file {file_label(odd[0])} has a {key} ({_text(odd[0], key)[:40]!r}) unlike the "
+                            f"other {count} slices of its series (damaged?)")
+    return None
+
+
+def _text(ds, key: str) -> str:
+    try:
+        v = ds.get(key)
+        return "\\".join(str(x) for x in v) if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, str) else str(v)
+    except Exception:  # noqa: BLE001 - a damaged value
+        return "<unreadable>"
 
 
 def _which(ds) -> str:

