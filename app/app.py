@@ -128,7 +128,7 @@ class AppOptionError(ValueError):
 
 
 def _checked_options(ns: argparse.Namespace) -> argparse.Namespace:
-    """Values that came from the environment are not checked by argparse: check them here."""
+    """Values that came from the environment are not checked by argparse; this function checks them."""
     if ns.precision not in (None, "fp32", "bf16", "fp16"):
         raise AppOptionError(f"precision {ns.precision!r} ($TAGS_PRECISION) is not fp32, bf16 or fp16")
     try:

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
+from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage
 
 from tags.preprocessing import CTInputError
@@ -156,7 +157,7 @@ def damaged_ct_instance(studies) -> Optional[str]:
 def _text(ds, key: str) -> str:
     try:
         v = ds.get(key)
-        return "\\".join(str(x) for x in v) if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, str) else str(v)
+        return "\\".join(map(str, v)) if isinstance(v, (list, tuple, MultiValue)) else str(v)
     except Exception:  # noqa: BLE001 - a damaged value
         return "<unreadable>"
 

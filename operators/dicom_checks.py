@@ -2,7 +2,7 @@
 
 A PACS can send damaged files: a UID with garbage bytes in it, a position that is not a number,
 a rescale slope of zero. Whatever the SEG and SR will copy (UIDs) and whatever the geometry and
-the volume rely on (spacing, position, orientation, size, bit depth, rescale) is checked here,
+the volume rely on (spacing, position, orientation, size, bit depth, rescale) is checked by this module,
 and a defect is reported with the file's name and instance number, never as a raw library
 message and never as a gap in the series.
 """

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from tags.config import LesionDecision
 from tags.geometry import spacing_from_affine
 from tags.lesion_decision import components, keeps
+from tags.lesions import CONNECTIVITY
 from tags.predictor import TagsPredictor
 from tags.preprocessing import prepare_ct
 
@@ -79,10 +81,6 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
             overlap = bool(tumor[labels == c.label].any())
             out["candidates"].append(Candidate(case.name, healthy, c.max_probability, c.volume_ml, overlap,
                                                c.contrast_hu))
-        from scipy import ndimage
-
-        from tags.lesions import CONNECTIVITY
-
         out["true_lesions"] += int(ndimage.label(tumor, CONNECTIVITY)[1])
         out["cases"].append({"case": case.name, "healthy": healthy, "status": result.status,
                              "reason": result.reason, "candidates": len(comps)})

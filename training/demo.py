@@ -32,7 +32,7 @@ Z_TRAIN = 0.5
 Z_VALIDATION = (0.5, 0.6)
 """LiTS-117 slices that choose the lesion decision (never trained on, never tested)."""
 Z_TEST = 0.6
-"""LiTS-117 slices from here on are the held-out tumor test (the same part as in earlier builds)."""
+"""LiTS-117 slices from this fraction on are the held-out tumor test (the part earlier demo builds tested too)."""
 SECONDS_PER_STEP = 5.6
 """Cost of one training step assumed by the step budget: 5.5 s on average in fp32 on a 2-core
 AVX2 EPYC with the demo recipe (encoder side 128, 32 x 128 x 128 windows, text alignment)."""

@@ -23,6 +23,8 @@ from typing import Tuple
 
 import numpy as np
 
+from tags.backbones import file_sha256
+
 LITS_PACKAGE = ("liver-ct-segmentation-package", "1.6.0")
 TOTALSEG_PACKAGE = ("totalsegmentator", "2.18.0")
 SHA256 = {
@@ -40,23 +42,13 @@ def cache_dir() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verified(path: Path) -> Path:
     """``path`` if its sha256 is the pinned one (:data:`SHA256`); a mismatch removes the file
     and raises, so the next call downloads it again."""
     want = SHA256.get(path.name)
     if want is None:
         raise RuntimeError(f"no pinned sha256 for {path.name}")
-    got = _sha256(path)
+    got = file_sha256(path)
     if got != want:
         path.unlink()
         raise RuntimeError(f"{path.name} has sha256 {got}, expected {want}: removed, run again to download it anew")
