@@ -125,8 +125,9 @@ class CTSeriesSelectorOperator(DICOMSeriesSelectorOperator):
         return [out]
 
 
-RULE_KEYS = ("Modality", "ImageType", "ImageOrientationPatient")
-"""Attributes the selection rules read from a series (the SDK takes them from one instance)."""
+RULE_KEYS = ("SOPClassUID", "Modality", "ImageType", "ImageOrientationPatient")
+"""The SOP class and the attributes the selection rules read from a series (the SDK takes them
+from one instance): one slice unlike the rest of its series on any of them is named."""
 
 
 def damaged_ct_instance(studies) -> Optional[str]:
@@ -136,7 +137,8 @@ def damaged_ct_instance(studies) -> Optional[str]:
     for study in studies or []:
         for series in study.get_all_series():
             dss = [i.get_native_sop_instance() for i in series.get_sop_instances()]
-            if not dss or any(str(d.get("SOPClassUID", "")) != CTImageStorage for d in dss):
+            ct = sum(str(d.get("SOPClassUID", "")) == CTImageStorage for d in dss)
+            if not ct or ct <= len(dss) / 2:  # not a CT series (a slice of another class may be damaged)
                 continue
             for ds in dss:
                 defects = instance_defects(ds)

@@ -20,7 +20,9 @@ from pydicom.uid import UID
 
 log = logging.getLogger(__name__)
 
-UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+UID_KEYS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+META_KEYS = (("MediaStorageSOPClassUID", "SOPClassUID"), ("MediaStorageSOPInstanceUID", "SOPInstanceUID"))
+"""File meta UIDs that must repeat the dataset's (PS3.10 7.1); a difference means damage."""
 MAX_SIDE = 8192
 MAX_SPACING_MM = 100.0
 MAX_POSITION_MM = 1e5
@@ -74,6 +76,13 @@ def instance_defects(ds) -> List[str]:
             why = "cannot be read"
         if why:
             out.append(f"{key} {why}")
+    meta = getattr(ds, "file_meta", None)
+    for meta_key, key in META_KEYS if meta is not None else ():
+        try:
+            if meta_key in meta and str(meta[meta_key].value) != str(ds.get(key, "")):
+                out.append(f"its file meta {meta_key} differs from its {key}")
+        except Exception:  # noqa: BLE001
+            out.append(f"its file meta {meta_key} cannot be read")
     try:
         ts = ds.file_meta.TransferSyntaxUID
         if not UID(str(ts)).is_transfer_syntax:
@@ -124,14 +133,82 @@ def instance_defects(ds) -> List[str]:
     return out
 
 
+def element_damage(ds) -> Optional[str]:
+    """Why the header elements of ``ds`` (as pydicom parsed them, sequences included) are not
+    valid DICOM encoding, or None.
+
+    pydicom parses a damaged header leniently: an element whose VR bytes were overwritten is
+    kept with an unknown VR (its value fails only when used), and an element whose length field
+    was overwritten inside a sequence item is cut at the item's end. Other toolkits (and PACS)
+    refuse such files, so an object referencing them cannot be checked against them.
+    """
+    from pydicom.dataelem import RawDataElement
+    from pydicom.valuerep import VR
+
+    known = {v.value for v in VR}
+    pending = [ds]
+    while pending:
+        current = pending.pop()
+        for tag, elem in list(current._dict.items()):
+            where = f"({tag.group:04X},{tag.element:04X})"
+            if isinstance(elem, RawDataElement):
+                if elem.VR is not None and elem.VR not in known:
+                    shown = str(elem.VR).encode("ascii", "backslashreplace").decode()
+                    return f"its element {where} has no valid value representation ({shown!r})"
+                if elem.value is not None and elem.length != 0xFFFFFFFF and len(elem.value) != elem.length:
+                    return (f"its element {where} claims {elem.length} bytes but only {len(elem.value)} follow "
+                            "(a damaged length)")
+            try:
+                value = current[tag].value
+            except Exception as e:  # noqa: BLE001 - any value pydicom cannot convert
+                return f"its element {where} cannot be read ({type(e).__name__})"
+            if current[tag].VR == "SQ":
+                pending.extend(value)
+    return None
+
+
+PATIENT_STUDY_KEYS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
+    "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)
+"""Patient and study attributes the SEG and SR copy from the series: every slice must agree."""
+
+
+def inconsistent_slice(datasets: List) -> Optional[str]:
+    """A sentence naming the first slice whose patient or study attributes differ from the
+    majority of its series (a damaged or misfiled slice), or None. Names the attribute, never
+    its value: no patient identifiers in messages."""
+    from collections import Counter
+
+    if len(datasets) < 3:
+        return None
+    for key in PATIENT_STUDY_KEYS:
+        values = []
+        for ds in datasets:
+            try:
+                values.append(str(ds.get(key, "")))
+            except Exception:  # noqa: BLE001
+                values.append("\0unreadable")
+        majority, count = Counter(values).most_common(1)[0]
+        odd = [ds for ds, v in zip(datasets, values) if v != majority]
+        if odd:
+            return (f"CT file {file_label(odd[0])} has a {key} unlike {count} other slice(s) of its series "
+                    "(a damaged or misfiled slice)")
+    return None
+
+
 def check_instances(datasets: Iterable) -> None:
     """Raise :class:`~tags.preprocessing.CTInputError` naming the first damaged instance."""
     from tags.preprocessing import CTInputError
 
+    datasets = list(datasets)
     for ds in datasets:
         defects = instance_defects(ds)
         if defects:
             raise CTInputError(f"CT file {file_label(ds)} is damaged: {'; '.join(defects[:3])}")
+    odd = inconsistent_slice(datasets)
+    if odd:
+        raise CTInputError(odd)
 
 
 def find_undecodable(datasets: Iterable) -> Optional[str]:

@@ -19,6 +19,8 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 
 from tags.preprocessing import CTInputError
 
+from .dicom_checks import element_damage
+
 log = logging.getLogger(__name__)
 
 
@@ -135,7 +137,7 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
                 log.debug("cannot parse %s", Path(f).name, exc_info=True)
                 skipped.append(why_unreadable(Path(f), e))
                 continue
-            disorder = elements_out_of_order(Path(f), ds)
+            disorder = elements_out_of_order(Path(f), ds) or element_damage(ds)
             if disorder:
                 skipped.append(SkippedFile(Path(f).name, f"a damaged DICOM file: {disorder}", True))
                 continue

