@@ -33,12 +33,13 @@ Z_VALIDATION = (0.5, 0.6)
 """LiTS-117 slices that choose the lesion decision (never trained on, never tested)."""
 Z_TEST = 0.6
 """LiTS-117 slices from this fraction on are the held-out tumor test (the part earlier demo builds tested too)."""
-SECONDS_PER_STEP = 5.6
-"""Cost of one training step assumed by the step budget: 5.5 s on average in fp32 on a 2-core
-AVX2 EPYC with the demo recipe (encoder side 128, 32 x 128 x 128 windows, text alignment)."""
+PROBE_STEPS = 8
+"""Training steps timed before the run to turn the minute budget into a step count: a step
+costs about 4.2 s under bf16 autocast on a 2-core AMD EPYC with AVX512-BF16 and about 11 s in
+fp32 (CPUs without native bf16), so a fixed step count would not fit one budget everywhere."""
 TRAIN_SHARE = 0.44
-"""Share of the budget for TAGS; the baseline gets the same wall time, the rest is loading,
-the lesion decision and evaluation (about 3 minutes)."""
+"""Share of the budget for TAGS; the baseline gets the same wall time, the rest is the probe,
+loading, the lesion decision and evaluation (about 4 minutes)."""
 
 LIMITS = (
     "Trained on one patient's CT crop with liver tumors (LiTS volume 117, first half of its slices), "
@@ -51,11 +52,11 @@ LIMITS = (
 )
 
 SAMPLING = SamplingConfig(
-    organ_fraction=0.45, negative_fraction=0.2, synthetic_fraction=0.3, organ_negative_fraction=0.2,
+    organ_fraction=0.35, negative_fraction=0.15, synthetic_fraction=0.25, organ_negative_fraction=0.2,
     phase_probability=0.6,
 )
-"""The demo recipe: of the tumor steps 30 % synthetic tumors on healthy livers, 20 % healthy
-livers as they are, 50 % real LiTS tumors; a fifth of the organ steps centred outside the liver;
+"""The demo recipe: of the tumor steps 25 % synthetic tumors on healthy livers, 15 % healthy
+livers as they are, 60 % real LiTS tumors; a fifth of the organ steps centred outside the liver;
 60 % of the crops with the liver moved to another contrast phase (median 40-140 HU)."""
 
 
@@ -77,6 +78,20 @@ def demo_config(samples: Dict[str, Path], run: Path, steps: int, text_alignment:
         crop_size=None,
         progress=True,
     )
+
+
+def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
+    """Seconds per TAGS training step of the demo recipe on this machine, timed over
+    :data:`PROBE_STEPS` steps of a throw-away run in ``probe`` (removed afterwards)."""
+    import shutil
+
+    shutil.rmtree(probe, ignore_errors=True)
+    cfg = dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), progress=False,
+                              checkpoint_every=PROBE_STEPS)
+    train(cfg, stop_after=PROBE_STEPS)
+    seconds = json.loads((probe / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
+    shutil.rmtree(probe, ignore_errors=True)
+    return seconds / PROBE_STEPS
 
 
 def validation_cases(samples: Dict[str, Path]) -> List[ValidationCase]:
@@ -134,10 +149,11 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         base = json.loads((out / "baseline" / "summary.json").read_text())
         print(f"[demo] reusing the trained TAGS run ({steps} steps) and baseline in {out}", flush=True)
     else:
-        train_seconds = minutes * 60 * TRAIN_SHARE
-        steps = max(10, int(train_seconds / SECONDS_PER_STEP))
+        per_step = seconds_per_step(samples, out / "probe")
+        steps = max(10, int(minutes * 60 * TRAIN_SHARE / per_step))
         cfg = demo_config(samples, out / "run", steps)
-        print(f"[demo] training TAGS for {steps} steps (about {steps * SECONDS_PER_STEP / 60:.0f} min)", flush=True)
+        print(f"[demo] a step takes {per_step:.1f} s: training TAGS for {steps} steps "
+              f"(about {steps * per_step / 60:.0f} min)", flush=True)
         train(cfg)
         tags_seconds = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
         from tags.config import ModelConfig
@@ -180,14 +196,23 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         "tags_training_seconds": tags_seconds,
     }
     command = "tags-train demo " + shlex.quote(str(out)) + f" --minutes {minutes:g}"
-    timing = {"tags_training_seconds": tags_seconds, "baseline_seconds": base.get("seconds")}
+    from tags.bench import machine_info
+
+    precision = json.loads((out / "run" / "train_config.json").read_text())["precision"]
+    timing = {"tags_training_seconds": tags_seconds, "baseline_seconds": base.get("seconds"),
+              "machine": {**machine_info(), "training_precision": precision}}
     if reuse_training and trained:
+        previous = out / "model" / "metadata.json"
+        if previous.is_file() and "build_seconds" in json.loads(previous.read_text()):
+            timing["build_seconds"] = json.loads(previous.read_text())["build_seconds"]
         timing["decided_and_evaluated_again_seconds"] = round(time.time() - t0, 1)
         command += " (then again with --reuse-training)"
     else:
         timing["build_seconds"] = round(time.time() - t0, 1)
+    machine = timing["machine"]
     markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {tags_seconds:.0f} s; the baseline "
-                f"({base['architecture']}) {base['steps']} steps in the same time. Command: `{command}`.")
+                f"({base['architecture']}) {base['steps']} steps in the same time, on {machine['cpu']} "
+                f"({machine['threads']} threads, {machine['cpu_capability']}, {precision}). Command: `{command}`.")
     export_model(out / "run", out / "model", metrics=metrics, limits=LIMITS, overwrite=True,
                  lesion_decision=decisions["tags"], metrics_markdown=markdown,
                  extra_metadata={"built_by": command, **timing})
