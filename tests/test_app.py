@@ -260,3 +260,25 @@ def test_an_implausible_organ_is_not_searched_and_the_sr_says_indeterminate(stud
         (codes.SCT.Lesion.value, codes.SCT.Indeterminate.value)]
     ct_files = [f for f in study.glob("*.dcm") if not f.name.startswith("SEG_")]
     assert dicom_errors(next(out.glob("SR_*.dcm")), [next(out.glob("SEG_*.dcm")), *ct_files]) == []
+
+
+@pytest.mark.parametrize("name", ["totalseg", "lits117"])
+def test_demo_model_on_the_sample_studies(studies, tmp_path, name):
+    """The committed demo model as `bash scripts/demo.sh` runs it: the healthy TotalSegmentator
+    study gets an SR that says no lesion was found ("Lesion: Absent", no lesion group) and a
+    lesion list that agrees; the LiTS-117 study (liver tumors) still gets its tumors reported."""
+    out = tmp_path / "out"
+    run(["-i", str(studies[name]), "-o", str(out), "-m", str(REPO / "models" / "liver-demo")])
+    lesions = json.loads((out / "tags_lesions.json").read_text())["targets"]["liver_tumor"]
+    report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(next(out.glob("SR_*.dcm")))])
+    evaluations = [(q.name.value, q.value.value) for g in report.get_image_measurement_groups()
+                   for q in g.get_qualitative_evaluations()]
+    volume_groups = report.get_volumetric_roi_measurement_groups()
+    if name == "totalseg":
+        assert lesions["status"] == "ok" and lesions["lesion_count"] == 0, lesions
+        assert evaluations == [(codes.SCT.Lesion.value, codes.SCT.Absent.value)]
+        assert len(volume_groups) == 0
+    else:
+        assert lesions["lesion_count"] >= 3, lesions
+        assert (codes.SCT.Lesion.value, codes.SCT.Absent.value) not in evaluations
+        assert len(volume_groups) == lesions["lesion_count"]
