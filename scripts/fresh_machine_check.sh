@@ -2,7 +2,7 @@
 # Check the README's two commands on a stock Debian 12 system, in a clean container.
 #
 #   sudo bash scripts/fresh_machine_check.sh [--skip-tests]
-#   sudo TEST_ARGS=tests/test_pacs.py bash scripts/fresh_machine_check.sh   # a part of the suite
+#   sudo TEST_ARGS="-k orthanc" bash scripts/fresh_machine_check.sh   # a part of the suite (pytest args)
 #
 # 1. installs podman, runc and debootstrap from apt if missing, and sets podman up for machines
 #    with hybrid cgroups and no default ulimits (runc, cgroupfs, default_ulimits = []);
