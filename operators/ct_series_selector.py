@@ -19,12 +19,11 @@ from typing import List, Optional
 
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
-from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage
 
 from tags.preprocessing import CTInputError
 
-from .dicom_checks import check_instances, file_label, instance_defects
+from .dicom_checks import attribute_text, check_instances, file_label, instance_defects, odd_slice
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +146,11 @@ def damaged_ct_instance(studies) -> Optional[str]:
             if len(dss) < 3:
                 continue
             for key in RULE_KEYS:
-                values = [_text(ds, key) for ds in dss]
-                majority, count = Counter(values).most_common(1)[0]
-                odd = [ds for ds, v in zip(dss, values) if v != majority]
-                if odd and count > len(dss) / 2:
-                    return (f"CT file {file_label(odd[0])} has a {key} ({_text(odd[0], key)[:40]!r}) unlike the "
+                odd, count = odd_slice(dss, key)
+                if odd is not None and count > len(dss) / 2:
+                    return (f"CT file {file_label(odd)} has a {key} ({attribute_text(odd, key)[:40]!r}) unlike the "
                             f"other {count} slices of its series (damaged?)")
     return None
-
-
-def _text(ds, key: str) -> str:
-    try:
-        v = ds.get(key)
-        return "\\".join(map(str, v)) if isinstance(v, (list, tuple, MultiValue)) else str(v)
-    except Exception:  # noqa: BLE001 - a damaged value
-        return "<unreadable>"
 
 
 def _which(ds) -> str:

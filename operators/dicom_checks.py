@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -159,11 +160,11 @@ def element_damage(ds) -> Optional[str]:
                     return (f"its element {where} claims {elem.length} bytes but only {len(elem.value)} follow "
                             "(a damaged length)")
             try:
-                value = current[tag].value
+                converted = current[tag]
             except Exception as e:  # noqa: BLE001 - any value pydicom cannot convert
                 return f"its element {where} cannot be read ({type(e).__name__})"
-            if current[tag].VR == "SQ":
-                pending.extend(value)
+            if converted.VR == "SQ":
+                pending.extend(converted.value)
     return None
 
 
@@ -174,25 +175,33 @@ PATIENT_STUDY_KEYS = (
 """Patient and study attributes the SEG and SR copy from the series: every slice must agree."""
 
 
+def attribute_text(ds, key: str) -> str:
+    """``key``'s value as text (multiple values joined by backslashes), "<unreadable>" when damaged."""
+    try:
+        v = ds.get(key)
+        return "\\".join(map(str, v)) if isinstance(v, (list, tuple, MultiValue)) else str(v)
+    except Exception:  # noqa: BLE001 - a damaged value
+        return "<unreadable>"
+
+
+def odd_slice(datasets: List, key: str) -> Tuple[Optional[object], int]:
+    """(the first dataset whose ``key`` differs from the most common value, or None; how many
+    datasets hold that most common value)."""
+    values = [attribute_text(ds, key) for ds in datasets]
+    majority, count = Counter(values).most_common(1)[0]
+    return next((ds for ds, v in zip(datasets, values) if v != majority), None), count
+
+
 def inconsistent_slice(datasets: List) -> Optional[str]:
     """A sentence naming the first slice whose patient or study attributes differ from the
     majority of its series (a damaged or misfiled slice), or None. Names the attribute, never
     its value: no patient identifiers in messages."""
-    from collections import Counter
-
     if len(datasets) < 3:
         return None
     for key in PATIENT_STUDY_KEYS:
-        values = []
-        for ds in datasets:
-            try:
-                values.append(str(ds.get(key, "")))
-            except Exception:  # noqa: BLE001
-                values.append("\0unreadable")
-        majority, count = Counter(values).most_common(1)[0]
-        odd = [ds for ds, v in zip(datasets, values) if v != majority]
-        if odd:
-            return (f"CT file {file_label(odd[0])} has a {key} unlike {count} other slice(s) of its series "
+        odd, count = odd_slice(datasets, key)
+        if odd is not None:
+            return (f"CT file {file_label(odd)} has a {key} unlike {count} other slice(s) of its series "
                     "(a damaged or misfiled slice)")
     return None
 

@@ -203,8 +203,8 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
               "machine": {**machine_info(), "training_precision": precision}}
     if reuse_training and trained:
         previous = out / "model" / "metadata.json"
-        if previous.is_file() and "build_seconds" in json.loads(previous.read_text()):
-            timing["build_seconds"] = json.loads(previous.read_text())["build_seconds"]
+        if previous.is_file() and "build_seconds" in (built := json.loads(previous.read_text())):
+            timing["build_seconds"] = built["build_seconds"]
         timing["decided_and_evaluated_again_seconds"] = round(time.time() - t0, 1)
         command += " (then again with --reuse-training)"
     else:
