@@ -3,14 +3,19 @@
 #
 # Build context: made offline by `scripts/map_context.py` (holoscan-cli 4.2.0's packager with
 # its docker step removed): app/, models/, map/app.json, map/pkg.json, app.config, tools, and
-# src/ with the project's packages (the packager copies only app/). Then, where Docker exists:
-#   docker build -t tags-seg-map:0.1.0 build/map-context
-#   monai-deploy run tags-seg-map:0.1.0 -i DICOM_FOLDER -o OUTPUT_FOLDER      (or docker run, see README)
+# src/ with the project's packages (the packager copies only app/). `scripts/build_map.sh` makes
+# the context and builds the image with podman or docker:
+#   bash scripts/build_map.sh                    # FROM the CUDA runtime image (a site with a registry)
+#   bash scripts/build_map.sh --local-base       # FROM Debian 12 made with debootstrap (no registry)
 # Layout per the MAP specification: /opt/holoscan/{app,models}, /etc/holoscan/{app,pkg}.json,
 # /var/holoscan/{input,output,app.yaml}, entry point /var/holoscan/tools.
+#
+# BASE_IMAGE: Ubuntu 22.04 or Debian 12 (both have Python 3.11). torch's CUDA wheels bring their
+# own CUDA runtime, so the image runs on the CPU and, with the NVIDIA container toolkit, on a GPU
+# from either base.
 
-ARG CUDA_IMAGE=nvcr.io/nvidia/cuda:13.0.1-runtime-ubuntu22.04
-FROM ${CUDA_IMAGE}
+ARG BASE_IMAGE=nvcr.io/nvidia/cuda:13.0.1-runtime-ubuntu22.04
+FROM ${BASE_IMAGE}
 
 ARG UNAME=holoscan
 ARG UID=1000
@@ -21,11 +26,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Python 3.11 (the stack is pinned for it; Ubuntu 22.04 ships it) and the tools script's needs.
-# Their versions are those of the base image's Ubuntu release (the base image is the pin).
+# Python 3.11 (the stack is pinned for it; Ubuntu 22.04 and Debian 12 ship it) and the tools
+# script's needs. Their versions are those of the base image's release (the base image is the pin).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv jq \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv jq ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd -g "${GID}" "${UNAME}" \
@@ -49,14 +54,28 @@ ENV HOLOSCAN_INPUT_PATH=/var/holoscan/input \
     PATH=/opt/venv/bin:$PATH \
     TAGS_CACHE=/var/holoscan/cache
 
-# The exact pins first (one layer that changes only with requirements.txt), then the project's
-# packages: tags/, operators/, training/ (and app/) from src/.
-COPY src/requirements.txt /tmp/requirements.txt
-RUN python3.11 -m venv /opt/venv \
+# The application's exact pins first (one layer that changes only with requirements-app.txt; the
+# test tools of requirements.txt stay out), then the project's packages: tags/, operators/,
+# training/ (and app/) from src/. The optional build secret pip_cert is a CA bundle for pip
+# behind a TLS-intercepting proxy (build_map.sh passes the host's); it is not kept in the image.
+COPY src/requirements-app.txt /tmp/requirements-app.txt
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3.11 -m venv /opt/venv \
     && pip install --upgrade pip==25.3 \
-    && pip install -r /tmp/requirements.txt
+    && pip install -r /tmp/requirements-app.txt
 COPY src /opt/tags-src
-RUN pip install --no-deps /opt/tags-src
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && pip install --no-deps /opt/tags-src
+
+# Libraries create their cache folders when imported (cupy through Holoscan: ~/.cupy/kernel_cache;
+# torch's inductor config: a torchinductor folder). They exist in the image already, so a run
+# writes nothing outside /var/holoscan/output (tests/test_map_image.py compares `diff`).
+ENV CUPY_CACHE_DIR=/home/${UNAME}/.cupy/kernel_cache \
+    TORCHINDUCTOR_CACHE_DIR=/home/${UNAME}/.cache/torchinductor
+RUN mkdir -p "${CUPY_CACHE_DIR}" "${TORCHINDUCTOR_CACHE_DIR}" \
+    && chown -R "${UNAME}:${UNAME}" "/home/${UNAME}"
 
 COPY --chown=${UNAME}:${UNAME} tools /var/holoscan/tools
 COPY map/app.json /etc/holoscan/app.json

@@ -7,7 +7,8 @@
 # 1. installs podman, runc and debootstrap from apt if missing, and sets podman up for machines
 #    with hybrid cgroups and no default ulimits (runc, cgroupfs, default_ulimits = []);
 # 2. makes a Debian 12 root file system with `debootstrap --variant=minbase bookworm` (cached in
-#    build/fresh-machine/rootfs.tar) and imports it as the image tags-debian12-minbase;
+#    build/container-base/rootfs.tar) and imports it as the image tags-debian12-minbase
+#    (scripts/podman_env.sh, shared with scripts/build_map.sh);
 # 3. copies the committed repository (git archive HEAD: what a fresh clone holds) into a new
 #    container, installs only what a user would have (python3, git, ca-certificates), then runs
 #    `bash scripts/demo.sh` and `bash scripts/test.sh` exactly as the README gives them;
@@ -28,40 +29,17 @@ mkdir -p "$WORK"
 t_start=$(date +%s)
 stamp() { echo "[fresh] $(date +%H:%M:%S) $*"; }
 
-need=()
-command -v podman >/dev/null || need+=(podman)
-command -v runc >/dev/null || need+=(runc)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-if [ ${#need[@]} -gt 0 ]; then
-    stamp "apt-get install ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q "${need[@]}" >/dev/null
-fi
-mkdir -p /etc/containers
-if ! grep -q "default_ulimits" /etc/containers/containers.conf 2>/dev/null; then
-    printf '[containers]\ndefault_ulimits = []\n' >> /etc/containers/containers.conf
-fi
-PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
-
+source scripts/podman_env.sh
+podman_install
 t0=$(date +%s)
-if ! "${PODMAN[@]}" image exists tags-debian12-minbase; then
-    if [ ! -f "$WORK/rootfs.tar" ]; then
-        stamp "debootstrap --variant=minbase bookworm"
-        rm -rf "$WORK/rootfs"
-        debootstrap --variant=minbase bookworm "$WORK/rootfs" >/dev/null
-        tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" .
-        rm -rf "$WORK/rootfs"
-    fi
-    "${PODMAN[@]}" import "$WORK/rootfs.tar" tags-debian12-minbase >/dev/null
-fi
+podman_base_image tags-debian12-minbase
 t_base=$(( $(date +%s) - t0 ))
 stamp "base image ready in ${t_base} s"
 
 rm -rf "$WORK/repo"
 mkdir -p "$WORK/repo"
 git -C "$REPO" archive HEAD | tar -x -C "$WORK/repo"
-cp /etc/ssl/certs/ca-certificates.crt "$WORK/host-ca.crt"
+cp "$(host_ca_bundle)" "$WORK/host-ca.crt"
 cat > "$WORK/inside.sh" <<'EOF'
 #!/bin/bash
 set -euo pipefail

@@ -132,3 +132,71 @@ def result_files(out) -> dict:
     out = Path(out)
     return {"seg": out / segs[0], "sr": out / srs[0], "results": out / "tags_results.json",
             "lesions": out / "tags_lesions.json", "preview": out / "tags_preview.png"}
+
+
+def pacs_studies(root, n: int = 10):
+    """``n`` one-series CT studies of 10 real slices (160 x 160, around the liver of the
+    TotalSegmentator sample study), one patient each, in ``root``/studyNN; returns ``root``."""
+    from pathlib import Path
+
+    from tags.geometry import affine_from_spacing
+    from training.dicom_series import SeriesInfo, read_series, write_ct_series
+    from training.sample_study import build_totalseg_study
+
+    root = Path(root)
+    vol, _ = read_series(build_totalseg_study(root / "_source"))
+    crop = vol[5:15, 150:310, 40:200]
+    for i in range(n):
+        write_ct_series(crop, affine_from_spacing((2.0, 0.9765625, 0.9765625), (-80.0, -60.0, 100.0 + i)),
+                        root / f"study{i:02d}",
+                        SeriesInfo(uid_seed=f"pacs-{i}", patient_id=f"TAGS-PACS-{i:02d}", patient_name=f"Pacs^Test{i:02d}"))
+    import shutil
+
+    shutil.rmtree(root / "_source")
+    return root
+
+
+def check_round_trip(report: dict, n: int) -> None:
+    """Asserts a tests/pacs_flow.py report: ``n`` studies sent, each run once, one SEG and one
+    SR back in the CT's study, the SEG in Orthanc equal to the file written, both return paths
+    used, and every re-forward of a finished study skipped."""
+    assert report["errors"] == []
+    assert report["studies_sent"] == n and report["results"] == n  # none lost
+    # Every finished study was re-forwarded by Orthanc (its results made it stable again), and
+    # the gateway skipped each re-forward: one application run, one SEG and one SR per study.
+    assert report["duplicates_skipped"] >= n, report["duplicates_skipped"]
+    for uid, s in report["per_study"].items():
+        assert s["app_runs"] == 1, (uid, s)
+        assert s["seg_instances"] == 1 and s["sr_instances"] == 1, (uid, s)  # none lost, none duplicated
+        assert {"CT", "SEG", "SR"} <= set(s["modalities"]), s  # results in the CT's study
+        assert s["dataset_identical"], s
+        if s["returned_by"] == "STOW-RS":
+            assert s["file_identical"], s  # STOW-RS stores the application's file as it is
+    assert {s["returned_by"] for s in report["per_study"].values()} == {"C-STORE", "STOW-RS"}
+
+
+def sr_content(path) -> list:
+    """An SR's content tree as (depth, value type, concept, value) rows, without the items that
+    differ between two runs on the same input (UID references, referenced instances, times)."""
+    import pydicom
+
+    rows = []
+
+    def walk(items, depth):
+        for item in items:
+            vt = item.ValueType
+            concept = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+            if vt == "NUM":
+                mv = item.MeasuredValueSequence[0] if item.get("MeasuredValueSequence") else None
+                value = (str(mv.NumericValue), mv.MeasurementUnitsCodeSequence[0].CodeValue) if mv else None
+            elif vt == "CODE":
+                value = item.ConceptCodeSequence[0].CodeMeaning
+            elif vt == "TEXT":
+                value = item.TextValue
+            else:  # UIDREF, IMAGE, COMPOSITE, DATETIME, ...: instance-specific
+                value = None
+            rows.append((depth, vt, concept, value))
+            walk(item.get("ContentSequence", []), depth + 1)
+
+    walk(pydicom.dcmread(path).ContentSequence, 0)
+    return rows

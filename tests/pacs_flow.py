@@ -8,10 +8,13 @@
    each received series to its own folder and, when the association is released, queues it
    once (a series already processed is not run again: Orthanc re-forwards a study when the
    results make it stable again).
-3. Workers run the application (`python app -i SERIES -o OUT -m MODEL`), one process per
-   series and --workers of them at a time with one CPU thread each (as a workflow manager runs
-   MAP jobs side by side on a 2-core node), and return the results: studies with an even index
-   send the SEG by C-STORE and the SR by STOW-RS, odd ones the other way round.
+3. Workers run the application, one process per series and --workers of them at a time with
+   one CPU thread each (as a workflow manager runs MAP jobs side by side on a 2-core node):
+   `python app -i SERIES -o OUT -m MODEL`, or with --image the MAP container
+   (`podman run --network none` with the series mounted read-only at /var/holoscan/input and
+   OUT at /var/holoscan/output, its baked-in model, its non-root user). Then they return the
+   results: studies with an even index send the SEG by C-STORE and the SR by STOW-RS, odd ones
+   the other way round.
 4. Every study folder in --studies is sent to Orthanc with dcmtk's storescu, in a row.
 5. When every study has a SEG in Orthanc (or a timeout), each SEG is retrieved by WADO-RS and
    compared with the file the application wrote. A JSON report goes to stdout.
@@ -39,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 ORTHANC_HTTP = "http://127.0.0.1:8042"
 ORTHANC_DICOM = ("127.0.0.1", 4242, "ORTHANC")
 GATEWAY = ("127.0.0.1", 11112, "TAGS")
+MAP_UID = 1000  # the MAP image's user (Dockerfile: holoscan, 1000:1000)
 
 LUA = """
 function OnStableStudy(studyId, tags, metadata)
@@ -87,8 +91,11 @@ class Gateway:
     """Receives forwarded series, runs the application once per series in ``workers`` threads,
     returns the results."""
 
-    def __init__(self, work: Path, model: Path, app_args: list, workers: int):
+    def __init__(self, work: Path, model: Path, app_args: list, workers: int, image: str | None = None,
+                 engine: tuple = ()):
         self.work, self.model, self.app_args = work, model, app_args
+        self.image, self.engine = image, list(engine)
+        self.app_seconds: dict = {}  # study uid -> wall time of its application run
         self.jobs: queue.Queue = queue.Queue()
         self.received: dict = {}  # association id -> series folder
         self.seen: set = set()
@@ -138,11 +145,12 @@ class Gateway:
             self.running += 1
             self.most_running = max(self.most_running, self.running)
             self.app_runs[study] = self.app_runs.get(study, 0) + 1
-        proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(folder), "-o", str(out),
-                               "-m", str(self.model), *self.app_args], capture_output=True, text=True,
+        t0 = time.perf_counter()
+        proc = subprocess.run(self.app_command(folder, out), capture_output=True, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
         with self.lock:
             self.running -= 1
+            self.app_seconds[study] = round(time.perf_counter() - t0, 2)
         if proc.returncode != 0:
             self.errors.append(f"{study}: app failed: {proc.stderr.strip().splitlines()[-1:]}")
             return
@@ -154,6 +162,16 @@ class Gateway:
         except Exception as e:  # reported, never swallowed
             self.errors.append(f"{study}: return failed: {e}")
         self.results[study] = {"seg": str(seg), "sr": str(sr), "seg_returned_by": "C-STORE" if even else "STOW-RS"}
+
+    def app_command(self, folder: Path, out: Path) -> list:
+        if not self.image:
+            return [sys.executable, str(REPO / "app"), "-i", str(folder), "-o", str(out), "-m", str(self.model),
+                    *self.app_args]
+        out.mkdir(parents=True)
+        os.chown(out, MAP_UID, MAP_UID)  # the image's non-root user writes the results
+        return [*self.engine, "run", "--rm", "--network", "none", "-e", "OMP_NUM_THREADS=1",
+                "-v", f"{folder}:/var/holoscan/input:ro", "-v", f"{out}:/var/holoscan/output", self.image,
+                *self.app_args]
 
     @staticmethod
     def c_store(path: Path):
@@ -198,12 +216,15 @@ def dataset_bytes(data: bytes) -> bytes:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--studies", required=True)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="model folder of python app (not used with --image)")
     p.add_argument("--work", required=True)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--reforward-wait", type=float, default=90,
                    help="seconds to wait for Orthanc's re-forward of every finished study")
     p.add_argument("--workers", type=int, default=2, help="application processes at a time")
+    p.add_argument("--image", help="run this MAP image per series instead of python app (its model is baked in)")
+    p.add_argument("--engine", default="podman --runtime runc --cgroup-manager cgroupfs",
+                   help="container engine command line for --image")
     a, app_args = p.parse_known_args(argv)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     work = Path(a.work)
@@ -212,7 +233,9 @@ def main(argv=None) -> int:
     orthanc = start_orthanc(work)
     report: dict = {}
     try:
-        gateway = Gateway(work, Path(a.model), app_args, a.workers)
+        if not (a.image or a.model):
+            p.error("--model or --image is required")
+        gateway = Gateway(work, Path(a.model or "."), app_args, a.workers, a.image, tuple(a.engine.split()))
         studies = sorted(Path(a.studies).iterdir())
         t0 = time.time()
         for i, study in enumerate(studies):
@@ -241,7 +264,7 @@ def main(argv=None) -> int:
             segs = json.loads(http("GET", f"/dicom-web/studies/{uid}/instances?Modality=SEG")[1] or b"[]")
             srs = json.loads(http("GET", f"/dicom-web/studies/{uid}/instances?Modality=SR")[1] or b"[]")
             entry = {"modalities": modalities, "seg_instances": len(segs), "sr_instances": len(srs),
-                     "app_runs": gateway.app_runs.get(uid, 0)}
+                     "app_runs": gateway.app_runs.get(uid, 0), "app_seconds": gateway.app_seconds.get(uid)}
             res = gateway.results.get(uid)
             if res and segs:
                 s = segs[0]
@@ -252,7 +275,7 @@ def main(argv=None) -> int:
             per_study[uid] = entry
         report = {"studies_sent": len(expected), "results": len(gateway.results), "per_study": per_study,
                   "duplicates_skipped": gateway.duplicates_skipped, "errors": gateway.errors,
-                  "most_apps_at_once": gateway.most_running,
+                  "most_apps_at_once": gateway.most_running, "runner": a.image or "python app",
                   "seconds": round(time.time() - t0, 1)}
         gateway.server.shutdown()
     finally:

@@ -1,7 +1,7 @@
 """MAP packaging: the Dockerfile lints clean, the build context is complete, and the application
 run from that context with the MAP's environment writes the same SEG as the direct run.
 
-No Docker engine exists here: the image itself is not built (README says how, elsewhere).
+These run without a container engine; tests/test_map_image.py builds and runs the image itself.
 """
 
 from __future__ import annotations
