@@ -39,6 +39,9 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, SegmentationStorage  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from review import stop  # noqa: E402
+
 ORTHANC_HTTP = "http://127.0.0.1:8042"
 ORTHANC_DICOM = ("127.0.0.1", 4242, "ORTHANC")
 GATEWAY = ("127.0.0.1", 11112, "TAGS")
@@ -279,11 +282,7 @@ def main(argv=None) -> int:
                   "seconds": round(time.time() - t0, 1)}
         gateway.server.shutdown()
     finally:
-        orthanc.terminate()
-        try:
-            orthanc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            orthanc.kill()
+        stop(orthanc)
     print(json.dumps(report))
     return 0
 
