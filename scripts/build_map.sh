@@ -3,6 +3,7 @@
 #
 #   bash scripts/build_map.sh [--local-base] [--model DIR] [--tag NAME:VERSION]
 #   bash scripts/build_map.sh --inputs-hash      # print the hash of the packaging inputs
+#   bash scripts/build_map.sh --engine           # print the engine command line (exit 1: none)
 #
 # 1. makes the build context offline (scripts/map_context.py: holoscan-cli's packager writes
 #    app.json, pkg.json and the MAP layout; the project's packages and the Dockerfile are added);
@@ -12,7 +13,7 @@
 #    packaging inputs' hash; prints the build time and the image size and writes them to
 #    build/map-image/build.json.
 #
-# --local-base builds FROM a Debian 12 image made here from Debian's packages (debootstrap
+# --local-base builds FROM a Debian 12 image made on the build host from Debian's packages (debootstrap
 # --variant=minbase bookworm, imported as tags-debian12-minbase and cached in
 # build/container-base) instead of the CUDA runtime image, for sites whose registry mirror has
 # no nvcr.io. The host's CA bundle goes into the build as the secret pip_cert (pip behind
@@ -28,6 +29,19 @@ PACKAGING_INPUTS=(Dockerfile requirements-app.txt app.yaml scripts/map_context.p
                   scripts/podman_env.sh scripts/map/package-source.json)
 inputs_hash() { cat "${PACKAGING_INPUTS[@]}" | sha256sum | cut -c1-16; }
 
+# docker only when its engine answers (a docker CLI without a daemon is common on CI machines),
+# else podman with the settings of podman_env.sh; sets ENGINE, returns 1 when neither is there.
+choose_engine() {
+    if command -v docker >/dev/null && ! docker --version 2>/dev/null | grep -qi podman \
+            && timeout 20 docker info >/dev/null 2>&1; then
+        ENGINE=(docker)
+    elif command -v podman >/dev/null; then
+        ENGINE=("${PODMAN[@]}")
+    else
+        return 1
+    fi
+}
+
 LOCAL_BASE=0
 MODEL=models/liver-demo
 VERSION=$(sed -n 's/^ *version: *\([^ ]*\) *$/\1/p' app.yaml | head -n 1)
@@ -38,22 +52,19 @@ while [ $# -gt 0 ]; do
         --model) MODEL=$2; shift ;;
         --tag) TAG=$2; shift ;;
         --inputs-hash) inputs_hash; exit 0 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --engine) choose_engine && echo "${ENGINE[*]}"; exit $? ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 [ -f "$MODEL/metadata.json" ] || { echo "error: no model folder at $MODEL (metadata.json missing)" >&2; exit 2; }
 
-# docker only when its engine answers (a docker CLI without a daemon is common on CI machines)
-if command -v docker >/dev/null && ! docker --version 2>/dev/null | grep -qi podman \
-        && timeout 20 docker info >/dev/null 2>&1; then
-    ENGINE=(docker)
-    export DOCKER_BUILDKIT=1
-else
+if ! choose_engine; then
     podman_install
     ENGINE=("${PODMAN[@]}")
 fi
+[ "${ENGINE[0]}" = docker ] && export DOCKER_BUILDKIT=1
 echo "[map] container engine: ${ENGINE[*]}"
 
 t_start=$(date +%s)

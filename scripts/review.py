@@ -1,4 +1,4 @@
-"""Review a study and the application's results in the OHIF Viewer, on this machine.
+"""Review a study and the application's results in the OHIF Viewer, on the local machine.
 
     .venv/bin/python scripts/review.py DICOM_FOLDER [RESULT_FOLDER ...] [--port 8080]
     bash scripts/review.sh DICOM_FOLDER RESULT_FOLDER          (the same, with set-up)
@@ -166,9 +166,10 @@ def store(orthanc_url: str, folders: List[Path]) -> Dict[str, List[str]]:
                 continue  # the JSON and PNG files beside the results
             req = urllib.request.Request(orthanc_url + "/instances", data=path.read_bytes(), method="POST",
                                          headers={"Content-Type": "application/dicom"})
-            with urllib.request.urlopen(req, timeout=60) as r:
-                if r.status != 200:
-                    raise ReviewError(f"Orthanc refused {path.name}: HTTP {r.status}")
+            try:
+                urllib.request.urlopen(req, timeout=60).close()
+            except urllib.error.HTTPError as e:
+                raise ReviewError(f"Orthanc refused {path.name}: HTTP {e.code}") from None
             studies.setdefault(str(ds.StudyInstanceUID), set()).add(str(ds.Modality))
     return {uid: sorted(m) for uid, m in studies.items()}
 

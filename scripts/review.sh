@@ -7,6 +7,6 @@
 # Sets up .venv and the apt packages (Orthanc with DICOMweb, npm) if missing, then serves Orthanc
 # and OHIF on http://127.0.0.1:PORT and prints the viewer address of the study.
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
-(cd "$HERE" && bash scripts/setup_env.sh && bash scripts/apt_packages.sh)
-exec "$HERE/.venv/bin/python" "$HERE/scripts/review.py" "$@"
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+(cd "$ROOT" && bash scripts/setup_env.sh && bash scripts/apt_packages.sh)
+exec "$ROOT/.venv/bin/python" "$ROOT/scripts/review.py" "$@"

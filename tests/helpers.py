@@ -200,3 +200,18 @@ def sr_content(path) -> list:
 
     walk(pydicom.dcmread(path).ContentSequence, 0)
     return rows
+
+
+def flipped(array, affine, flips):
+    """The same voxels stored in another order: ``array`` (D, H, W) flipped along each axis
+    whose entry of ``flips`` is true, with the affine that keeps every voxel at its place."""
+    import numpy as np
+
+    a = affine.copy()
+    out = array
+    for axis, f in enumerate(flips):
+        if f:
+            out = np.flip(out, axis=axis)
+            a[:3, 3] += a[:3, axis] * (array.shape[axis] - 1)
+            a[:3, axis] *= -1
+    return np.ascontiguousarray(out), a

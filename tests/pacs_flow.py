@@ -226,8 +226,7 @@ def main(argv=None) -> int:
                    help="seconds to wait for Orthanc's re-forward of every finished study")
     p.add_argument("--workers", type=int, default=2, help="application processes at a time")
     p.add_argument("--image", help="run this MAP image per series instead of python app (its model is baked in)")
-    p.add_argument("--engine", default="podman --runtime runc --cgroup-manager cgroupfs",
-                   help="container engine command line for --image")
+    p.add_argument("--engine", help="container engine command line for --image (scripts/build_map.sh --engine)")
     a, app_args = p.parse_known_args(argv)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     work = Path(a.work)
@@ -236,9 +235,9 @@ def main(argv=None) -> int:
     orthanc = start_orthanc(work)
     report: dict = {}
     try:
-        if not (a.image or a.model):
-            p.error("--model or --image is required")
-        gateway = Gateway(work, Path(a.model or "."), app_args, a.workers, a.image, tuple(a.engine.split()))
+        if not (a.image or a.model) or (a.image and not a.engine):
+            p.error("--model, or --image with --engine, is required")
+        gateway = Gateway(work, Path(a.model or "."), app_args, a.workers, a.image, tuple((a.engine or "").split()))
         studies = sorted(Path(a.studies).iterdir())
         t0 = time.time()
         for i, study in enumerate(studies):

@@ -25,7 +25,7 @@ from tags.geometry import affine_from_spacing
 from training.dicom_series import SeriesInfo, read_series, write_ct_series
 from training.sample_study import add_organ_seg
 
-from helpers import app_model_folder, dicom_errors
+from helpers import app_model_folder, dicom_errors, flipped
 
 CENTRE = np.array([-20.0, 12.0, 105.0])  # LPS mm, off-centre in all three axes
 RADIUS = 13.3
@@ -64,17 +64,6 @@ def _sphere(shape, affine) -> np.ndarray:
     idx = np.indices(shape).reshape(3, -1)
     pts = affine[:3, :3] @ idx + affine[:3, 3:4]
     return (np.linalg.norm(pts - CENTRE[:, None], axis=0) < RADIUS).reshape(shape)
-
-
-def _variant(array, affine, flips):
-    a = affine.copy()
-    out = array
-    for axis, f in enumerate(flips):
-        if f:
-            out = np.flip(out, axis=axis)
-            a[:3, 3] += a[:3, axis] * (array.shape[axis] - 1)
-            a[:3, axis] *= -1
-    return np.ascontiguousarray(out), a
 
 
 def _write_and_run(array, affine, position, folder, out, model, seed):
@@ -147,7 +136,7 @@ def reference(base, model, tmp_path_factory):
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != "HFS ascending"])
 def test_axis_aligned_variants_align(name, base, reference, model, tmp_path):
     flips, position = VARIANTS[name]
-    array, affine = _variant(*base, flips)
+    array, affine = flipped(*base, flips)
     seg = _write_and_run(array, affine, position, tmp_path / "ct", tmp_path / "out", model, f"geo-{name}")
     tumor = _check_seg(seg, tmp_path / "ct")
     assert tumor == reference

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -37,11 +36,10 @@ MAP_UID = 1000  # Dockerfile: user holoscan, 1000:1000
 
 
 def _engine() -> list | None:
-    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
-        return ["docker"]
-    if shutil.which("podman"):
-        return ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
-    return None
+    """The container engine build_map.sh builds with (docker with a running daemon, else podman
+    with its settings), None when neither is installed."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_map.sh"), "--engine"], capture_output=True, text=True)
+    return proc.stdout.split() if proc.returncode == 0 else None
 
 
 if os.environ.get("TAGS_MAP_IMAGE_TEST") == "1" and _engine() is None:
@@ -55,16 +53,6 @@ if ENGINE is None:
     pytest.skip(reason, allow_module_level=True)
 
 
-def _version() -> str:
-    for line in (REPO / "app.yaml").read_text().splitlines():
-        if line.strip().startswith("version:"):
-            return line.split(":", 1)[1].strip()
-    raise AssertionError("app.yaml has no application version")
-
-
-IMAGE = f"tags-seg-map:{_version()}"
-
-
 @pytest.fixture(scope="module")
 def image():
     t0 = time.perf_counter()
@@ -72,7 +60,7 @@ def image():
                           capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"\n[test_map_image] build_map.sh: {time.perf_counter() - t0:.0f} s; {proc.stdout.strip().splitlines()[-2]}")
-    return IMAGE
+    return json.loads((REPO / "build" / "map-image" / "build.json").read_text())["image"]
 
 
 @pytest.fixture(scope="module")

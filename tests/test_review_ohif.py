@@ -36,6 +36,8 @@ from scipy import ndimage
 
 from app import run
 
+from helpers import flipped
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "liver-demo"
 ARTIFACTS = REPO / "build" / "test-artifacts" / "ohif"
@@ -61,12 +63,8 @@ def cases(tmp_path_factory):
     study = build_sample_studies(root / "studies")["lits117"]
     vol, affine = read_series(study)
     # feet first, columns flipped: the same pixels stored in another order, the same anatomy
-    flipped, a = np.ascontiguousarray(vol[::-1, :, ::-1]), affine.copy()
-    for axis in (0, 2):
-        a[:3, 3] += a[:3, axis] * (vol.shape[axis] - 1)
-        a[:3, axis] *= -1
     ffs = root / "ffs"
-    write_ct_series(flipped, a, ffs, SeriesInfo(uid_seed="ohif-ffs", patient_position="FFS",
+    write_ct_series(*flipped(vol, affine, (True, False, True)), ffs, SeriesInfo(uid_seed="ohif-ffs", patient_position="FFS",
                                                 series_description="LiTS-117 crop, feet first, columns flipped"))
     out = {}
     for name, folder in (("as acquired", study), ("feet first, columns flipped", ffs)):
