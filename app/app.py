@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
@@ -33,6 +33,7 @@ from operators import (
     CTPreprocessOperator, CTSeriesSelectorOperator, InferenceSettings, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
     TagsInferenceOperator,
 )
+from operators.ct_series_selector import MAX_VOXELS
 from operators.ct_volume_operator import CTVolumeOperator
 
 CT_SELECTION_RULES = json.dumps(
@@ -64,6 +65,7 @@ class AppOptions:
     organ_segments: bool = False
     use_study_seg: bool = True
     min_lesion_ml: float = 0.1
+    max_voxels: int = MAX_VOXELS
 
 
 class TagsSegApp(Application):
@@ -80,7 +82,9 @@ class TagsSegApp(Application):
         loader = StudyLoaderOperator(
             self, CountCondition(self, 1), input_folder=Path(ctx.input_path), must_load=False, name="loader"
         )
-        selector = CTSeriesSelectorOperator(self, rules=CT_SELECTION_RULES, all_matched=True, name="selector")
+        selector = CTSeriesSelectorOperator(
+            self, rules=CT_SELECTION_RULES, all_matched=True, max_voxels=opts.max_voxels, name="selector"
+        )
         to_volume = CTVolumeOperator(self, name="to_volume")
         preprocess = CTPreprocessOperator(self, started=self.started, name="preprocess")
         organs = OrganPromptOperator(
@@ -115,11 +119,16 @@ def _option_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=os.environ.get("TAGS_COMPILE", "") == "1",
                    help="compile the image encoder with torch.compile ($TAGS_COMPILE=1; CPU needs a C++ compiler; "
                         "see docs/performance.md)")
+    p.add_argument("--backbone-checkpoint", default=os.environ.get("TAGS_SAM_VIT_B_CHECKPOINT"),
+                   help="base checkpoint file of a sam_vit_b model (sam_vit_b_01ec64.pth; "
+                        "$TAGS_SAM_VIT_B_CHECKPOINT); litemedsam models use the installed package's file")
     p.add_argument("--organ-segments", action="store_true", default=os.environ.get("TAGS_ORGAN_SEGMENTS", "") == "1",
                    help="also write the organ masks as segments ($TAGS_ORGAN_SEGMENTS=1)")
     p.add_argument("--ignore-study-seg", action="store_true", help="always use the model's organ pass")
     p.add_argument("--min-lesion-ml", type=float, default=os.environ.get("TAGS_MIN_LESION_ML", "0.1"),
                    help="smallest lesion reported in the SR, ml (default 0.1; $TAGS_MIN_LESION_ML)")
+    p.add_argument("--max-voxels", default=os.environ.get("TAGS_MAX_VOXELS", str(MAX_VOXELS)),
+                   help=f"largest CT accepted, voxels (default {MAX_VOXELS} = 512 x 512 x 1000; $TAGS_MAX_VOXELS)")
     return p
 
 
@@ -137,6 +146,7 @@ def _checked_options(ns: argparse.Namespace) -> argparse.Namespace:
         raise AppOptionError(f"--min-lesion-ml / $TAGS_MIN_LESION_ML {ns.min_lesion_ml!r} is not a number") from None
     if not ns.min_lesion_ml >= 0:
         raise AppOptionError(f"--min-lesion-ml must be 0 or more, not {ns.min_lesion_ml}")
+    ns.max_voxels = _voxel_limit(ns.max_voxels)
     if ns.device is not None:
         import torch
 
@@ -147,6 +157,23 @@ def _checked_options(ns: argparse.Namespace) -> argparse.Namespace:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise AppOptionError(f"device {ns.device!r} was asked for, but no CUDA device is available")
     return ns
+
+
+def _voxel_limit(value) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        raise AppOptionError(f"--max-voxels / $TAGS_MAX_VOXELS {value!r} is not a whole number") from None
+    if limit <= 0:
+        raise AppOptionError(f"--max-voxels must be more than 0, not {limit}")
+    return limit
+
+
+def max_voxels(argv: Sequence[str] = ()) -> int:
+    """The CT voxel limit of a run with these arguments: --max-voxels, else $TAGS_MAX_VOXELS,
+    else :data:`~operators.ct_series_selector.MAX_VOXELS`."""
+    ns, _ = _option_parser().parse_known_args(list(argv))
+    return _voxel_limit(ns.max_voxels)
 
 
 def _paths(sdk_args: List[str]) -> tuple:
@@ -168,8 +195,9 @@ def run(argv: List[str]) -> Path:
     """
     opts_ns, sdk_args = _option_parser().parse_known_args(argv)
     opts_ns = _checked_options(opts_ns)
-    options = AppOptions(InferenceSettings(opts_ns.device, opts_ns.precision, opts_ns.compile), opts_ns.organ_segments,
-                         not opts_ns.ignore_study_seg, opts_ns.min_lesion_ml)
+    options = AppOptions(InferenceSettings(opts_ns.device, opts_ns.precision, opts_ns.compile,
+                                           opts_ns.backbone_checkpoint), opts_ns.organ_segments,
+                         not opts_ns.ignore_study_seg, opts_ns.min_lesion_ml, opts_ns.max_voxels)
     input_path, output_path, model_path = _paths(sdk_args)
     if not Path(input_path).is_dir():
         raise CTInputError(f"input folder not found: {input_path}")

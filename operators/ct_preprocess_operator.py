@@ -10,45 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import List
 
 import numpy as np
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 
-from tags.preprocessing import CTInputError, PreparedCT, prepare_ct
+from tags.preprocessing import CTInputError, prepare_ct
 
 from .ct_geometry import series_affine
+from .types import CTSeries, StageTimings
 
 MIN_SLICES = 8
 """Fewer slices than this are not a 3D CT volume the model can use (its windows and 3D adapters
 span several slices); such series are refused rather than padded into a meaningless result."""
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CTSeries:
-    """The selected CT series, prepared for the model.
-
-    Attributes:
-        prepared: canonical HU volume, affine, reorientation, spacing, body box.
-        datasets: the source pydicom datasets in the SDK volume's slice order (index d of the
-            source array; :meth:`PreparedCT.to_source` maps canonical arrays to that order).
-        study_uid, series_uid: of the source series.
-        label: a log-safe description (series number, slice count, grid; no identifiers).
-        timings: seconds per stage, filled in by the operators as the data passes.
-        skipped_files: files of the input the loader could not parse
-            (:class:`~operators.study_loader.SkippedFile`), reported in tags_results.json.
-    """
-
-    prepared: PreparedCT
-    datasets: list
-    study_uid: str
-    series_uid: str
-    label: str
-    timings: dict = field(default_factory=dict)
-    skipped_files: list = field(default_factory=list)
 
 
 def prepare_series(image: Image, datasets: List) -> CTSeries:
@@ -128,7 +104,7 @@ class CTPreprocessOperator(Operator):
         study_selected_series_list: the selection the image was made from.
 
     Named output:
-        ct: :class:`CTSeries`.
+        ct: :class:`~operators.types.CTSeries`.
     """
 
     def __init__(self, fragment: Fragment, *args, started: float | None = None, **kwargs) -> None:
@@ -143,19 +119,21 @@ class CTPreprocessOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         t0 = time.perf_counter()
-        image = op_input.receive("image")
-        selection = op_input.receive("study_selected_series_list")
-        series = selection[0].selected_series[0].series
-        datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
-        skipped = list(getattr(selection[0].study, "skipped_files", []))
-        try:
-            ct = prepare_series(image, datasets)
-        except CTInputError as e:
-            e = blame_damaged_files(e, skipped)
-            raise blame_strays(e, datasets, getattr(selection[0].study, "other_ct_instances", [])) from None
-        ct.skipped_files = skipped
-        ct.timings["preprocess"] = time.perf_counter() - t0
+        timings = StageTimings()
+        with timings.stage("preprocess"):
+            image = op_input.receive("image")
+            selection = op_input.receive("study_selected_series_list")
+            series = selection[0].selected_series[0].series
+            datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
+            skipped = list(getattr(selection[0].study, "skipped_files", []))
+            try:
+                ct = prepare_series(image, datasets)
+            except CTInputError as e:
+                e = blame_damaged_files(e, skipped)
+                raise blame_strays(e, datasets, getattr(selection[0].study, "other_ct_instances", [])) from None
+            ct.skipped_files = skipped
         if self.started is not None:
-            ct.timings["load"] = t0 - self.started
-        log.info("CT %s selected and prepared in %.1f s", ct.label, ct.timings["preprocess"])
+            timings.record("load", t0 - self.started)
+        ct.timings = timings
+        log.info("CT %s selected and prepared in %.1f s", ct.label, timings["preprocess"])
         op_output.emit(ct, "ct")

@@ -13,7 +13,6 @@ when no series qualifies. Messages list what was found by modality and count onl
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from typing import List, Optional
 
@@ -30,13 +29,10 @@ log = logging.getLogger(__name__)
 MAX_VOXELS = 512 * 512 * 1000
 """Largest CT accepted: 262 M voxels (e.g. 512 x 512 x 1000 slices). A 512 x 512 x 300 series
 peaks well inside the 8 GiB app.yaml requests; the limit keeps the largest accepted series
-inside it too. Override with $TAGS_MAX_VOXELS."""
+inside it too. The application passes $TAGS_MAX_VOXELS / --max-voxels instead when set
+(app/app.py)."""
 
 REQUIRED = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
-
-
-def max_voxels() -> int:
-    return int(os.environ.get("TAGS_MAX_VOXELS", MAX_VOXELS))
 
 
 def describe_found(studies) -> str:
@@ -54,8 +50,9 @@ def describe_found(studies) -> str:
     return f"{len(items)} series: " + "; ".join(items) if items else "no DICOM instances"
 
 
-def check_series(series) -> None:
-    """What series-to-volume needs, checked on the datasets before any pixel data is decoded."""
+def check_series(series, max_voxels: int = MAX_VOXELS) -> None:
+    """What series-to-volume needs, checked on the datasets before any pixel data is decoded;
+    ``max_voxels``: the largest CT accepted."""
     datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
     for i, ds in enumerate(datasets):
         missing = [k for k in REQUIRED if k not in ds or ds[k].value in (None, "")]
@@ -69,10 +66,10 @@ def check_series(series) -> None:
         raise CTInputError("the CT series is not monochrome (SamplesPerPixel is not 1)")
     rows, cols = next(iter(sizes))
     voxels = rows * cols * len(datasets)
-    if voxels > max_voxels():
+    if voxels > max_voxels:
         raise CTInputError(
             f"the CT series has {voxels / 1e6:.0f} M voxels ({cols}x{rows}x{len(datasets)}); "
-            f"the limit is {max_voxels() / 1e6:.0f} M (TAGS_MAX_VOXELS)"
+            f"the limit is {max_voxels / 1e6:.0f} M (TAGS_MAX_VOXELS)"
         )
     for i, ds in enumerate(datasets):
         if not ds.file_meta.TransferSyntaxUID.is_compressed:
@@ -89,7 +86,13 @@ class CTSeriesSelectorOperator(DICOMSeriesSelectorOperator):
 
     Named output:
         study_selected_series_list: one study with exactly one selected series.
+
+    ``max_voxels``: the largest CT accepted (the application's setting, default :data:`MAX_VOXELS`).
     """
+
+    def __init__(self, fragment, *args, max_voxels: int = MAX_VOXELS, **kwargs) -> None:
+        self.max_voxels = int(max_voxels)
+        super().__init__(fragment, *args, **kwargs)
 
     def filter(self, selection_rules, dicom_study_list, all_matched: bool = True, sort_by_sop_instance_count: bool = False):
         selected = super().filter(selection_rules, dicom_study_list, True, False)
@@ -113,7 +116,7 @@ class CTSeriesSelectorOperator(DICOMSeriesSelectorOperator):
         if len(candidates) > 1:
             log.info("%d CT series match; taking the one with the most slices (lowest series number on a tie)",
                      len(candidates))
-        check_series(chosen.series)
+        check_series(chosen.series, self.max_voxels)
         study.other_ct_instances = [
             i.get_native_sop_instance() for st in dicom_study_list for series in st.get_all_series()
             if series is not chosen.series for i in series.get_sop_instances()

@@ -24,7 +24,7 @@ import tags
 from tags.lesions import Lesion, measure_lesions
 
 from .seg_writer import MANUFACTURER, contributing_equipment
-from .tags_inference_operator import Segmentation
+from .types import Segmentation
 
 SR_SERIES_NUMBER = 9902
 SR_SERIES_DESCRIPTION = "TAGS lesion measurements - NOT FOR CLINICAL USE"

@@ -11,7 +11,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from .lesion_report import build_sr, measure
 from .preview import render_preview
-from .tags_inference_operator import Segmentation
+from .types import Segmentation
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class LesionReportOperator(Operator):
     """Writes the lesion measurement report next to the SEG.
 
     Named inputs:
-        segmentation: :class:`~operators.tags_inference_operator.Segmentation`.
+        segmentation: :class:`~operators.types.Segmentation`.
         seg: the written SEG dataset (from SegWriterOperator), which the SR references.
     """
 

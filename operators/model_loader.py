@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from tags.model_folder import METADATA, ModelFolderError
-from tags.predictor import TagsPredictor
+from tags.inference import TagsPredictor
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +35,23 @@ def resolve_model_folder(path: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How the model runs: device (None: $TAGS_DEVICE, else CUDA when available, else CPU),
-    precision (None: $TAGS_PRECISION, else tags.predictor.default_precision) and whether the
-    image encoder is compiled with torch.compile."""
+    """How the model runs: device (None: CUDA when available, else CPU), precision (None:
+    tags.device.default_precision), whether the image encoder is compiled with torch.compile,
+    and the base checkpoint file of a backbone that is not installed with a package (sam_vit_b).
+    The application fills it from its options and environment (app/app.py)."""
 
     device: Optional[str] = None
     precision: Optional[str] = None
     compile: bool = False
+    backbone_checkpoint: Optional[str] = None
 
 
 @functools.lru_cache(maxsize=2)
 def _load(path: str, settings: InferenceSettings) -> TagsPredictor:
     try:
         return TagsPredictor.from_model_folder(
-            path, device=settings.device, precision=settings.precision, compile=settings.compile
+            path, device=settings.device, precision=settings.precision, compile=settings.compile,
+            backbone_checkpoint=settings.backbone_checkpoint,
         )
     except ModelFolderError:
         raise
@@ -63,7 +66,7 @@ def shared_predictor(path: str | os.PathLike, settings: InferenceSettings = Infe
     first = _load.cache_info().currsize == 0
     predictor = _load(str(folder.resolve()), settings)
     if first:
-        how = "requested" if settings.device or os.environ.get("TAGS_DEVICE") else "automatic: " + (
+        how = "requested" if settings.device else "automatic: " + (
             "CUDA available" if predictor.device.type == "cuda" else "no CUDA device"
         )
         log.info(

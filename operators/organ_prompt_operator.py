@@ -8,9 +8,6 @@ of each mask is logged and carried to the outputs.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
-from typing import Dict
 
 import numpy as np
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
@@ -19,35 +16,22 @@ from pydicom.sr.coding import Code
 from tags.model_folder import ModelFolderError
 from tags.runtime import release_freed_memory
 
-from .ct_preprocess_operator import CTSeries
 from .model_loader import InferenceSettings, shared_predictor
 from .organ_seg_reader import organs_from_segs, seg_datasets
+from .types import CTSeries, OrganMasks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OrganMasks:
-    """Organ masks on the canonical grid of the CT, with where each came from.
-
-    Attributes:
-        masks: {organ name: (D, H, W) bool, canonical}.
-        sources: {organ name: "model" or a description of the study SEG}.
-    """
-
-    masks: Dict[str, np.ndarray]
-    sources: Dict[str, str]
 
 
 class OrganPromptOperator(Operator):
     """Finds the organs the configured tumor targets live in.
 
     Named inputs:
-        ct: :class:`~operators.ct_preprocess_operator.CTSeries`.
+        ct: :class:`~operators.types.CTSeries`.
         dicom_study_list: the loaded studies (searched for organ SEGs); optional.
 
     Named output:
-        organs: :class:`OrganMasks`.
+        organs: :class:`~operators.types.OrganMasks`.
     """
 
     def __init__(
@@ -79,7 +63,10 @@ class OrganPromptOperator(Operator):
         """Plain entry point (also used by tests without a graph)."""
         if self.predictor is None:
             self.start()
-        t0 = time.perf_counter()
+        with ct.timings.stage("organs"):
+            return self._organs(ct, studies)
+
+    def _organs(self, ct: CTSeries, studies) -> OrganMasks:
         config = self.predictor.config
         wanted = sorted({t.organ for t in config.tumor_targets} | {t.name for t in config.organ_targets})
         codes = {}
@@ -104,5 +91,4 @@ class OrganPromptOperator(Operator):
                 sources[name] = "model organ pass"
         for name in wanted:
             log.info("organ %s: %.1f ml, from %s", name, masks[name].sum() * ct.prepared.voxel_ml, sources[name])
-        ct.timings["organs"] = time.perf_counter() - t0
         return OrganMasks(masks, sources)

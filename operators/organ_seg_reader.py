@@ -15,10 +15,9 @@ from typing import Dict, Iterable, List, Mapping
 import highdicom as hd
 import numpy as np
 from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage
 
 log = logging.getLogger(__name__)
-
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclass
@@ -36,7 +35,7 @@ def seg_datasets(studies: Iterable) -> List:
         for series in study.get_all_series():
             for inst in series.get_sop_instances():
                 ds = inst.get_native_sop_instance()
-                if str(ds.get("SOPClassUID", "")) == SEG_STORAGE:
+                if str(ds.get("SOPClassUID", "")) == SegmentationStorage:
                     found.append(ds)
     return found
 

@@ -15,9 +15,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .lesion_report import TargetLesions
-from .tags_inference_operator import Segmentation
+from .types import Segmentation
 
-WINDOW = (-160.0, 240.0)
 MIN_WIDTH = 512
 
 
@@ -41,7 +40,7 @@ def choose_slice(result: Segmentation, measured: List[TargetLesions]) -> tuple:
 def render_preview(result: Segmentation, measured: List[TargetLesions], path: str | Path) -> Path:
     p = result.ct.prepared
     d, caption = choose_slice(result, measured)
-    lo, hi = WINDOW
+    lo, hi = (float(v) for v in result.hu_window)  # the model's (ModelConfig.preprocessing.hu_window)
     gray = ((np.clip(p.hu[d], lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     for o in result.organs:

@@ -2,8 +2,8 @@
 
     python -m operators.seg_summary OUTPUT_FOLDER
 
-One line per segment: voxels (counted in the SEG's frames) and ml (with the CT spacing from
-tags_results.json), and the SEG's path.
+One line per segment: voxels (counted in the SEG's frames, decoded by highdicom) and ml (with
+the CT spacing from tags_results.json), and the SEG's path.
 """
 
 from __future__ import annotations
@@ -13,30 +13,25 @@ import sys
 from pathlib import Path
 from typing import List
 
+import highdicom as hd
 import numpy as np
-import pydicom
 
-from .seg_writer_operator import RESULTS_JSON
+from .seg_writer import RESULTS_JSON
 
 
 def summarize(folder: str | Path) -> List[str]:
     folder = Path(folder)
     info = json.loads((folder / RESULTS_JSON).read_text())
     seg_path = folder / info["seg_file"]
-    seg = pydicom.dcmread(seg_path)
-    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
-    shared = seg.SharedFunctionalGroupsSequence[0]
-
-    def segment_of(frame) -> int:
-        item = frame if "SegmentIdentificationSequence" in frame else shared
-        return int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-
-    numbers = [segment_of(f) for f in seg.PerFrameFunctionalGroupsSequence]
+    seg = hd.seg.segread(seg_path)
+    sources = [uid for _, _, uid in seg.get_source_image_uids()]  # every CT slice the SEG references
     voxel_ml = float(np.prod(info["ct"]["spacing_mm"])) / 1000.0
     lines = [f"SEG: {seg_path}"]
     for s in seg.SegmentSequence:
         n = int(s.SegmentNumber)
-        voxels = int(sum(int(frames[i].sum()) for i, k in enumerate(numbers) if k == n))
+        pixels = seg.get_pixels_by_source_instance(  # slices without a frame of the segment are empty
+            source_sop_instance_uids=sources, segment_numbers=[n], assert_missing_frames_are_empty=True)
+        voxels = int(np.count_nonzero(pixels))
         lines.append(f"  {s.SegmentLabel}: {voxels} voxels, {voxels * voxel_ml:.2f} ml")
     return lines
 

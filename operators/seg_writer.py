@@ -1,4 +1,4 @@
-"""DICOM Segmentation of a :class:`~operators.tags_inference_operator.Segmentation`, with highdicom.
+"""DICOM Segmentation of a :class:`~operators.types.Segmentation`, with highdicom.
 
 One segment per tumor target (and per organ when asked), SNOMED CT category and type codes
 from the model folder, the organ as anatomic region of a tumor, algorithm name and version,
@@ -21,11 +21,13 @@ from pydicom.sr.codedict import codes
 import tags
 from tags.model_folder import ModelFolderError
 
-from .tags_inference_operator import Segmentation, TargetOutcome
+from .types import Segmentation, TargetOutcome
 
 SERIES_DESCRIPTION = "TAGS tumor segmentation - NOT FOR CLINICAL USE"
 SEG_SERIES_NUMBER = 9901
 MANUFACTURER = "TAGS research re-implementation"
+RESULTS_JSON = "tags_results.json"
+"""The run summary (:func:`operators.seg_writer_operator.summary`) written beside the SEG."""
 
 
 def _code(c) -> hd.sr.CodedConcept:

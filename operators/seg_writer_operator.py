@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
-from .seg_writer import write_seg
-from .tags_inference_operator import Segmentation
+from .seg_writer import RESULTS_JSON, write_seg
+from .types import Segmentation
 
 log = logging.getLogger(__name__)
-
-RESULTS_JSON = "tags_results.json"
 
 
 def summary(result: Segmentation, seg_file: str) -> dict:
@@ -34,7 +31,7 @@ def summary(result: Segmentation, seg_file: str) -> dict:
         "input": {"skipped_files": [f.to_dict() for f in ct.skipped_files]},
         "tumors": {o.target.name: entry(o) for o in result.tumors},
         "organs": {o.target.name: {**entry(o), "organ_source": o.organ_source} for o in result.organs},
-        "timings_s": {k: round(v, 2) for k, v in ct.timings.items()},
+        "timings_s": ct.timings.rounded(),
         "note": "research use only, not for clinical use",
     }
 
@@ -43,7 +40,7 @@ class SegWriterOperator(Operator):
     """Writes the DICOM SEG (and tags_results.json) into the output folder.
 
     Named input:
-        segmentation: :class:`~operators.tags_inference_operator.Segmentation`.
+        segmentation: :class:`~operators.types.Segmentation`.
 
     Named outputs:
         segmentation: the same object, passed on once the SEG is written.
@@ -68,12 +65,11 @@ class SegWriterOperator(Operator):
 
     def write(self, result: Segmentation):
         """Returns (path, SEG dataset)."""
-        t0 = time.perf_counter()
-        path, seg = write_seg(result, self.output_folder, include_organs=self.include_organs)
-        result.ct.timings["write"] = time.perf_counter() - t0
+        with result.ct.timings.stage("write"):
+            path, seg = write_seg(result, self.output_folder, include_organs=self.include_organs)
         info = summary(result, path.name)
         (self.output_folder / RESULTS_JSON).write_text(json.dumps(info, indent=2) + "\n")
         log.info("SEG written: %s (%d tumor segment(s)%s)", path.name, len(result.tumors),
                  f", {len(result.organs)} organ segment(s)" if self.include_organs else "")
-        log.info("stage timings (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in result.ct.timings.items()))
+        log.info("stage timings (s): %s", result.ct.timings)
         return path, seg

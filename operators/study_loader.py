@@ -10,7 +10,6 @@ about a gap in the series can name the damaged file instead.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
@@ -20,21 +19,9 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from tags.preprocessing import CTInputError
 
 from .dicom_checks import element_damage
+from .types import SkippedFile
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file of the input that was not loaded: its name, why, and whether it looked like a
-    DICOM file (a damaged one) rather than something else."""
-
-    name: str
-    reason: str
-    damaged_dicom: bool
-
-    def to_dict(self) -> dict:
-        return {"file": self.name, "reason": self.reason, "damaged_dicom": self.damaged_dicom}
 
 
 def why_unreadable(path: Path, error: Exception) -> SkippedFile:

@@ -8,71 +8,27 @@ precision ($TAGS_PRECISION, else bf16 on CUDA and on CPUs with native bf16, else
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict
 
-import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from tags.config import TargetSpec
 from tags.runtime import release_freed_memory
 
-from .ct_preprocess_operator import CTSeries
 from .model_loader import InferenceSettings, shared_predictor
-from .organ_prompt_operator import OrganMasks
+from .types import CTSeries, OrganMasks, Segmentation, TargetOutcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TargetOutcome:
-    """One segmented structure.
-
-    Attributes:
-        mask: (D, H, W) bool on the canonical grid of the CT.
-        status: "ok", "organ_absent" (the organ mask was empty) or "organ_implausible" (the
-            mask was not plausibly the organ); in both latter cases nothing was searched and
-            ``reason`` says why.
-        organ_source: where the organ mask (anatomy prompt) came from.
-    """
-
-    target: TargetSpec
-    mask: np.ndarray
-    status: str
-    organ_source: str
-    voxel_ml: float
-    reason: Optional[str] = None
-
-    @property
-    def voxels(self) -> int:
-        return int(self.mask.sum())
-
-    @property
-    def ml(self) -> float:
-        return self.voxels * self.voxel_ml
-
-
-@dataclass
-class Segmentation:
-    """Everything the writers need: the CT, tumor outcomes, organ outcomes, model identity."""
-
-    ct: CTSeries
-    tumors: List[TargetOutcome]
-    organs: List[TargetOutcome]
-    model_name: str
-    model_version: str
 
 
 class TagsInferenceOperator(Operator):
     """Segments the model's tumor targets with organ-derived anatomy prompts and text prompts.
 
     Named inputs:
-        ct: :class:`~operators.ct_preprocess_operator.CTSeries`.
-        organs: :class:`~operators.organ_prompt_operator.OrganMasks`.
+        ct: :class:`~operators.types.CTSeries`.
+        organs: :class:`~operators.types.OrganMasks`.
 
     Named output:
-        segmentation: :class:`Segmentation`.
+        segmentation: :class:`~operators.types.Segmentation`.
     """
 
     def __init__(
@@ -105,7 +61,14 @@ class TagsInferenceOperator(Operator):
         """Plain entry point (also used by tests without a graph)."""
         if self.predictor is None:
             self.start()
-        t0 = time.perf_counter()
+        with ct.timings.stage("tumors"):
+            tumors, organ_out = self._outcomes(ct, organs)
+        meta = self.model_identity
+        return Segmentation(ct, tumors, organ_out, meta["name"], meta["version"],
+                            hu_window=tuple(self.predictor.config.preprocessing.hu_window))
+
+    def _outcomes(self, ct: CTSeries, organs: OrganMasks):
+        """(tumor outcomes, organ outcomes)."""
         p = ct.prepared
         config = self.predictor.config
         available = {t.organ for t in config.tumor_targets if t.organ in organs.masks}
@@ -124,9 +87,7 @@ class TagsInferenceOperator(Operator):
             TargetOutcome(config.target(n), m, "ok", organs.sources[n], p.voxel_ml)
             for n, m in organs.masks.items() if n in {t.name for t in config.organ_targets}
         ]
-        ct.timings["tumors"] = time.perf_counter() - t0
-        meta = self.model_identity
-        return Segmentation(ct, tumors, organ_out, meta["name"], meta["version"])
+        return tumors, organ_out
 
     def predictor_metadata(self) -> Dict[str, str]:
         from .model_loader import resolve_model_folder

@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--demo", default="build/demo", help="the demo build folder (tags-train demo OUT)")
     ap.add_argument("--out", default="build/ablation")
     a = ap.parse_args()
-    from tags.predictor import TagsPredictor
+    from tags.inference import TagsPredictor
     from training.calibrate import choose_lesion_decision, collect_candidates
     from training.demo import Z_TEST, demo_config, metrics_table, validation_cases
     from training.evaluate import evaluate

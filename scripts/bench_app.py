@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     rows = [run_case(name, study, Path(a.model), out, a.app_args) for name, study in cases]
     import psutil
 
-    from tags.bench import machine_info
+    from tags.device import machine_info
 
     report = {"machine": {**machine_info(), "cpus": os.cpu_count(),
                           "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),

@@ -25,7 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tags.bench import build_predictor, machine_info, matmul_gflops, window_inputs  # noqa: E402
+from benchmarks.bench import build_predictor, matmul_gflops, window_inputs  # noqa: E402
+from tags.device import machine_info  # noqa: E402
 from tags.runtime import keep_freed_memory  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def parts(net) -> dict:
 
 def profile(model: str, repeats: int = 3) -> dict:
     pred = build_predictor(model, "fp32", False)
-    net = pred.net
+    net = pred.model.net
     inputs = window_inputs(net, tuple(pred.config.roi_size))
     named = parts(net)
     seconds: dict = defaultdict(float)

@@ -29,7 +29,7 @@ class Backbone:
         prompt_encoder: segment_anything PromptEncoder at the same input size.
         mask_decoder: segment_anything MaskDecoder (256 channels).
         input_size: (H, W) of the encoder input; square (S, S) for every trained backbone,
-            rectangular only for TinyViT inference windows (:func:`tags.network.resized`).
+            rectangular only for TinyViT inference windows (:func:`tags.inference.optimize.resized`).
         pixel_mean, pixel_std: per-channel normalisation applied to inputs scaled to [0, 255]
             (None: inputs in [0, 1] are used as they are, the LiteMedSAM convention).
         checkpoint_sha256: sha256 of the checkpoint file the weights came from (None: random init).
@@ -228,7 +228,7 @@ def build_sam_vit_b(
         if checkpoint is None:
             raise ValueError(
                 "sam_vit_b needs the SAM ViT-B checkpoint file (sam_vit_b_01ec64.pth); "
-                "set TAGS_SAM_VIT_B_CHECKPOINT or pass its path"
+                "pass its path (the application: --backbone-checkpoint or $TAGS_SAM_VIT_B_CHECKPOINT)"
             )
         if img_size != 1024:
             raise ValueError("the released SAM ViT-B weights are for img_size=1024")
@@ -250,62 +250,9 @@ def build_sam_vit_b(
     )
 
 
-def fuse_conv_bn(module: nn.Module) -> int:
-    """Fold every TinyViT ``Conv2d_BN`` (convolution + BatchNorm) inside ``module`` into one
-    convolution, with TinyViT's own ``Conv2d_BN.fuse()``. For inference with frozen BatchNorm
-    statistics only (the fused module has different parameter names and cannot be trained).
-    Outputs equal the unfused ones to float32 rounding. Returns how many were folded.
-    """
-    folded = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ == "Conv2d_BN" and hasattr(child, "fuse"):
-                if child.training:
-                    raise RuntimeError("fuse_conv_bn needs modules in eval mode")
-                setattr(parent, name, child.fuse())
-                folded += 1
-    return folded
-
-
-def channels_last_convs(module: nn.Module) -> int:
-    """Store the weights of every 2D convolution inside ``module`` channels-last (NHWC), in place.
-
-    oneDNN (CPU) and cuDNN run NHWC convolutions without converting the layout on every call,
-    and the activations that leave such a convolution stay NHWC for the next one. Same values,
-    different memory layout. Returns how many convolutions were converted.
-    """
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    for conv in convs:
-        conv.to(memory_format=torch.channels_last)
-    return len(convs)
-
-
-_SUBCLASSES: Dict[Tuple[Callable, type], type] = {}
-
-
-def swap_to_subclass(module: nn.Module, base_name: str, marker: type, make_subclass: Callable[[type], type],
-                     accept: Callable[[nn.Module], bool] = lambda m: True) -> int:
-    """Turn every submodule of ``module`` whose class is named ``base_name`` (and that
-    ``accept`` takes) into an instance of ``make_subclass(its class)``, in place: the same
-    parameters, buffers, hooks and children, another ``forward``. For inference-only forwards
-    of upstream blocks (:mod:`tags.window_attention`, :mod:`tags.mbconv`); the subclass
-    derives from ``marker`` too, so swapped modules are recognised and left alone, and is
-    named ``Inference<base>``. Modules must be in eval mode. Returns how many were swapped."""
-    swapped = 0
-    for m in module.modules():
-        base = type(m)
-        if base.__name__ != base_name or isinstance(m, marker) or not accept(m):
-            continue
-        if m.training:
-            raise RuntimeError(f"swapping {base_name} for inference needs modules in eval mode")
-        key = (make_subclass, base)
-        if key not in _SUBCLASSES:
-            sub = make_subclass(base)
-            sub.__name__ = sub.__qualname__ = f"Inference{base.__name__}"
-            _SUBCLASSES[key] = sub
-        m.__class__ = _SUBCLASSES[key]
-        swapped += 1
-    return swapped
+RESIZABLE_BLOCK_KINDS = ("tinyvit",)
+"""Encoders that run at any input size (H and W multiples of 32, square or not) with the same
+weights: TinyViT has no absolute position embedding (SAM's ViT does, sized to its 1024 input)."""
 
 
 BACKBONE_REGISTRY: Dict[str, Callable[..., Backbone]] = {

@@ -18,6 +18,15 @@ READABLE_VERSIONS = (1, 2)
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 
 
+def check_format_version(version: Any) -> None:
+    """Raise a ValueError naming ``version`` unless this code reads it (:data:`READABLE_VERSIONS`)."""
+    if version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"format version {version!r} is not supported by this code "
+            f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))})"
+        )
+
+
 @dataclass(frozen=True)
 class Code:
     """A coded concept (DICOM code sequence item), e.g. a SNOMED CT code."""
@@ -191,12 +200,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
-        version = d.get("format_version")
-        if version not in READABLE_VERSIONS:
-            raise ValueError(
-                f"model folder format version {version!r} is not supported by this code "
-                f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))})"
-            )
+        check_format_version(d.get("format_version"))
         d = dict(d)
         d["format_version"] = FORMAT_VERSION  # read as the current version (newer keys default)
         d["adapter"] = AdapterConfig(**d.get("adapter", {}))

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from .config import ModelConfig, check_format_version
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -153,14 +153,10 @@ def load_model_folder(path: str | os.PathLike) -> ModelFolder:
     """Verify and read a model folder. Raises :class:`ModelFolderError` naming the problem."""
     path = Path(path)
     meta = read_metadata(path)
-    version = meta.get("format_version")
-    from .config import READABLE_VERSIONS
-
-    if version not in READABLE_VERSIONS:
-        raise ModelFolderError(
-            f"model folder {path} has format version {version!r}; this application reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}"
-        )
+    try:
+        check_format_version(meta.get("format_version"))
+    except ValueError as e:
+        raise ModelFolderError(f"model folder {path}: {e}") from None
     for name in HASHED_FILES:
         f = path / name
         if not f.is_file():
@@ -179,3 +175,15 @@ def load_model_folder(path: str | os.PathLike) -> ModelFolder:
         text_embeddings=load_file(str(path / TEXT)),
         metadata=meta,
     )
+
+
+def load_delta(net: torch.nn.Module, weights: Dict[str, torch.Tensor], where: str = "") -> None:
+    """Load a delta state dict (:meth:`tags.network.TagsNet.delta_state_dict`) into ``net``:
+    every tensor that is not a base-checkpoint tensor must be present, and nothing unknown."""
+    result = net.load_state_dict(dict(weights), strict=False)
+    missing = [k for k in result.missing_keys if k not in net.base_keys]
+    if missing or result.unexpected_keys:
+        raise ModelFolderError(
+            f"weights in {where or 'the model folder'} do not fit this network: "
+            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, build_backbone, input_hw, square_side
+from .backbones import Backbone, build_backbone, square_side
 from .config import ModelConfig
 from .encoder import AdaptedImageEncoder
 from .fusion import PromptFusion, TextConditioning
@@ -38,7 +38,7 @@ class TagsNet(nn.Module):
         super().__init__()
         self.config = config
         self.input_size: Tuple[int, int] = backbone.input_size  # (H, W) of the encoder input
-        # The frame of positions: the side this network was built at (resized() sets the trained one).
+        # The frame of positions: the side this network was built at (tags.inference.optimize.resized sets the trained one).
         self.trained_img_size = max(backbone.input_size)
         self.block_kind = backbone.block_kind
         self.backbone_sha256 = backbone.checkpoint_sha256
@@ -63,7 +63,7 @@ class TagsNet(nn.Module):
     @property
     def img_size(self) -> int:
         """Side S of the square encoder input (every trained network; a rectangular inference
-        network from :func:`resized` has only ``input_size``)."""
+        network from :func:`tags.inference.optimize.resized` has only ``input_size``)."""
         return square_side(self.input_size, "this network's encoder")
 
     # -- structure ----------------------------------------------------------------------------
@@ -187,64 +187,6 @@ def _layer_norm_2d(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     channels-last, and a channels-last result."""
     y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norm.weight, norm.bias, norm.eps)
     return y.permute(0, 3, 1, 2)
-
-
-RESIZABLE_BLOCK_KINDS = ("tinyvit",)
-"""Encoders that run at any input size (H and W multiples of 32, square or not) with the same
-weights: TinyViT has no absolute position embedding (SAM's ViT does, sized to its 1024 input)."""
-
-
-def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool = True) -> TagsNet:
-    """``net`` with its encoder input set to ``img_size`` (a side S, or (H, W)), for inference.
-
-    The returned network shares every parameter and buffer tensor with ``net`` (no copy of the
-    weights): only the size-dependent structure is rebuilt (TinyViT's stage resolutions, the
-    prompt encoder's embedding and mask sizes). ``net`` must be in eval mode; if its TinyViT
-    BatchNorms were folded (:func:`tags.backbones.fuse_conv_bn`) the new one is folded too, its
-    TinyViT blocks skip padded queries and its MBConv blocks fuse their convolutions if
-    ``net``'s do (:func:`tags.window_attention.use_inference_attention`,
-    :func:`tags.mbconv.use_fused_mbconv`), and its head's input channels are padded as
-    ``net``'s (:meth:`VolumeHead.pad_input_channels`).
-
-    With ``trained_frame``, an axis shorter than the side ``net`` was trained at places the
-    window at the centre of the trained window along that axis
-    (:class:`tags.position.FramedPositionEmbedding`): positions encode as they would in a
-    trained-size window padded around it. A longer axis, or no ``trained_frame``, normalises
-    positions by the new length as SAM does (for larger sides that measured mixed against
-    extending the trained frame beyond [0, 1], so SAM's behaviour is kept; docs/performance.md).
-    A rectangular (H, W) input treats each axis so, as a square one of that side would.
-    """
-    from .backbones import fuse_conv_bn
-    from .mbconv import InferenceMBConv, use_fused_mbconv
-    from .position import FramedPositionEmbedding
-    from .window_attention import InferenceTinyViTBlock, use_inference_attention
-
-    size = input_hw(img_size)
-    if size == net.input_size:
-        return net
-    if net.block_kind not in RESIZABLE_BLOCK_KINDS:
-        raise ValueError(f"the {net.config.backbone} encoder cannot change its input size "
-                         f"(absolute position embedding for {net.img_size}x{net.img_size})")
-    if net.training:
-        raise RuntimeError("resized() is for inference: put the network in eval mode first")
-    other = build_tags(net.config, img_size=size, pretrained=False).eval()
-    frame = other.trained_img_size = net.trained_img_size
-    if trained_frame and min(size) < frame:
-        pe = other.prompt_encoder
-        pe.pe_layer = FramedPositionEmbedding(num_pos_feats=pe.embed_dim // 2, frame=frame, side=size)
-    if not any(type(m).__name__ == "Conv2d_BN" for m in net.modules()):
-        fuse_conv_bn(other)
-    other.head.pad_input_channels(net.head.net[0].in_channels)
-    other.load_state_dict(net.state_dict(), strict=True, assign=True)
-    other.backbone_sha256 = net.backbone_sha256
-    # eval() again: TinyViT caches its attention biases per window on eval, from the (now shared)
-    # bias parameters.
-    other = other.to(next(net.parameters()).device).eval()
-    if any(isinstance(m, InferenceTinyViTBlock) for m in net.modules()):
-        use_inference_attention(other)
-    if any(isinstance(m, InferenceMBConv) for m in net.modules()):
-        use_fused_mbconv(other)
-    return other
 
 
 def build_tags(config: ModelConfig, **backbone_kwargs) -> TagsNet:

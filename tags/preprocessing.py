@@ -20,27 +20,39 @@ Box = Tuple[slice, slice, slice]
 
 
 def normalize_hu(volume_hu: np.ndarray | torch.Tensor, window: Sequence[float]):
-    """Clip to the HU window and map it linearly to [0, 1] (float32)."""
+    """Clip to the HU window and map it linearly to [0, 1] (float32; a tensor stays a tensor).
+
+    MONAI's ``ScaleIntensityRange`` (clip=True): bit-identical to clip-then-scale on real CT
+    (tests/test_library_equivalence.py). MONAI is imported here, not with this module, because
+    importing it also imports the MONAI Deploy SDK.
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import ScaleIntensityRange
+
     lo, hi = float(window[0]), float(window[1])
+    scale = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
     if isinstance(volume_hu, torch.Tensor):
-        return ((volume_hu.float().clamp(lo, hi) - lo) / (hi - lo))
-    return ((np.clip(volume_hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
+        out = scale(volume_hu.float())
+        return out.as_tensor() if isinstance(out, MetaTensor) else out
+    out = scale(np.asarray(volume_hu, dtype=np.float32))
+    return out.numpy(force=True) if isinstance(out, torch.Tensor) else np.asarray(out, dtype=np.float32)
 
 
 def bounding_box(mask: np.ndarray, margin_mm: float, spacing: Sequence[float]) -> Optional[Box]:
     """Bounding box of a mask grown by ``margin_mm`` on every side, clipped to the array.
 
-    Returns None for an empty mask.
+    Returns None for an empty mask. MONAI's ``generate_spatial_bounding_box`` with the margin in
+    voxels, ceil(margin_mm / spacing) per axis (the same boxes on real CT masks:
+    tests/test_library_equivalence.py).
     """
+    from monai.transforms.utils import generate_spatial_bounding_box
+
+    mask = np.asarray(mask)
     if not mask.any():
         return None
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        m = int(np.ceil(margin_mm / spacing[axis]))
-        box.append(slice(max(0, idx[0] - m), min(mask.shape[axis], idx[-1] + 1 + m)))
-    return tuple(box)
+    margin = [int(np.ceil(margin_mm / spacing[axis])) for axis in range(3)]
+    start, end = generate_spatial_bounding_box(mask[None], select_fn=lambda m: m != 0, margin=margin, allow_smaller=True)
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, end))
 
 
 def grid_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> Tuple[int, int, int]:

@@ -81,7 +81,7 @@ def derive_prompts(
     config: PromptConfig,
     seed: int = 0,
 ) -> SlicePrompts:
-    """Anatomy prompts for every slice of an organ mask.
+    """Anatomy prompts for every slice of an organ mask: :class:`SlicePrompts` with N = D.
 
     Args:
         organ: (D, H, W) bool organ mask on the model grid.
@@ -92,9 +92,6 @@ def derive_prompts(
             size).
         config: numbers of points, ring width, dense-prompt logit magnitude.
         seed: seed of the point sampling (same seed, same points).
-
-    Returns:
-        :class:`SlicePrompts` with N = D.
     """
     organ = np.asarray(organ, dtype=bool)
     d, h, w = organ.shape
@@ -119,27 +116,32 @@ def derive_prompts(
         ]
         box_valid[z] = True
         pick = rng.integers(0, len(ys), config.num_positive)
-        points[z, : config.num_positive, 0] = _to_encoder(xs[pick], w, enc_w)
-        points[z, : config.num_positive, 1] = _to_encoder(ys[pick], h, enc_h)
+        points[z, : config.num_positive] = _encoder_xy(xs[pick], ys[pick], (h, w), (enc_h, enc_w))
         labels[z, : config.num_positive] = 1
         ring_y, ring_x = np.nonzero((dist[z] > 0) & (dist[z] <= config.ring_mm))
         if len(ring_y):
             pick = rng.integers(0, len(ring_y), config.num_negative)
-            sl = slice(config.num_positive, p)
-            points[z, sl, 0] = _to_encoder(ring_x[pick], w, enc_w)
-            points[z, sl, 1] = _to_encoder(ring_y[pick], h, enc_h)
-            labels[z, sl] = 0
+            points[z, config.num_positive:] = _encoder_xy(ring_x[pick], ring_y[pick], (h, w), (enc_h, enc_w))
+            labels[z, config.num_positive:] = 0
 
-    dense = torch.from_numpy(organ.astype(np.float32))[:, None]
-    dense = F.interpolate(dense, size=mask_hw, mode="nearest")
-    dense = (dense * 2.0 - 1.0) * config.mask_logit
     return SlicePrompts(
         boxes=torch.from_numpy(boxes),
         box_valid=torch.from_numpy(box_valid),
         points=torch.from_numpy(points),
         point_labels=torch.from_numpy(labels),
-        dense=dense,
+        dense=_dense_prompt(organ, mask_hw, config.mask_logit),
     )
+
+
+def _encoder_xy(xs: np.ndarray, ys: np.ndarray, shape: Sequence[int], enc: Sequence[int]) -> np.ndarray:
+    """(N, 2) encoder (x, y) coordinates of pixels (ys, xs) of an (H, W) slice."""
+    return np.stack([_to_encoder(xs, shape[1], enc[1]), _to_encoder(ys, shape[0], enc[0])], axis=-1)
+
+
+def _dense_prompt(organ: np.ndarray, mask_hw: Sequence[int], logit: float) -> torch.Tensor:
+    """(D, 1, M_h, M_w) dense prompt: +logit inside the organ, -logit outside (nearest resize)."""
+    dense = F.interpolate(torch.from_numpy(organ.astype(np.float32))[:, None], size=tuple(mask_hw), mode="nearest")
+    return (dense * 2.0 - 1.0) * logit
 
 
 def text_only_prompts(n: int) -> SlicePrompts:

@@ -1,5 +1,5 @@
 """Process-wide settings for running TAGS inference, applied by the inference processes' entry
-points (``python app``, ``tags.bench``), never at import time.
+points (``python app``, ``benchmarks.bench``), never at import time.
 """
 
 from __future__ import annotations

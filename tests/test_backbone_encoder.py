@@ -172,7 +172,7 @@ def test_slices_decode_in_one_call_as_one_at_a_time():
 def test_batchnorm_folding_keeps_the_pretrained_features(lits117):
     """fuse_conv_bn (what TagsPredictor does at load) on the real LiteMedSAM encoder: every
     Conv2d_BN folded, features on real CT slices equal to float32 rounding."""
-    from tags.backbones import fuse_conv_bn
+    from tags.inference.surgery import fuse_conv_bn
 
     net = build_tags(ModelConfig(encoder_size=128)).eval()
     x = torch.nn.functional.interpolate(_ct_slices(lits117, 2), size=(128, 128), mode="bilinear").expand(-1, 3, -1, -1)
@@ -192,7 +192,7 @@ def test_channels_last_keeps_the_pretrained_features(lits117):
     """channels_last_convs (what TagsPredictor does at load): the real LiteMedSAM encoder, BatchNorm
     folded, gives the same features on real CT slices with its convolutions stored NHWC, and its
     activations do leave the first convolution NHWC."""
-    from tags.backbones import channels_last_convs, fuse_conv_bn
+    from tags.inference.surgery import channels_last_convs, fuse_conv_bn
 
     encoder = build_tags(ModelConfig(encoder_size=128)).eval().image_encoder.encoder
     fuse_conv_bn(encoder)
@@ -209,7 +209,7 @@ def test_channels_last_keeps_the_pretrained_features(lits117):
 def test_compiled_predictor_equals_eager(lits117):
     """TagsPredictor(compile=True) runs the image encoder through torch.compile (inductor, C++ on
     CPU): the same window logits as eager on a real CT window, within float tolerance."""
-    from tags.predictor import TagsPredictor
+    from tags.inference import TagsPredictor
     from tags.targets import organ_target
 
     cfg = ModelConfig(encoder_size=128, roi_size=(8, 64, 64), organ_roi_size=(8, 64, 64),
@@ -227,22 +227,22 @@ def test_compiled_predictor_equals_eager(lits117):
     window = torch.from_numpy(normalize_hu(lits117[0][40:48, 100:164, 100:164], (-160, 240)))[None, None]
     logits = {}
     for compiled in (False, True):
-        pred = TagsPredictor(make_net(), text, device="cpu", precision="fp32", compile=compiled)
+        pred = TagsPredictor.from_network(make_net(), text, device="cpu", precision="fp32", compile=compiled)
         with torch.no_grad():
-            logits[compiled] = pred._window_logits(pred.net, window, cfg.target("liver"), False, (1.5, 1.5, 1.5))
+            logits[compiled] = pred.model(window, cfg.target("liver"), window.shape[2:], (1.5, 1.5, 1.5))
     assert logits[False].std() > 0.1  # a non-constant output to compare
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-3, atol=1e-3)
 
 
 def test_resized_network_shares_the_weights(lits117):
-    """tags.network.resized (TagsPredictor's in-plane window fitting): the same parameter and
+    """tags.inference.optimize.resized (TagsPredictor's in-plane window fitting): the same parameter and
     buffer tensors, TinyViT and the prompt encoder rebuilt for the new side (positions framed in
     the trained window only for a narrower side), giving exactly the logits of a network built at
     that side with a copy of the weights; resizing back gives exactly
     the original network's logits on a real CT window; SAM ViT-B (absolute position embedding)
     refuses."""
-    from tags.backbones import channels_last_convs, fuse_conv_bn
-    from tags.network import resized
+    from tags.inference.optimize import prepare_for_inference, resized
+    from tags.inference.surgery import fuse_conv_bn
     from tags.position import FramedPositionEmbedding
     from tags.prompts import derive_prompts
 
@@ -252,10 +252,7 @@ def test_resized_network_shares_the_weights(lits117):
     for p in net.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.02)
-    net.eval()
-    fuse_conv_bn(net)
-    channels_last_convs(net)
-    net.head.pad_input_channels()  # as TagsPredictor does at load
+    prepare_for_inference(net)  # as TagsPredictor does at load
     big = resized(net, 96)
     assert big.head.net[0].in_channels == 8
     assert big.img_size == 96 and big.prompt_encoder.mask_input_size == (96, 96)
@@ -296,8 +293,7 @@ def test_resized_network_shares_the_weights(lits117):
             pe = fresh.prompt_encoder
             pe.pe_layer = FramedPositionEmbedding(num_pos_feats=pe.embed_dim // 2, frame=frame, side=side)
         fresh.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, strict=True)
-        channels_last_convs(fresh)
-        return fresh.eval()
+        return prepare_for_inference(fresh.eval())
 
     wide = run(big, 96)
     assert wide.shape == (1, 1, 8, 96, 96) and wide.std() > 0.1

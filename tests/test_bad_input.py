@@ -354,7 +354,7 @@ def test_eight_slices_are_enough_seven_are_not(crop, model, tmp_path, capsys):
 
 
 def test_default_voxel_limit_is_512x512x1000(monkeypatch):
-    from operators.ct_series_selector import max_voxels
+    from app.app import max_voxels
 
     monkeypatch.delenv("TAGS_MAX_VOXELS", raising=False)
     assert max_voxels() == 512 * 512 * 1000

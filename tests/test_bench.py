@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from tags import bench
-from tags.peer_3dsam import SAM3DAdapterStyle
+from benchmarks import bench
+from benchmarks.peer_3dsam import SAM3DAdapterStyle
 
 
 def test_peer_network_shapes_and_size():
@@ -57,9 +57,9 @@ def test_profile_parts_cover_either_backbone():
 
 
 def test_default_dtypes_run_bf16_only_where_native(monkeypatch):
-    import tags.predictor as predictor
+    import tags.device
 
-    monkeypatch.setattr(predictor, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(tags.device, "cpu_has_native_bf16", lambda: False)
     assert bench.default_dtypes() == ["fp32"]
-    monkeypatch.setattr(predictor, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(tags.device, "cpu_has_native_bf16", lambda: True)
     assert bench.default_dtypes() == ["fp32", "bf16"]

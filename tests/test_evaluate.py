@@ -52,8 +52,8 @@ def test_empty_cases():
 
 def test_evaluate_tags_beside_baseline(tmp_path):
     from tags.config import ModelConfig
-    from tags.predictor import TagsPredictor
-    from training.baseline import BaselinePredictor, train_baseline
+    from tags.inference import TagsPredictor
+    from training.baseline import baseline_predictor, train_baseline
     from training.demo import demo_config
     from training.evaluate import evaluate, write_report
     from training.export import export_model
@@ -61,15 +61,16 @@ def test_evaluate_tags_beside_baseline(tmp_path):
     from training.train import load_checkpoint, train
 
     s = build_samples(tmp_path / "samples")
-    cfg = dataclasses.replace(demo_config(s, tmp_path / "run", 1), roi_size=(16, 64, 64),
-                              organ_roi_size=(16, 64, 64), checkpoint_every=1, precision="fp32")
+    cfg = demo_config(s, tmp_path / "run", 1)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, roi_size=(16, 64, 64), organ_roi_size=(16, 64, 64)),
+                              checkpoint_every=1, precision="fp32")
     train(cfg)
     mc = ModelConfig.from_dict(load_checkpoint(tmp_path / "run")[2]["model_config"])
     summary = train_baseline(cfg, mc, 60, tmp_path / "baseline", max_steps=1)
     assert summary["steps"] == 1
     export_model(tmp_path / "run", tmp_path / "model")
     preds = {"tags": TagsPredictor.from_model_folder(tmp_path / "model"),
-             "baseline": BaselinePredictor.from_folder(tmp_path / "baseline")}
+             "baseline": baseline_predictor(tmp_path / "baseline")}
     r = evaluate(preds, s["totalseg"], split="test")
     assert r["organ_prompt_source"].startswith("ground-truth")
     # The test case is a healthy liver (tumor_free): its tumor truth is empty, so the tumor

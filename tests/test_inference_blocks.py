@@ -1,6 +1,6 @@
 """Inference-only forwards of upstream TinyViT blocks, against upstream: attention blocks that
-skip padded window queries (tags.window_attention) and MBConv blocks with oneDNN-fused
-convolutions (tags.mbconv)."""
+skip padded window queries (tags.inference.window_attention) and MBConv blocks with oneDNN-fused
+convolutions (tags.inference.mbconv)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import copy
 import pytest
 import torch
 
-from tags.backbones import channels_last_convs, fuse_conv_bn
+from tags.inference.surgery import channels_last_convs, fuse_conv_bn
 from tags.config import ModelConfig
-from tags.mbconv import InferenceMBConv, use_fused_mbconv
-from tags.network import build_tags, resized
+from tags.inference.mbconv import InferenceMBConv, use_fused_mbconv
+from tags.inference.optimize import resized
+from tags.network import build_tags
 from tags.preprocessing import normalize_hu
-from tags.window_attention import InferenceTinyViTBlock, use_inference_attention, windowed_attention
+from tags.inference.window_attention import InferenceTinyViTBlock, use_inference_attention, windowed_attention
 
 
 def _randomise(module):
@@ -49,7 +50,7 @@ def _block(h: int, w: int, ws: int, dim: int = 64, heads: int = 2):
 def test_inference_block_equals_upstream(h, w, ws, monkeypatch):
     """Same outputs as upstream TinyViTBlock (padded keys included, padded queries skipped), and
     the skipping path is the one that ran."""
-    import tags.window_attention as wa
+    import tags.inference.window_attention as wa
 
     calls = []
     monkeypatch.setattr(wa, "windowed_attention", lambda *a: calls.append(1) or windowed_attention(*a))
@@ -92,7 +93,7 @@ def _mbconv():
 def test_fused_mbconv_equals_upstream(monkeypatch):
     """Same outputs as upstream MBConv; the fused path runs only for fp32 CPU inference without
     gradients or autocast (else upstream's forward, exactly)."""
-    import tags.mbconv as mb
+    import tags.inference.mbconv as mb
 
     calls = []
     fused_conv = mb._conv
@@ -142,15 +143,18 @@ def test_pretrained_encoder_features_on_real_ct(lits117):
 
 
 def test_predictor_and_resized_networks_use_them():
-    from tags.predictor import TagsPredictor
+    from tags.inference import TagsPredictor
 
     cfg = ModelConfig(encoder_size=64, roi_size=(8, 64, 64), organ_roi_size=(8, 64, 64))
-    pred = TagsPredictor(build_tags(cfg, pretrained=False), {}, device="cpu", precision="fp32")
-    for net in (pred.net, pred._net_at((32, 96))):
+    pred = TagsPredictor.from_network(build_tags(cfg, pretrained=False), {}, device="cpu", precision="fp32")
+    rectangular = pred.model.net_for((8, 32, 96), cfg.roi_size)
+    assert rectangular.input_size == (32, 96) and pred.model.net_for((8, 32, 96), cfg.roi_size) is rectangular
+    assert pred.model.net_for((8, 64, 64), cfg.roi_size) is pred.model.net
+    for net in (pred.model.net, rectangular):
         blocks = [m for m in net.modules() if type(m).__name__.endswith("TinyViTBlock")]
         assert blocks and all(isinstance(b, InferenceTinyViTBlock) for b in blocks)
         convs = [m for m in net.modules() if type(m).__name__.endswith("MBConv")]
         assert convs and all(isinstance(b, InferenceMBConv) for b in convs)
     plain = build_tags(cfg, pretrained=False).eval()
-    swapped = (InferenceTinyViTBlock, InferenceMBConv)
-    assert not any(isinstance(m, swapped) for m in resized(plain, 96).modules())
+    with pytest.raises(ValueError, match="prepare_for_inference"):
+        resized(plain, 96)

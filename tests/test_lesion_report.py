@@ -18,7 +18,8 @@ from pydicom.sr.codedict import codes
 from operators.ct_preprocess_operator import prepare_series
 from operators.lesion_report_operator import LESIONS_JSON, PREVIEW_PNG, write_report
 from operators.seg_writer import write_seg
-from operators.tags_inference_operator import Segmentation, TargetOutcome
+from operators.types import Segmentation, TargetOutcome
+from tags.config import PreprocessingConfig
 from tags.targets import organ_target, tumor_target
 
 from helpers import dicom_errors
@@ -56,7 +57,7 @@ def _result(ct, tumor_mask):
         ct=ct,
         tumors=[TargetOutcome(tumor_target("liver", 2), tumor_mask, "ok", "test", p.voxel_ml)],
         organs=[TargetOutcome(organ_target("liver", 1), liver, "ok", "test", p.voxel_ml)],
-        model_name="TAGS test", model_version="0" * 12,
+        model_name="TAGS test", model_version="0" * 12, hu_window=PreprocessingConfig().hu_window,
     )
 
 

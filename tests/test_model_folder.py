@@ -13,7 +13,7 @@ from tags.geometry import affine_from_spacing
 from tags.model_folder import (
     CARD, CONFIG, METADATA, TEXT, WEIGHTS, ModelFolderError, _seal, load_model_folder, save_model_folder,
 )
-from tags.predictor import TagsPredictor
+from tags.inference import TagsPredictor
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_folder_has_the_designed_files(exported):
 def test_save_load_identical_outputs(exported, lits117):
     path, net, text = exported
     img, liver, affine = _case(lits117)
-    direct = TagsPredictor(net, text, device="cpu").predict(img, affine, {"liver": liver})
+    direct = TagsPredictor.from_network(net, text, device="cpu").predict(img, affine, {"liver": liver})
     loaded = TagsPredictor.from_model_folder(path, device="cpu").predict(img, affine, {"liver": liver})
     a, b = direct["liver_tumor"].probability, loaded["liver_tumor"].probability
     assert a.shape == img.shape and a.max() > 0
@@ -107,7 +107,7 @@ def test_committed_demo_model_loads_and_its_hashes_verify():
     from pathlib import Path
 
     from tags.model_folder import load_model_folder
-    from tags.predictor import TagsPredictor
+    from tags.inference import TagsPredictor
 
     folder = Path(__file__).resolve().parents[1] / "models" / "liver-demo"
     loaded = load_model_folder(folder)

@@ -7,32 +7,34 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from helpers import small_config
 from tags.config import PreprocessingConfig
 from tags.geometry import affine_from_spacing, reorientation, to_canonical
-from tags.predictor import TagsPredictor, fit_windows
+from tags.inference import TagsPredictor, WindowPolicy
+from tags.inference.windows import encoder_input_size, fit_windows, plan_windows, side_step
 
 
-class EchoOrganNet(nn.Module):
-    """Returns +-10 logits from the organ channel: prediction == organ on the model grid."""
+class EchoOrganModel:
+    """Window model whose logits are +-10 from the organ channel: prediction == organ on the
+    model grid. It records every window's shape and the trained window it was run for."""
 
-    def __init__(self, config):
-        super().__init__()
+    def __init__(self, config, encoder_side=None):
         self.config = config
-        self.img_size = 256
-        self.prompt_encoder = type("PE", (), {"mask_input_size": (256, 256)})()
+        self.encoder_side = encoder_side
         self.windows = []
+        self.trained = []
 
-    @property
-    def input_size(self):
-        return (self.img_size, self.img_size)
+    def to(self, device):
+        return self
 
-    def forward(self, image, text, prompts, organ):
-        self.windows.append(tuple(image.shape[2:]))
-        return organ * 20.0 - 10.0
+    def __call__(self, x, target, trained, grid_spacing):
+        self.windows.append(tuple(x.shape[2:]))
+        self.trained.append(tuple(trained))
+        return self.logits(x)
+
+    def logits(self, x):
+        return x[:, 1:2] * 20.0 - 10.0
 
 
 def _predictor(spacing, roi=(16, 32, 32), margin=4.0, **kwargs):
@@ -40,9 +42,8 @@ def _predictor(spacing, roi=(16, 32, 32), margin=4.0, **kwargs):
         roi_size=roi,
         preprocessing=PreprocessingConfig(spacing=spacing, margin_mm=margin),
     )
-    net = EchoOrganNet(cfg)
-    text = {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}
-    return TagsPredictor(net, text, device="cpu", **kwargs), net
+    model = EchoOrganModel(cfg)
+    return TagsPredictor(model, device="cpu", **kwargs), model
 
 
 def _object(shape, box):
@@ -55,7 +56,7 @@ def test_exact_round_trip_on_aligned_grid():
     """CT spacing (3.0, 0.75, 0.75), model grid 1.5 mm: z up 2x, in-plane down 2x."""
     shape = (30, 90, 110)
     organ = _object(shape, (slice(7, 19), slice(50, 78), slice(12, 40)))  # off-centre
-    pred, net = _predictor((1.5, 1.5, 1.5), margin=6.0, max_window_depth=None)  # trained-size windows
+    pred, net = _predictor((1.5, 1.5, 1.5), margin=6.0, tumor_windows=WindowPolicy(max_depth=None))  # trained-size windows
     res = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((3.0, 0.75, 0.75)), {"liver": organ})
     r = res["liver_tumor"]
     assert r.status == "ok"
@@ -169,9 +170,8 @@ def test_predictor_runs_one_deep_window_where_the_roi_fits():
     results = {}
     for max_depth in (48, None):
         cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), margin_mm=0.0))
-        net = EchoOrganNet(cfg)
-        pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
-                             max_window_depth=max_depth)
+        net = EchoOrganModel(cfg)
+        pred = TagsPredictor(net, device="cpu", tumor_windows=WindowPolicy(max_depth=max_depth))
         r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})["liver_tumor"]
         results[max_depth] = r.mask()
         depths = sorted({w[0] for w in net.windows})
@@ -182,23 +182,18 @@ def test_predictor_runs_one_deep_window_where_the_roi_fits():
     assert np.array_equal(results[48], organ) and np.array_equal(results[None], organ)
 
 
-def test_predictor_fits_the_in_plane_window_to_a_wide_roi(monkeypatch):
+def test_predictor_fits_the_in_plane_window_to_a_wide_roi():
     """A 50x50 ROI (model grid) with a trained 32x32 window: one 64x64 window in-plane with
     window_sides (32, 64), four overlapping 32x32 windows without; the depth limit shrinks with
     the larger side (48 slices of 32x32 -> 12, so the trained 16). Same map-back either way."""
-    import tags.predictor as predictor_module
-
-    monkeypatch.setattr(predictor_module, "resized", lambda net, side, **kw: net)  # the echo net has any size
     shape = (40, 50, 50)
     organ = np.zeros(shape, bool)
     organ[4:36, 3:47, 6:44] = True
     results = {}
     for sides in ((32, 64), None):
         cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), margin_mm=3.0))
-        net = EchoOrganNet(cfg)
-        net.block_kind, net.img_size = "tinyvit", 32  # encoder at the trained side, as in the demo model
-        pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
-                             max_window_depth=48, window_sides=sides)
+        net = EchoOrganModel(cfg, encoder_side=32)  # encoder at the trained side, as in the demo model
+        pred = TagsPredictor(net, device="cpu", tumor_windows=WindowPolicy(max_depth=48, sides=sides))
         r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})["liver_tumor"]
         results[sides] = r.mask()
         if sides:
@@ -208,101 +203,88 @@ def test_predictor_fits_the_in_plane_window_to_a_wide_roi(monkeypatch):
     assert np.array_equal(results[(32, 64)], organ) and np.array_equal(results[None], organ)
 
 
-def test_rows_and_columns_are_fitted_apart(monkeypatch):
+def test_rows_and_columns_are_fitted_apart():
     """A 20 x 44 ROI in plane (model grid), trained 32 x 32, window_sides (32, 64): windows of
     32 x 64 (the encoder at 32 x 64, positions framed along the rows), where square windows
     would be 64 x 64 and compute twice the pixels. Same map-back either way."""
-    import tags.predictor as predictor_module
-
-    sizes_built = []
-    monkeypatch.setattr(predictor_module, "resized", lambda net, size, **kw: sizes_built.append(size) or net)
     shape = (20, 40, 60)
     organ = np.zeros(shape, bool)
     organ[4:16, 13:27, 11:49] = True  # + 3 mm margin: 20 x 44 in plane
     cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), margin_mm=3.0))
     for square, window in ((False, (20, 32, 64)), (True, (20, 64, 64))):
-        net = EchoOrganNet(cfg)
-        net.block_kind, net.img_size = "tinyvit", 32
-        pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
-                             window_sides=(32, 64), square_windows=square)
+        net = EchoOrganModel(cfg, encoder_side=32)
+        pred = TagsPredictor(net, device="cpu", tumor_windows=WindowPolicy(sides=(32, 64), square=square))
         r = pred.predict(np.zeros(shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})["liver_tumor"]
         assert r.roi[1:] == (slice(10, 30), slice(8, 52))
         assert set(net.windows) == {window} and np.array_equal(r.mask(), organ)
-        assert sizes_built.pop() == window[1:]
+        assert encoder_input_size(window, net.trained[-1], 32) == window[1:]
 
 
-class EchoImageNet(EchoOrganNet):
+class EchoImageModel(EchoOrganModel):
     """Text-only echo for the organ pass: prediction == (image > 0.5) on the model grid."""
 
-    def forward(self, image, text, prompts, organ):
-        self.windows.append(tuple(image.shape[2:]))
-        return (image > 0.5).float() * 20.0 - 10.0
+    def logits(self, x):
+        return (x[:, :1] > 0.5).float() * 20.0 - 10.0
 
 
-def test_each_pass_compares_its_windows_with_its_own_trained_size(monkeypatch):
-    """The organ pass (trained 48x48 windows) and the tumor pass (trained 32x32) each pick the
-    encoder side from their own trained size: a 48-wide organ window runs the loaded network
-    (no resized() call), a 64-wide tumor window the encoder at 64 (encoder side = trained side)."""
-    import tags.predictor as predictor_module
-
-    sides_built = []
-    monkeypatch.setattr(predictor_module, "resized", lambda net, side, **kw: sides_built.append(side) or net)
+def test_each_pass_compares_its_windows_with_its_own_trained_size():
+    """The organ pass (trained 48x48 windows) and the tumor pass (trained 32x32) each give the
+    window model their own trained size: a 48-wide organ window runs the encoder at its trained
+    32 (the loaded network), a 64-wide tumor window the encoder at 64 (encoder side = trained side)."""
     cfg = small_config(roi_size=(16, 32, 32), organ_roi_size=(16, 48, 48),
                        preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0), organ_spacing=(1.0, 1.0, 1.0),
                                                          margin_mm=3.0))
-    net = EchoImageNet(cfg)
-    net.block_kind, net.img_size = "tinyvit", 32
-    pred = TagsPredictor(net, {t.name: torch.zeros(cfg.text_dim) for t in cfg.targets}, device="cpu",
-                         window_sides=(32, 64), organ_window_sides=(32, 64))
+    net = EchoImageModel(cfg, encoder_side=32)
+    pred = TagsPredictor(net, device="cpu", tumor_windows=WindowPolicy(sides=(32, 64)),
+                         organ_windows=WindowPolicy(sides=(32, 64), square=True))
     shape = (20, 40, 40)
     volume = np.zeros(shape, np.float32)
     volume[4:16, 6:30, 8:34] = 400.0  # bright box: the organ the echo finds
     organs = pred.segment_organs(volume, affine_from_spacing((1, 1, 1)))
-    assert sides_built == [] and {w[1:] for w in net.windows} == {(48, 48)}
+    assert {w[1:] for w in net.windows} == {(48, 48)} and set(net.trained) == {(16, 48, 48)}
+    assert encoder_input_size(net.windows[0], net.trained[0], 32) == (32, 32)
     assert np.array_equal(organs["liver"].mask(), volume > 0)
     net.windows.clear()
+    net.trained.clear()
     organ = np.zeros((40, 50, 50), bool)
     organ[4:36, 3:47, 6:44] = True
     pred.predict(np.zeros(organ.shape, np.float32), affine_from_spacing((1, 1, 1)), {"liver": organ})
-    assert sides_built == [(64, 64)] and {w[1:] for w in net.windows} == {(64, 64)}
+    assert {w[1:] for w in net.windows} == {(64, 64)} and set(net.trained) == {(16, 32, 32)}
+    assert encoder_input_size(net.windows[0], net.trained[0], 32) == (64, 64)
 
 
 def test_fitted_sides_keep_the_trained_scale_exactly():
     """A window trained at 32 voxels and encoded at 64 px: fitted sides step by 16 voxels (32 px),
     so a 50-voxel ROI gets a 64-voxel window at 128 px, never a side that rounds the scale."""
-    cfg = small_config(roi_size=(16, 32, 32), preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0)))
-    net = EchoOrganNet(cfg)
-    net.block_kind, net.img_size = "tinyvit", 64
-    pred = TagsPredictor(net, {}, device="cpu", window_sides=(32, 96))
-    assert pred._side_multiple(32) == 16
-    assert pred._plan_windows((16, 40, 40), (16, 32, 32), pred.window_sides)[0] == (16, 48, 48)
-    assert pred._plan_windows((16, 50, 50), (16, 32, 32), pred.window_sides)[0] == (16, 64, 64)
-    net.img_size = 48  # 32 voxels encoded at 48 px: 32 px is 21.3 voxels; the step is 64 voxels (96 px)
-    assert pred._side_multiple(32) == 64
-    assert pred._plan_windows((16, 40, 40), (16, 32, 32), pred.window_sides)[0] == (16, 64, 64)
+    policy = WindowPolicy(sides=(32, 96))
+    plan = lambda shape, encoder_side: plan_windows(shape, (16, 32, 32), policy, slab_size=4,  # noqa: E731
+                                                     encoder_side=encoder_side)[0]
+    assert side_step(32, 64) == 16
+    assert plan((16, 40, 40), 64) == (16, 48, 48)
+    assert plan((16, 50, 50), 64) == (16, 64, 64)
+    # 32 voxels encoded at 48 px: 32 px is 21.3 voxels; the step is 64 voxels (96 px)
+    assert side_step(32, 48) == 64
+    assert plan((16, 40, 40), 48) == (16, 64, 64)
+    assert plan((16, 40, 40), None) == (16, 32, 32), "an encoder of fixed size keeps the trained side"
 
 
 def test_window_sides_are_checked():
-    for bad in ((96, 64), (100, 128), (0, 64), (64,)):
-        with pytest.raises(ValueError, match="window_sides"):
-            _predictor((1.5, 1.5, 1.5), window_sides=bad)
-        with pytest.raises(ValueError, match="organ_window_sides"):
-            _predictor((1.5, 1.5, 1.5), organ_window_sides=bad)
-    with pytest.raises(ValueError, match="window_sides"):
-        _predictor((1.5, 1.5, 1.5), window_sides="wide")
+    for bad in ((96, 64), (0, 64), (64,), (32.5, 64)):
+        with pytest.raises(ValueError, match="window sides"):
+            WindowPolicy(sides=bad)
+    with pytest.raises(ValueError, match="overlap"):
+        WindowPolicy(overlap=1.0)
 
 
 def test_default_sides_scale_with_the_trained_side():
-    """window_sides="auto" (default): half to twice the tumor pass's trained side, the organ pass
-    never narrower than its own; the demo model (trained at 128) gets 64-256 and 128-256, the
-    ranges measured in docs/performance.md ("Window geometry")."""
+    """The default policies: half to twice the tumor pass's trained side, the organ pass never
+    narrower than its own; the demo model (trained at 128) gets 64-256 and 128-256, the ranges
+    measured in docs/performance.md ("Window geometry")."""
     demo = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
-    net = EchoOrganNet(demo)
-    net.block_kind = "tinyvit"
-    pred = TagsPredictor(net, {}, device="cpu")
-    assert (pred.window_sides, pred.organ_window_sides) == ((64, 256), (128, 256))
-    other = EchoOrganNet(small_config(roi_size=(8, 48, 48), organ_roi_size=(8, 96, 96)))
-    other.block_kind = "tinyvit"
-    pred = TagsPredictor(other, {}, device="cpu")
-    assert (pred.window_sides, pred.organ_window_sides) == ((24, 96), (96, 192))
-    assert TagsPredictor(other, {}, device="cpu", window_sides=(32, 64)).window_sides == (32, 64)
+    pred = TagsPredictor(EchoOrganModel(demo, encoder_side=128), device="cpu")
+    assert (pred.tumor_windows.sides, pred.organ_windows.sides) == ((64, 256), (128, 256))
+    assert (pred.tumor_windows.square, pred.organ_windows.square) == (False, True)
+    other = small_config(roi_size=(8, 48, 48), organ_roi_size=(8, 96, 96))
+    assert (WindowPolicy.tumor(other).sides, WindowPolicy.organ(other).sides) == ((24, 96), (96, 192))
+    pred = TagsPredictor(EchoOrganModel(other), device="cpu", tumor_windows=WindowPolicy(sides=(32, 64)))
+    assert pred.tumor_windows.sides == (32, 64)

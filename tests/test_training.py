@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,18 +10,30 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
+from tags.config import ModelConfig
 from tags.geometry import affine_from_spacing
 from tags.network import build_tags
-from tags.predictor import TagsPredictor, default_precision
+from tags.device import default_precision
+from tags.inference import TagsPredictor
+from tags.model_folder import CARD
 from training.cli import main
 from training.data import SamplingConfig, draw_sample, load_training_cases
 from training.datasets import read_dataset
 from training.samples import build_samples
-from training.train import TrainConfig, load_checkpoint, model_config_for, train
+from training.train import (
+    METRICS,
+    TRAIN_CONFIG,
+    TrainConfig,
+    load_checkpoint,
+    model_config_for,
+    train,
+    warmup_cosine,
+)
 
-TINY = dict(encoder_size=128, roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32), progress=False)
-TINY_CLI = ["--encoder-size", str(TINY["encoder_size"]), "--roi", *map(str, TINY["roi_size"]),
-            "--organ-roi", *map(str, TINY["organ_roi_size"]), "--no-progress"]
+TINY_MODEL = ModelConfig(encoder_size=128, roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32))
+TINY = dict(model=TINY_MODEL, progress=False)
+TINY_CLI = ["--encoder-size", str(TINY_MODEL.encoder_size), "--roi", *map(str, TINY_MODEL.roi_size),
+            "--organ-roi", *map(str, TINY_MODEL.organ_roi_size), "--no-progress"]
 """The same small run for the command line (encoder at 128 pixels, as the demo model)."""
 
 
@@ -67,8 +80,14 @@ def test_resume_continues_from_the_saved_step(samples, tmp_path):
     assert s_full["step"] == s_part["step"] == 2
     for k in w_full:
         assert torch.allclose(w_full[k], w_part[k], atol=1e-6), k
-    lines = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (part / METRICS).read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
+    cfg = TrainConfig(out=str(part), **common)  # the logged rate is the one of the step just taken
+    assert [x["lr"] for x in lines] == [cfg.lr * warmup_cosine(s, cfg.warmup, cfg.steps) for s in (0, 1)]
+    # The run folder's options read back as given, the model resolved (targets, text width).
+    recorded = TrainConfig.from_dict(json.loads((part / TRAIN_CONFIG).read_text()))
+    assert recorded.model == ModelConfig.from_dict(s_part["model_config"])
+    assert dataclasses.replace(recorded, model=TINY_MODEL) == cfg
 
 
 def test_export_then_predict(samples, tmp_path, capsys):
@@ -76,14 +95,14 @@ def test_export_then_predict(samples, tmp_path, capsys):
     predict from the model folder."""
     run = tmp_path / "run"
     assert main(["train", str(samples["lits117"]), "--out", str(run), "--steps", "1", *TINY_CLI]) == 0
-    assert json.loads((run / "train_config.json").read_text())["precision"] == default_precision(torch.device("cpu"))
+    assert json.loads((run / TRAIN_CONFIG).read_text())["precision"] == default_precision(torch.device("cpu"))
     out = tmp_path / "model"
     assert main(["export", str(run), str(out)]) == 0
     assert "model folder" in capsys.readouterr().out
     pred = TagsPredictor.from_model_folder(out, device="cpu")
     assert {t.name for t in pred.config.targets} == {"liver", "liver_tumor"}
     assert pred.config.encoder_size == 128  # --encoder-size reaches the model folder
-    card = (out / "README.md").read_text()
+    card = (out / CARD).read_text()
     assert "Not for clinical use" in card and "minilm" in card
     organ = np.zeros((10, 60, 60), bool)
     organ[1:9, 5:55, 5:55] = True  # 90 ml: within the liver's plausible volume

@@ -2,7 +2,7 @@
 
 Input channels: image and organ mask (zeros for organ targets), the same information TAGS gets
 from its anatomy prompts; one output channel per target. It is run through the same ROI crop,
-resampling and sliding-window path as TAGS (:class:`BaselinePredictor`), so the comparison
+resampling and sliding-window path as TAGS (:class:`BaselineWindowModel`), so the comparison
 differs only in the network.
 """
 
@@ -23,13 +23,19 @@ from torch import nn
 from tqdm import tqdm
 
 from tags.config import ModelConfig, TargetSpec
-from tags.predictor import TagsPredictor
+from tags.device import autocast
+from tags.inference import TagsPredictor
+from tags.model_folder import CONFIG, WEIGHTS
 
 from .data import augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
-from .train import TrainConfig, training_precision
+from .train import TrainConfig, training_precision, warmup_cosine
 
 FILTERS = (16, 32, 64, 128)
+LR = 1e-3
+"""Peak AdamW learning rate of the baseline."""
+SUMMARY = "summary.json"
+"""Steps, seconds, precision and final loss of a baseline run, beside its config and weights."""
 
 
 class BaselineNet(nn.Module):
@@ -50,25 +56,36 @@ class BaselineNet(nn.Module):
         return self.unet(x)[:, i : i + 1]
 
 
-class BaselinePredictor(TagsPredictor):
-    """TagsPredictor's ROI/sliding-window path with the baseline network in the window."""
+class BaselineWindowModel:
+    """The baseline network as a :class:`tags.inference.WindowModel`: TagsPredictor's ROI and
+    sliding-window path runs it exactly as it runs TAGS."""
 
-    def __init__(self, net: BaselineNet, **kwargs) -> None:
-        super().__init__(net, {}, **kwargs)
+    encoder_side = None  # windows keep the trained in-plane size
+
+    def __init__(self, net: BaselineNet) -> None:
+        self.net = net.eval()
+        self.config = net.config
 
     @classmethod
-    def from_folder(cls, path: str | Path, **kwargs) -> "BaselinePredictor":
+    def from_folder(cls, path: str | Path) -> "BaselineWindowModel":
         path = Path(path)
-        config = ModelConfig.from_json((path / "config.json").read_text())
-        net = BaselineNet(config)
-        load_model(net, str(path / "weights.safetensors"))
-        return cls(net, **kwargs)
+        net = BaselineNet(ModelConfig.from_json((path / CONFIG).read_text()))
+        load_model(net, str(path / WEIGHTS))
+        return cls(net)
 
-    def _window_logits(self, net, x, target: TargetSpec, has_organ: bool, grid_spacing) -> torch.Tensor:
-        if not has_organ:
+    def to(self, device: torch.device) -> "BaselineWindowModel":
+        self.net.to(device)
+        return self
+
+    def __call__(self, x: torch.Tensor, target: TargetSpec, trained, grid_spacing) -> torch.Tensor:
+        if x.shape[1] == 1:  # organ pass: no organ channel
             x = torch.cat([x, torch.zeros_like(x)], dim=1)
-        with self._autocast():
-            return net(_pad8(x), target.name)[..., : x.shape[2], : x.shape[3], : x.shape[4]].float()
+        return self.net(_pad8(x), target.name)[..., : x.shape[2], : x.shape[3], : x.shape[4]]
+
+
+def baseline_predictor(path: str | Path, **kwargs) -> TagsPredictor:
+    """A predictor that runs the baseline in the folder at ``path`` (``train_baseline`` wrote it)."""
+    return TagsPredictor(BaselineWindowModel.from_folder(path), **kwargs)
 
 
 def _pad8(x: torch.Tensor) -> torch.Tensor:
@@ -82,12 +99,14 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
                    max_steps: Optional[int] = None) -> Dict:
     """Train the baseline for ``seconds`` of wall time (the TAGS run's budget); write ``out``.
 
-    The learning rate follows the same warm-up + cosine shape over the time budget.
+    The learning rate decays along a half cosine (:func:`training.train.warmup_cosine`, no
+    warm-up) over the fraction of the time budget spent.
     """
     torch.manual_seed(cfg.seed)
-    precision = training_precision(cfg, torch.device("cpu"))
+    device = torch.device("cpu")
+    precision = training_precision(cfg, device)
     net = BaselineNet(model).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
     cases = load_training_cases([read_dataset(d) for d in cfg.datasets], model, cfg.z_split)
     t0 = time.time()
@@ -98,7 +117,7 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
     while time.time() - t0 < seconds and (max_steps is None or step < max_steps):
         frac = (time.time() - t0) / seconds
         for g in opt.param_groups:
-            g["lr"] = 1e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
+            g["lr"] = LR * warmup_cosine(frac, warmup=0, total=1)
         rng = np.random.default_rng([cfg.seed, 7, step])
         sampling = dataclasses.replace(cfg.sampling, prompt_drop=0.0, box_jitter=0.0)
         s = draw_sample(cases, model.targets, model, rng, sampling=sampling, img_size=256, mask_size=256,
@@ -106,8 +125,7 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
         organ = s.organ if s.organ is not None else torch.zeros_like(s.image)
         x = _pad8(torch.cat([augment_intensity(s.image, int(rng.integers(2**31))), organ])[None])
         y = _pad8(s.label[None])
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
-        with ctx:
+        with autocast(device, precision):
             logits = net(x, s.target.name)
         loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -121,9 +139,9 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
     bar.close()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(model.to_json())
-    save_model(net, str(out / "weights.safetensors"))  # handles DynUNet's shared tensors
+    (out / CONFIG).write_text(model.to_json())
+    save_model(net, str(out / WEIGHTS))  # handles DynUNet's shared tensors
     summary = {"steps": step, "seconds": round(time.time() - t0, 1), "precision": precision, "final_loss_mean_last10": float(np.mean(losses[-10:])),
                "parameters": sum(p.numel() for p in net.parameters()), "architecture": f"MONAI DynUNet filters {FILTERS}"}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary

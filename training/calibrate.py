@@ -20,7 +20,7 @@ from tags.config import LesionDecision
 from tags.geometry import spacing_from_affine
 from tags.lesion_decision import components, keeps
 from tags.lesions import CONNECTIVITY
-from tags.predictor import TagsPredictor
+from tags.inference import TagsPredictor
 from tags.preprocessing import prepare_ct
 
 from .data import target_masks

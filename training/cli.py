@@ -35,6 +35,8 @@ def _check(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .data import SamplingConfig
     from .train import TrainConfig, train
 
@@ -42,21 +44,32 @@ def _train(a: argparse.Namespace) -> int:
     for item in a.z_split or []:
         name, frac = item.split(":")
         z_split[name] = float(frac)
+    model = _train_defaults().model
     cfg = TrainConfig(
         datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, z_split=z_split, text_encoder=a.text_encoder,
-        clip_folder=a.clip_folder, backbone=a.backbone, backbone_checkpoint=a.backbone_checkpoint,
-        encoder_size=a.encoder_size, slab_size=a.slab, roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi),
-        train_mask_decoder=a.train_mask_decoder, progress=not a.no_progress,
+        checkpoint_every=a.checkpoint_every, z_split=z_split, clip_folder=a.clip_folder,
+        backbone_checkpoint=a.backbone_checkpoint, progress=not a.no_progress,
+        model=replace(
+            model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
+            roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi), train_mask_decoder=a.train_mask_decoder,
+            text_encoder=a.text_encoder, text_alignment=a.text_alignment,
+        ),
         sampling=SamplingConfig(
             organ_fraction=a.organ_fraction, negative_fraction=a.negative_fraction,
             synthetic_fraction=a.synthetic_fraction, organ_negative_fraction=a.organ_negative_fraction,
             phase_probability=a.phase_probability, phase_hu=tuple(a.phase_hu),
         ),
-        text_alignment=a.text_alignment, alignment_weight=a.alignment_weight,
+        alignment_weight=a.alignment_weight,
     )
     print(f"run folder: {train(cfg)}")
     return 0
+
+
+def _train_defaults():
+    """The default :class:`training.train.TrainConfig`: the source of every default of ``train``."""
+    from .train import TrainConfig
+
+    return TrainConfig(datasets=[], out="")
 
 
 def _export(a: argparse.Namespace) -> int:
@@ -67,15 +80,15 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from tags.predictor import TagsPredictor
+    from tags.inference import TagsPredictor
 
-    from .baseline import BaselinePredictor
+    from .baseline import baseline_predictor
     from .evaluate import evaluate, write_report
 
     predictors = {"tags": TagsPredictor.from_model_folder(a.model, progress=False, device=a.device,
                                                           precision=a.precision)}
     if a.baseline:
-        predictors["baseline"] = BaselinePredictor.from_folder(a.baseline)
+        predictors["baseline"] = baseline_predictor(a.baseline)
     report = evaluate(predictors, a.dataset, split=a.split, z_from=a.z_from, organ_source=a.organ_source,
                       nsd_mm=a.nsd_mm)
     write_report(report, a.out)
@@ -93,7 +106,64 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train_options(t: argparse.ArgumentParser) -> None:
+    """The options of ``train``; their defaults are those of :class:`training.train.TrainConfig`,
+    its :class:`tags.config.ModelConfig` and :class:`training.data.SamplingConfig`."""
+    from .train import TRAIN_PRECISIONS
+
+    d = _train_defaults()
+    m, s = d.model, d.sampling
+    t.add_argument("datasets", nargs="+", help="dataset folders (MSD or nnU-Net v2 raw layout)")
+    t.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoint (resumed if present)")
+    t.add_argument("--steps", type=int, default=d.steps, help=f"total optimisation steps (default {d.steps})")
+    t.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
+    t.add_argument("--precision", choices=list(TRAIN_PRECISIONS), default=d.precision,
+                   help="autocast dtype (default: bf16 on CUDA and on CPUs with native bf16, else fp32)")
+    t.add_argument("--seed", type=int, default=d.seed, help="seed of sampling and initialisation")
+    t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between checkpoints and log lines")
+    t.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
+                   help="train on the first FRACTION of that dataset's slices only (the rest is held out)")
+    t.add_argument("--text-encoder", choices=["minilm", "clip"], default=m.text_encoder, help="sentence encoder")
+    t.add_argument("--clip-folder", default=d.clip_folder,
+                   help="local CLIP text model folder (for --text-encoder clip)")
+    t.add_argument("--backbone", choices=["litemedsam", "sam_vit_b"], default=m.backbone, help="base SAM")
+    t.add_argument("--backbone-checkpoint", default=d.backbone_checkpoint,
+                   help="base checkpoint file (sam_vit_b needs it)")
+    t.add_argument("--encoder-size", type=int, default=m.encoder_size, metavar="SIDE",
+                   help="encoder input side in pixels (default: the backbone's native side, 256 for "
+                        "LiteMedSAM; the demo model uses 128, a quarter of the cost)")
+    t.add_argument("--slab", type=int, default=m.adapter.slab_size,
+                   help=f"slices per encoder slab (default {m.adapter.slab_size})")
+    t.add_argument("--roi", type=int, nargs=3, default=list(m.roi_size), metavar=("D", "H", "W"),
+                   help="tumor window on the model grid")
+    t.add_argument("--organ-roi", type=int, nargs=3, default=list(m.organ_roi_size), metavar=("D", "H", "W"),
+                   help="organ window on the coarse grid")
+    t.add_argument("--train-mask-decoder", action="store_true", help="fine-tune SAM's mask decoder too")
+    t.add_argument("--organ-fraction", type=float, default=s.organ_fraction,
+                   help=f"share of organ-target steps (default {s.organ_fraction:g})")
+    t.add_argument("--negative-fraction", type=float, default=s.negative_fraction,
+                   help="share of tumor steps on healthy organs without tumors (cases listed as tumor_free)")
+    t.add_argument("--synthetic-fraction", type=float, default=s.synthetic_fraction,
+                   help="share of tumor steps with synthetic tumors inserted into healthy organs")
+    t.add_argument("--organ-negative-fraction", type=float, default=s.organ_negative_fraction,
+                   help="share of organ steps centred on the body outside the organ")
+    t.add_argument("--phase-probability", type=float, default=s.phase_probability,
+                   help="share of crops whose organ is moved to another contrast phase "
+                        f"(default {s.phase_probability:g})")
+    t.add_argument("--phase-hu", type=float, nargs=2, default=list(s.phase_hu), metavar=("LOW", "HIGH"),
+                   help="range of the organ's median HU after that move (default %g %g)" % tuple(s.phase_hu))
+    t.add_argument("--text-alignment", action="store_true",
+                   help="add TAGS' text-alignment loss (healthy vs tumor phrases of the organ)")
+    t.add_argument("--alignment-weight", type=float, default=d.alignment_weight,
+                   help=f"weight of that loss (default {d.alignment_weight:g})")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
+    """The parser of ``tags-train``. ``train_options``: add the options of ``train``, whose
+    defaults come from :class:`training.train.TrainConfig` (importing it loads torch and MONAI,
+    seconds that the other commands need not spend)."""
     p = argparse.ArgumentParser(prog="tags-train", description="Build sample datasets, check datasets, train and export TAGS models.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -120,49 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a TAGS model (resumes if OUT holds a checkpoint)",
                        description="Train adapters, prompt fusion, text projection and 3D head on one or more "
                                    "datasets. Runs under torchrun for several processes (gloo on CPU, NCCL on GPU).")
-    t.add_argument("datasets", nargs="+", help="dataset folders (MSD or nnU-Net v2 raw layout)")
-    t.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoint (resumed if present)")
-    t.add_argument("--steps", type=int, default=1000, help="total optimisation steps (default 1000)")
-    t.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (default 3e-4)")
-    t.add_argument("--precision", choices=["bf16", "fp32"], default=None,
-                   help="autocast dtype (default: bf16 on CUDA and on CPUs with native bf16, else fp32)")
-    t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
-    t.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints and log lines")
-    t.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
-                   help="train on the first FRACTION of that dataset's slices only (the rest is held out)")
-    t.add_argument("--text-encoder", choices=["minilm", "clip"], default="minilm", help="sentence encoder")
-    t.add_argument("--clip-folder", default=None, help="local CLIP text model folder (for --text-encoder clip)")
-    t.add_argument("--backbone", choices=["litemedsam", "sam_vit_b"], default="litemedsam", help="base SAM")
-    t.add_argument("--backbone-checkpoint", default=None, help="base checkpoint file (sam_vit_b needs it)")
-    t.add_argument("--encoder-size", type=int, default=None, metavar="SIDE",
-                   help="encoder input side in pixels (default: the backbone's native side, 256 for "
-                        "LiteMedSAM; the demo model uses 128, a quarter of the cost)")
-    t.add_argument("--slab", type=int, default=4, help="slices per encoder slab (default 4)")
-    t.add_argument("--roi", type=int, nargs=3, default=[64, 128, 128], metavar=("D", "H", "W"),
-                   help="tumor window on the model grid")
-    t.add_argument("--organ-roi", type=int, nargs=3, default=[32, 128, 128], metavar=("D", "H", "W"),
-                   help="organ window on the coarse grid")
-    t.add_argument("--train-mask-decoder", action="store_true", help="fine-tune SAM's mask decoder too")
-    t.add_argument("--organ-fraction", type=float, default=0.3, help="share of organ-target steps (default 0.3)")
-    t.add_argument("--negative-fraction", type=float, default=0.0,
-                   help="share of tumor steps on healthy organs without tumors (cases listed as tumor_free)")
-    t.add_argument("--synthetic-fraction", type=float, default=0.0,
-                   help="share of tumor steps with synthetic tumors inserted into healthy organs")
-    t.add_argument("--organ-negative-fraction", type=float, default=0.0,
-                   help="share of organ steps centred on the body outside the organ")
-    t.add_argument("--phase-probability", type=float, default=0.0,
-                   help="share of crops whose organ is moved to another contrast phase (default 0)")
-    t.add_argument("--phase-hu", type=float, nargs=2, default=[40.0, 140.0], metavar=("LOW", "HIGH"),
-                   help="range of the organ's median HU after that move (default 40 140)")
-    t.add_argument("--text-alignment", action="store_true",
-                   help="add TAGS' text-alignment loss (healthy vs tumor phrases of the organ)")
-    t.add_argument("--alignment-weight", type=float, default=0.5, help="weight of that loss (default 0.5)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if train_options:
+        _add_train_options(t)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("export", help="write the model folder of a run",
-                       description="Write config.json, weights.safetensors, text embeddings, metadata with "
-                                   "sha256 sums and a model card for the latest checkpoint of RUN.")
+                       description="Write the model folder (config, weights and text embeddings as safetensors, "
+                                   "metadata with sha256 sums, model card) for the latest checkpoint of RUN.")
     e.add_argument("run", help="run folder of tags-train train")
     e.add_argument("out", help="model folder to write")
     e.add_argument("--limits", default="", help="text for the model card's Limits section")
@@ -182,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--organ-source", choices=["label", "model"], default="label",
                    help="organ mask for tumor prompts: ground-truth label (oracle, default) or the model's organ pass")
     v.add_argument("--nsd-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    v.add_argument("--device", default=None, help="torch device (default: $TAGS_DEVICE, else CUDA if present, else CPU)")
+    v.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
     v.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
                    help="TAGS inference precision (default: the predictor's choice for the device)")
     v.set_defaults(func=_evaluate)
@@ -202,7 +236,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Third-party deprecation notices (timm, MONAI) are for developers, not for users of the CLI.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:

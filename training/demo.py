@@ -19,13 +19,16 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from .baseline import BaselinePredictor, train_baseline
+from tags.config import ModelConfig
+from tags.model_folder import METADATA
+
+from .baseline import SUMMARY, baseline_predictor, train_baseline
 from .calibrate import ValidationCase, choose_lesion_decision, collect_candidates
 from .data import SamplingConfig
 from .evaluate import evaluate, write_report
 from .export import export_model
 from .samples import build_samples
-from .train import TrainConfig, load_checkpoint, train
+from .train import CKPT_STATE, METRICS, TRAIN_CONFIG, TrainConfig, load_checkpoint, train
 
 Z_TRAIN = 0.5
 """LiTS-117: the first half of its canonical slices train."""
@@ -61,22 +64,17 @@ livers as they are, 60 % real LiTS tumors; a fifth of the organ steps centred ou
 
 
 def demo_config(samples: Dict[str, Path], run: Path, steps: int, text_alignment: bool = True) -> TrainConfig:
+    """The demo recipe; what it does not set (slab size, organ window, grids, ...) is the default."""
     return TrainConfig(
         datasets=[str(samples["lits117"]), str(samples["totalseg"])],
         out=str(run),
+        model=ModelConfig(encoder_size=128, roi_size=(32, 128, 128), text_alignment=text_alignment),
         steps=steps,
         lr=1e-3,
         warmup=10,
         sampling=SAMPLING,
-        text_alignment=text_alignment,
         checkpoint_every=25,
         z_split={"LiTS117": Z_TRAIN},
-        encoder_size=128,
-        slab_size=4,
-        roi_size=(32, 128, 128),
-        organ_roi_size=(32, 128, 128),
-        crop_size=None,
-        progress=True,
     )
 
 
@@ -89,9 +87,14 @@ def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
     cfg = dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), progress=False,
                               checkpoint_every=PROBE_STEPS)
     train(cfg, stop_after=PROBE_STEPS)
-    seconds = json.loads((probe / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
+    seconds = _training_seconds(probe)
     shutil.rmtree(probe, ignore_errors=True)
     return seconds / PROBE_STEPS
+
+
+def _training_seconds(run: Path) -> float:
+    """Seconds from the start of the run in ``run`` to its last logged checkpoint."""
+    return json.loads((run / METRICS).read_text().splitlines()[-1])["seconds"]
 
 
 def validation_cases(samples: Dict[str, Path]) -> List[ValidationCase]:
@@ -141,12 +144,12 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         else build_samples(samples_dir, overwrite=True)
     )
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
-    trained = (out / "run" / "checkpoint.json").is_file() and (out / "baseline" / "summary.json").is_file()
+    trained = (out / "run" / CKPT_STATE).is_file() and (out / "baseline" / SUMMARY).is_file()
     if reuse_training and trained:
-        steps = int(json.loads((out / "run" / "checkpoint.json").read_text())["step"])
+        steps = int(json.loads((out / "run" / CKPT_STATE).read_text())["step"])
         cfg = demo_config(samples, out / "run", steps)
-        tags_seconds = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
-        base = json.loads((out / "baseline" / "summary.json").read_text())
+        tags_seconds = _training_seconds(out / "run")
+        base = json.loads((out / "baseline" / SUMMARY).read_text())
         print(f"[demo] reusing the trained TAGS run ({steps} steps) and baseline in {out}", flush=True)
     else:
         per_step = seconds_per_step(samples, out / "probe")
@@ -155,18 +158,16 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         print(f"[demo] a step takes {per_step:.1f} s: training TAGS for {steps} steps "
               f"(about {steps * per_step / 60:.0f} min)", flush=True)
         train(cfg)
-        tags_seconds = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
-        from tags.config import ModelConfig
-
+        tags_seconds = _training_seconds(out / "run")
         model_cfg = ModelConfig.from_dict(load_checkpoint(out / "run")[2]["model_config"])
         print(f"[demo] training the DynUNet baseline for the same {tags_seconds:.0f} s", flush=True)
         base = train_baseline(cfg, model_cfg, tags_seconds, out / "baseline")
     tmp_model = out / "model.unevaluated"
     export_model(out / "run", tmp_model, overwrite=True)
-    from tags.predictor import TagsPredictor
+    from tags.inference import TagsPredictor
 
     predictors = {"tags": TagsPredictor.from_model_folder(tmp_model),
-                  "baseline": BaselinePredictor.from_folder(out / "baseline")}
+                  "baseline": baseline_predictor(out / "baseline")}
     print("[demo] choosing the lesion decision on validation cases", flush=True)
     described = ("LiTS-117 slices 50-60 % (organ from its label) and the healthy TotalSegmentator aorta-report "
                  "abdomen (organ from the organ pass)")
@@ -196,13 +197,13 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         "tags_training_seconds": tags_seconds,
     }
     command = "tags-train demo " + shlex.quote(str(out)) + f" --minutes {minutes:g}"
-    from tags.bench import machine_info
+    from tags.device import machine_info
 
-    precision = json.loads((out / "run" / "train_config.json").read_text())["precision"]
+    precision = json.loads((out / "run" / TRAIN_CONFIG).read_text())["precision"]
     timing = {"tags_training_seconds": tags_seconds, "baseline_seconds": base.get("seconds"),
               "machine": {**machine_info(), "training_precision": precision}}
     if reuse_training and trained:
-        previous = out / "model" / "metadata.json"
+        previous = out / "model" / METADATA
         if previous.is_file() and "build_seconds" in (built := json.loads(previous.read_text())):
             timing["build_seconds"] = built["build_seconds"]
         timing["decided_and_evaluated_again_seconds"] = round(time.time() - t0, 1)

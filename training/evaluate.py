@@ -19,7 +19,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from tags.geometry import spacing_from_affine, to_canonical
-from tags.predictor import TagsPredictor
+from tags.inference import TagsPredictor
 from tags.preprocessing import prepare_ct
 
 from .data import target_masks

@@ -10,11 +10,10 @@ from typing import Dict, Optional
 import torch
 
 from tags.config import LesionDecision, ModelConfig
-from tags.model_folder import save_model_folder
+from tags.model_folder import load_delta, save_model_folder
 from tags.network import build_tags
-from tags.predictor import load_delta
 
-from .train import load_checkpoint
+from .train import TrainConfig, load_checkpoint
 
 CARD_TEMPLATE = """# TAGS model: {targets}
 
@@ -60,8 +59,8 @@ def export_model(
     config = ModelConfig.from_dict(state["model_config"])
     if lesion_decision is not None:
         config = dataclasses.replace(config, lesion_decision=lesion_decision)
-    tc = state["train_config"]
-    net = build_tags(config, checkpoint=tc.get("backbone_checkpoint"))
+    tc = TrainConfig.from_dict(state["train_config"])
+    net = build_tags(config, checkpoint=tc.backbone_checkpoint)
     if net.backbone_sha256 != state["base_checkpoint_sha256"]:
         raise ValueError("the installed base checkpoint differs from the one this run was trained on")
     load_delta(net, weights, where=str(run))
@@ -76,7 +75,7 @@ def export_model(
         target_lines="; ".join(f"{t.name} ({t.kind}: \"{t.sentence}\")" for t in config.targets),
         steps=state["step"],
         world=state.get("world_size", 1),
-        datasets=", ".join(Path(d).name for d in tc["datasets"]),
+        datasets=", ".join(Path(d).name for d in tc.datasets),
         window=list(p.hu_window),
         spacing=list(p.spacing),
         organ_spacing=list(p.organ_spacing),
@@ -88,9 +87,9 @@ def export_model(
         "training": {
             "steps": state["step"],
             "world_size": state.get("world_size", 1),
-            "datasets": [Path(d).name for d in tc["datasets"]],
-            "z_split": tc.get("z_split", {}),
-            "train_config": tc,
+            "datasets": [Path(d).name for d in tc.datasets],
+            "z_split": tc.z_split,
+            "train_config": state["train_config"],
         },
         "metrics": metrics or {},
     }

@@ -7,14 +7,13 @@ draws exactly the samples the uninterrupted run would have drawn. Checkpoints ar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,9 +22,9 @@ from monai.losses import DiceCELoss
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from tags.config import AdapterConfig, ModelConfig, PreprocessingConfig
+from tags.config import ModelConfig
+from tags.device import autocast, default_precision
 from tags.network import TagsNet, build_tags
-from tags.predictor import default_precision
 from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
 
@@ -34,6 +33,12 @@ from .datasets import read_dataset
 
 CKPT_WEIGHTS = "checkpoint.safetensors"
 CKPT_STATE = "checkpoint.json"
+TRAIN_CONFIG = "train_config.json"
+"""The run's :class:`TrainConfig` as JSON (precision and model resolved), written when it starts."""
+METRICS = "metrics.jsonl"
+"""One line per checkpoint interval: step, mean loss, learning rate, seconds since the start."""
+TRAIN_PRECISIONS = ("bf16", "fp32")
+"""Training precisions: bf16 autocast or fp32 (fp16 would need loss scaling)."""
 PHRASES = "phrases/"
 """Prefix of the (2, E) healthy / tumor phrase embeddings of each tumor target among the stored
 text embeddings (text alignment only)."""
@@ -41,24 +46,29 @@ text embeddings (text alignment only)."""
 
 @dataclass
 class TrainConfig:
-    """Options of one training run (written to the run folder as JSON).
+    """Options of one training run (written to the run folder as JSON, :data:`TRAIN_CONFIG`).
 
+    ``model``: the model's settings (backbone, encoder size, adapters, preprocessing, windows,
+    text encoder, text alignment, ...; :class:`tags.config.ModelConfig`, whose defaults are the
+    defaults of training too). Its ``targets`` and ``text_dim`` are filled in when the run
+    starts, from the datasets and the text encoder (:func:`model_config_for`).
     ``precision``: "bf16" (autocast) or "fp32"; None: :func:`training_precision`, resolved when
     the run starts and written to the run folder as resolved.
     ``sampling``: what each step draws (real, synthetic and healthy tumor crops, organ
     negatives; :class:`training.data.SamplingConfig`).
-    ``text_alignment``: add TAGS' text-alignment loss (:mod:`tags.alignment`), weighted by
-    ``alignment_weight``, on tumor samples.
+    ``alignment_weight``: weight of TAGS' text-alignment loss (:mod:`tags.alignment`) on tumor
+    samples, when ``model.text_alignment`` is set.
+    ``warmup``: steps of linear learning-rate warm-up before the cosine decay (:func:`warmup_cosine`).
     """
 
     datasets: List[str]
     out: str
+    model: ModelConfig = field(default_factory=ModelConfig)
     steps: int = 1000
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 20
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    text_alignment: bool = False
     alignment_weight: float = 0.5
     precision: Optional[str] = None
     seed: int = 0
@@ -66,18 +76,52 @@ class TrainConfig:
     clip_grad: float = 1.0
     z_split: Dict[str, float] = field(default_factory=dict)
     crop_size: Optional[Tuple[int, int, int]] = None
-    text_encoder: str = "minilm"
     clip_folder: Optional[str] = None
-    backbone: str = "litemedsam"
     backbone_checkpoint: Optional[str] = None
-    encoder_size: Optional[int] = None
-    slab_size: int = 4
-    roi_size: Tuple[int, int, int] = (64, 128, 128)
-    organ_roi_size: Tuple[int, int, int] = (32, 128, 128)
-    spacing: Tuple[float, float, float] = (1.5, 1.5, 1.5)
-    organ_spacing: Tuple[float, float, float] = (4.0, 3.0, 3.0)
-    train_mask_decoder: bool = False
     progress: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """The inverse of :meth:`to_dict` (a run folder's :data:`TRAIN_CONFIG`, or the
+        ``train_config`` of its checkpoint). Also reads older run folders: their model settings
+        were flat keys (``backbone``, ``encoder_size``, ``slab_size``, ``roi_size``, ``spacing``,
+        ...), and before :class:`~training.data.SamplingConfig` so were ``organ_fraction``,
+        ``prompt_drop`` and ``box_jitter``."""
+        d = dict(d)
+        if "model" in d:
+            model = ModelConfig.from_dict(d.pop("model"))
+        else:
+            model = _model_from_flat_keys(d)
+        sampling = dict(d.pop("sampling", {}))
+        sampling.update({f.name: d.pop(f.name) for f in fields(SamplingConfig) if f.name in d})
+        if "phase_hu" in sampling:
+            sampling["phase_hu"] = tuple(float(v) for v in sampling["phase_hu"])
+        if d.get("crop_size") is not None:
+            d["crop_size"] = tuple(int(v) for v in d["crop_size"])
+        return cls(model=model, sampling=SamplingConfig(**sampling), **d)
+
+
+_FLAT_MODEL_KEYS = ("backbone", "encoder_size", "roi_size", "organ_roi_size", "train_mask_decoder", "text_encoder",
+                    "text_alignment")
+"""Keys of the former flat TrainConfig that are :class:`ModelConfig` fields of the same name."""
+
+
+def _model_from_flat_keys(d: Dict[str, Any]) -> ModelConfig:
+    """Pop the former flat model keys out of ``d`` (a TrainConfig dict of an older run folder)."""
+    base = ModelConfig()
+    model: Dict[str, Any] = {k: d.pop(k) for k in _FLAT_MODEL_KEYS if k in d}
+    for k in ("roi_size", "organ_roi_size"):
+        if k in model:
+            model[k] = tuple(int(v) for v in model[k])
+    if "slab_size" in d:
+        model["adapter"] = replace(base.adapter, slab_size=int(d.pop("slab_size")))
+    grids = {k: tuple(float(v) for v in d.pop(k)) for k in ("spacing", "organ_spacing") if k in d}
+    if grids:
+        model["preprocessing"] = replace(base.preprocessing, **grids)
+    return replace(base, **model)
 
 
 def _dist() -> Tuple[int, int]:
@@ -89,36 +133,40 @@ def _dist() -> Tuple[int, int]:
 
 
 def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
+    """``cfg.model`` with the targets of ``cfg.datasets`` and the text encoder's width."""
     targets = {}
     for d in cfg.datasets:
         for t in read_dataset(d).targets.values():
             targets.setdefault(t.name, t)
-    return ModelConfig(
-        backbone=cfg.backbone,
-        encoder_size=cfg.encoder_size,
-        adapter=AdapterConfig(slab_size=cfg.slab_size),
-        preprocessing=PreprocessingConfig(spacing=tuple(cfg.spacing), organ_spacing=tuple(cfg.organ_spacing)),
-        roi_size=tuple(cfg.roi_size),
-        organ_roi_size=tuple(cfg.organ_roi_size),
-        text_encoder=cfg.text_encoder,
-        text_dim=text_dim,
-        text_alignment=cfg.text_alignment,
-        targets=tuple(targets.values()),
-        train_mask_decoder=cfg.train_mask_decoder,
-    )
+    return replace(cfg.model, text_dim=text_dim, targets=tuple(targets.values()))
 
 
 def training_precision(cfg: TrainConfig, device: torch.device) -> str:
     """``cfg.precision``, else bf16 autocast where the device multiplies bf16 natively (CUDA, CPUs
     with AMX or AVX512-BF16) and fp32 elsewhere: emulated bf16 is many times slower than fp32
     (on a 2-core AVX2 CPU a demo step did not finish in minutes)."""
-    return cfg.precision or default_precision(device)
+    precision = cfg.precision or default_precision(device)
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"training precision must be {' or '.join(TRAIN_PRECISIONS)}, not {precision!r}")
+    return precision
 
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+def warmup_cosine(position: float, warmup: float, total: float) -> float:
+    """Learning-rate factor (of the peak rate) at ``position``: a linear warm-up
+    ``(position + 1) / warmup`` while ``position < warmup``, then a half cosine from 1 at
+    ``warmup`` down to 0 at ``total`` (and 0 after it).
+
+    TAGS training calls it with the step index and ``warmup`` / ``total`` in steps; the baseline
+    (:func:`training.baseline.train_baseline`) with the elapsed fraction of its wall-time budget,
+    no warm-up and ``total`` 1. ``monai.optimizers.WarmupCosineSchedule`` cannot take a wall-time
+    fraction, and on steps it gives the same cosine but another warm-up: ``k / warmup`` (rate 0
+    on the first step) where this one has ``(k + 1) / warmup``; its ``warmup_multiplier`` cannot
+    shift that, nor can an offset of its step count without moving the cosine
+    (tests/test_train_config.py).
+    """
+    if position < warmup:
+        return (position + 1) / warmup
+    return 0.5 * (1 + math.cos(min(math.pi, math.pi * (position - warmup) / max(1, total - warmup))))
 
 
 def _save_checkpoint(run: Path, net: TagsNet, opt: torch.optim.Optimizer, step: int, meta: Dict) -> None:
@@ -167,12 +215,13 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     else:
-        encoder = build_text_encoder(cfg.text_encoder, cfg.clip_folder)
+        encoder = build_text_encoder(cfg.model.text_encoder, cfg.clip_folder)
         model_cfg = model_config_for(cfg, encoder.dim)
         text = embed_targets(encoder, {t.name: t.sentence for t in model_cfg.targets})
-        if cfg.text_alignment:
+        if model_cfg.text_alignment:
             for t in model_cfg.tumor_targets:
                 text[PHRASES + t.name] = phrase_embeddings(encoder, t.organ)
+    cfg = replace(cfg, model=model_cfg)  # recorded as resolved (targets, text width; a resumed run's own)
     net = build_tags(model_cfg, checkpoint=cfg.backbone_checkpoint)
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -184,7 +233,7 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
         start = int(state["step"])
     elif rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        (run / TRAIN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
     model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
@@ -196,16 +245,13 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
         "model_config": model_cfg.to_dict(),
         "text_embeddings": {k: v.cpu().tolist() for k, v in text.items()},
         "base_checkpoint_sha256": net.backbone_sha256,
-        "train_config": asdict(cfg),
+        "train_config": cfg.to_dict(),
         "world_size": world,
     }
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
     net.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), disable=not cfg.progress or rank != 0, desc="train", initial=start, total=cfg.steps)
-    log = run / "metrics.jsonl"
+    log = run / METRICS
     window: List[float] = []
     t0 = time.time()
     for step in bar:
@@ -215,13 +261,13 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
             img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0], crop_size=cfg.crop_size,
         )
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, cfg)
+            g["lr"] = cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
         image = augment_intensity(s.image, int(rng.integers(2**31)))[None].to(device)
         organ = s.organ[None].to(device) if s.organ is not None else None
         prompts = s.prompts.to(device) if s.prompts is not None else None
         label = s.label[None].to(device)
-        phrases = text.get(PHRASES + s.target.name) if cfg.text_alignment else None
-        with autocast:
+        phrases = text.get(PHRASES + s.target.name) if model_cfg.text_alignment else None
+        with autocast(device, cfg.precision):
             out = model(image, text[s.target.name][None], prompts, organ,
                         phrases=phrases[None] if phrases is not None else None)
         logits, aligned = out if isinstance(out, tuple) else (out, None)

@@ -10,7 +10,7 @@ convolutions, the residual add inside the last one, the last GELU in place. Meas
 repository's 2-core AVX2 machine: 225-233 -> 190-193 ms for the two blocks of a window.
 
 Used only where it applies: fp32 on the CPU without autocast, not training, torch built with
-oneDNN, BatchNorm already folded (:func:`tags.backbones.fuse_conv_bn`: plain ``Conv2d``
+oneDNN, BatchNorm already folded (:func:`tags.inference.surgery.fuse_conv_bn`: plain ``Conv2d``
 layers), exact GELUs and no drop path. Otherwise the upstream forward runs. Equal to the
 upstream block to float rounding (``tests/test_inference_blocks.py``).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import swap_to_subclass
+from .surgery import swap_to_subclass
 
 
 class InferenceMBConv(nn.Module):
@@ -60,7 +60,7 @@ def _make_class(base: type) -> type:
 
 def use_fused_mbconv(module: nn.Module) -> int:
     """Swap every fusable TinyViT ``MBConv`` inside ``module`` (eval mode, BatchNorm folded) to
-    its fused inference subclass, in place (:func:`tags.backbones.swap_to_subclass`). Returns
+    its fused inference subclass, in place (:func:`tags.inference.surgery.swap_to_subclass`). Returns
     how many were swapped; none when torch has no oneDNN. Blocks already swapped or not
     fusable are left as they are."""
     if not torch.backends.mkldnn.is_available():

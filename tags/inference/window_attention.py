@@ -29,7 +29,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from .backbones import swap_to_subclass
+from .surgery import swap_to_subclass
 
 
 def _window_groups(n: int, ws: int) -> List[Tuple[slice, int]]:
@@ -117,7 +117,7 @@ def windowed_attention(attn: nn.Module, x: torch.Tensor, ws: int) -> torch.Tenso
 
 def use_inference_attention(module: nn.Module) -> int:
     """Swap every TinyViT block inside ``module`` (in eval mode) to its inference subclass, in
-    place (:func:`tags.backbones.swap_to_subclass`): same parameters, hooks and children,
+    place (:func:`tags.inference.surgery.swap_to_subclass`): same parameters, hooks and children,
     padded queries skipped (module docstring). Returns how many blocks were swapped; already
     swapped blocks are left as they are."""
     return swap_to_subclass(module, "TinyViTBlock", InferenceTinyViTBlock, _make_inference_block_class)

