@@ -30,8 +30,8 @@ from tags.model_folder import ModelFolderError
 from tags.preprocessing import CTInputError
 
 from operators import (
-    CTPreprocessOperator, CTSeriesSelectorOperator, InferenceSettings, LesionReportOperator, OrganPromptOperator, SegWriterOperator, StudyLoaderOperator,
-    TagsInferenceOperator,
+    CTPreprocessOperator, CTSeriesSelectorOperator, InferenceSettings, LesionReportOperator, OrganPromptOperator,
+    SegWriterOperator, StudyLoaderOperator, TagsInferenceOperator,
 )
 from operators.ct_series_selector import MAX_VOXELS
 from operators.ct_volume_operator import CTVolumeOperator

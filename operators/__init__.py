@@ -27,6 +27,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "CTPreprocessOperator", "CTSeries", "CTSeriesSelectorOperator", "InferenceSettings", "LesionReportOperator", "OrganMasks", "OrganPromptOperator", "SegWriterOperator",
-    "Segmentation", "SkippedFile", "StageTimings", "StudyLoaderOperator", "TagsInferenceOperator", "TargetOutcome",
+    "CTPreprocessOperator", "CTSeries", "CTSeriesSelectorOperator", "InferenceSettings", "LesionReportOperator",
+    "OrganMasks", "OrganPromptOperator", "SegWriterOperator", "Segmentation", "SkippedFile", "StageTimings",
+    "StudyLoaderOperator", "TagsInferenceOperator", "TargetOutcome",
 ]

@@ -69,6 +69,11 @@ def _numbers(ds, key: str, count: int) -> Tuple[Optional[List[float]], Optional[
 
 def instance_defects(ds) -> List[str]:
     """Every defect of one CT instance that would corrupt the volume or the derived objects."""
+    return _identity_defects(ds) + _geometry_defects(ds) + _pixel_format_defects(ds)
+
+
+def _identity_defects(ds) -> List[str]:
+    """UIDs, the file meta's agreement with them, and the transfer syntax."""
     out = []
     for key in UID_KEYS + (("FrameOfReferenceUID",) if "FrameOfReferenceUID" in ds else ()):
         try:
@@ -90,6 +95,12 @@ def instance_defects(ds) -> List[str]:
             out.append(f"its transfer syntax {str(ts)[:40]!r} is not a known DICOM transfer syntax")
     except Exception:  # noqa: BLE001
         out.append("its file meta has no readable TransferSyntaxUID")
+    return out
+
+
+def _geometry_defects(ds) -> List[str]:
+    """PixelSpacing, ImagePositionPatient and ImageOrientationPatient."""
+    out = []
     spacing, why = _numbers(ds, "PixelSpacing", 2) if "PixelSpacing" in ds else (None, None)
     if why:
         out.append(why)
@@ -107,6 +118,12 @@ def instance_defects(ds) -> List[str]:
         r, c = np.array(orientation[:3]), np.array(orientation[3:])
         if abs(np.linalg.norm(r) - 1) > 0.01 or abs(np.linalg.norm(c) - 1) > 0.01 or abs(float(r @ c)) > 0.01:
             out.append(f"ImageOrientationPatient {orientation} is not two orthogonal unit vectors")
+    return out
+
+
+def _pixel_format_defects(ds) -> List[str]:
+    """Rows, Columns, bit depths and the rescale."""
+    out = []
     for key in ("Rows", "Columns"):
         try:
             v = int(ds[key].value) if key in ds else None

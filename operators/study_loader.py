@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Tuple
 
 import pydicom
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
@@ -102,64 +102,82 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
     study loads (ports as the SDK loader's: output ``dicom_study_list``)."""
 
     def load_data_to_studies(self, input_path: Path):
-        studies = super().load_data_to_studies(Path(input_path))
-        if not studies:
-            raise CTInputError(why_nothing_loaded(Path(input_path)))
-        return studies
-
-    def _load_data(self, files: List[str]):
         """The SDK's loading of the files pydicom can parse; the others are skipped and listed.
 
-        Each file's header is parsed by this method before the SDK parses the whole file: a file that
+        Each file's header is parsed here before the SDK parses the whole file: a file that
         breaks pydicom with anything but the SDK's expected InvalidDicomError would otherwise
         stop the whole run with the library's message. Files the SDK then drops (it skips an
         instance whose UID or position it cannot use, with a log line only) are listed too.
         """
-        readable, skipped, headers = [], [], {}
-        for f in files:
-            try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True)
-                ds.get("SOPInstanceUID"), ds.get("ImagePositionPatient")  # values the SDK reads at once
-            except Exception as e:  # noqa: BLE001 - every parser failure skips the file with its reason
-                log.debug("cannot parse %s", Path(f).name, exc_info=True)
-                skipped.append(why_unreadable(Path(f), e))
-                continue
-            disorder = elements_out_of_order(Path(f), ds) or element_damage(ds)
-            if disorder:
-                skipped.append(SkippedFile(Path(f).name, f"a damaged DICOM file: {disorder}", True))
-                continue
-            readable.append(f)
-            headers[f] = ds
+        input_path = Path(input_path)
+        if not input_path.is_dir():
+            raise CTInputError(f"the input folder {input_path} does not exist")
+        files: List[str] = []
+        self._list_files(input_path, files)  # the SDK's own listing (recursive)
+        readable, skipped, headers = _parse_headers(files)
+        studies = self._sdk_studies(readable)
+        skipped += _dropped_by_sdk(studies, readable, headers)
+        if skipped:
+            log.warning("%d file(s) of the input skipped: %s", len(skipped),
+                        "; ".join(f"{s.name}: {s.reason}" for s in skipped[:10]))
+        if not studies:
+            raise CTInputError(why_nothing_loaded(input_path))
+        for study in studies:
+            study.skipped_files = list(skipped)  # not tied to a study: they could not be read
+        return studies
+
+    def _sdk_studies(self, files: List[str]):
+        """The SDK's grouping of ``files`` into studies; a file it fails on is named."""
         try:
-            studies = super()._load_data(readable)
+            return self._load_data(files)
         except Exception:
             # Failure path only: find the file the SDK cannot take, to name it.
-            for f in readable:
+            for f in files:
                 try:
-                    super()._load_data([f])
+                    self._load_data([f])
                 except Exception as e:  # noqa: BLE001
                     log.debug("the SDK loader failed on %s", Path(f).name, exc_info=True)
                     raise CTInputError(f"file {Path(f).name} cannot be loaded: a value in its DICOM header is "
                                        f"damaged ({type(e).__name__})") from None
             raise
-        loaded, positions = set(), set()
-        for study in studies:
-            for series in study.get_all_series():
-                for inst in series.get_sop_instances():
-                    ds = inst.get_native_sop_instance()
-                    loaded.add(str(Path(str(getattr(ds, "filename", ""))).resolve()))
-                    positions.add(_position_key(ds))
-        for f in readable:
-            if str(Path(f).resolve()) in loaded:
-                continue
-            if _position_key(headers[f]) in positions:  # the SDK keeps one instance per position
-                skipped.append(SkippedFile(Path(f).name, "a second instance at a slice position already loaded", False))
-            else:
-                skipped.append(SkippedFile(Path(f).name, "a DICOM file the loader dropped (a UID, position or "
-                                           "acquisition number in its header cannot be used)", True))
-        if skipped:
-            log.warning("%d file(s) of the input skipped: %s", len(skipped),
-                        "; ".join(f"{s.name}: {s.reason}" for s in skipped[:10]))
-        for study in studies:
-            study.skipped_files = list(skipped)  # not tied to a study: they could not be read
-        return studies
+
+
+def _parse_headers(files: List[str]) -> Tuple[List[str], List[SkippedFile], Dict[str, object]]:
+    """(files pydicom parses without damage, skipped files with reasons, header per kept file)."""
+    readable, skipped, headers = [], [], {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds.get("SOPInstanceUID"), ds.get("ImagePositionPatient")  # values the SDK reads at once
+        except Exception as e:  # noqa: BLE001 - every parser failure skips the file with its reason
+            log.debug("cannot parse %s", Path(f).name, exc_info=True)
+            skipped.append(why_unreadable(Path(f), e))
+            continue
+        disorder = elements_out_of_order(Path(f), ds) or element_damage(ds)
+        if disorder:
+            skipped.append(SkippedFile(Path(f).name, f"a damaged DICOM file: {disorder}", True))
+            continue
+        readable.append(f)
+        headers[f] = ds
+    return readable, skipped, headers
+
+
+def _dropped_by_sdk(studies, readable: List[str], headers: Dict[str, object]) -> List[SkippedFile]:
+    """The parsed files the SDK left out of ``studies``, with the likely reason."""
+    skipped = []
+    loaded, positions = set(), set()
+    for study in studies:
+        for series in study.get_all_series():
+            for inst in series.get_sop_instances():
+                ds = inst.get_native_sop_instance()
+                loaded.add(str(Path(str(getattr(ds, "filename", ""))).resolve()))
+                positions.add(_position_key(ds))
+    for f in readable:
+        if str(Path(f).resolve()) in loaded:
+            continue
+        if _position_key(headers[f]) in positions:  # the SDK keeps one instance per position
+            skipped.append(SkippedFile(Path(f).name, "a second instance at a slice position already loaded", False))
+        else:
+            skipped.append(SkippedFile(Path(f).name, "a DICOM file the loader dropped (a UID, position or "
+                                       "acquisition number in its header cannot be used)", True))
+    return skipped

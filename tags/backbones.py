@@ -110,10 +110,14 @@ def _sam_heads(input_size: Tuple[int, int], embed_size: Tuple[int, int]) -> tupl
     return prompt_encoder, mask_decoder
 
 
-def _load_parts(parts: Dict[str, nn.Module], state: dict) -> None:
+def _load_sam_checkpoint(path: Path, expected_sha256: Optional[str], **parts: nn.Module) -> str:
+    """Load a SAM-layout checkpoint into ``parts`` (image_encoder=..., prompt_encoder=...,
+    mask_decoder=...: the checkpoint's key prefixes), strictly; returns the file's sha256."""
+    state, sha = _load_state(path, expected_sha256)
     for prefix, module in parts.items():
         sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
         module.load_state_dict(sub, strict=True)
+    return sha
 
 
 def _sized_tinyvit():
@@ -176,11 +180,8 @@ def build_litemedsam(
     sha = None
     if pretrained:
         path = Path(checkpoint) if checkpoint else Path(get_asset_path())
-        state, sha = _load_state(path, CHECKPOINT_SHA256)
-        _load_parts(
-            {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder},
-            state,
-        )
+        sha = _load_sam_checkpoint(path, CHECKPOINT_SHA256, image_encoder=encoder,
+                                   prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
     return Backbone(
         name="litemedsam",
         image_encoder=encoder,
@@ -232,11 +233,8 @@ def build_sam_vit_b(
             )
         if img_size != 1024:
             raise ValueError("the released SAM ViT-B weights are for img_size=1024")
-        state, sha = _load_state(Path(checkpoint), None)
-        _load_parts(
-            {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder},
-            state,
-        )
+        sha = _load_sam_checkpoint(Path(checkpoint), None, image_encoder=encoder,
+                                   prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
     return Backbone(
         name="sam_vit_b",
         image_encoder=encoder,
