@@ -24,7 +24,8 @@ from pathlib import Path
 from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("pyproject.toml", "requirements.txt", "requirements-app.txt", "README.md", "tags", "operators", "training", "app")
+PROJECT_FILES = ("pyproject.toml", "requirements.txt", "requirements-app.txt", "README.md", "tags", "operators", "training", "app",
+                 "benchmarks")
 
 
 def build_context(model: Path, out: Path, tag: str = "tags-seg-map:0.1.0") -> Path:

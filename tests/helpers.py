@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import torch
 
 from tags.config import AdapterConfig, ModelConfig
 from tags.network import build_tags
 from tags.targets import organ_target, tumor_target
+from training.samples import read_nifti, write_nifti
 
 
 def small_config(**kw) -> ModelConfig:
@@ -215,3 +219,17 @@ def flipped(array, affine, flips):
             a[:3, 3] += a[:3, axis] * (array.shape[axis] - 1)
             a[:3, axis] *= -1
     return np.ascontiguousarray(out), a
+
+
+def nnunet_copy(samples, root, labels: dict, label_map=None):
+    """An nnU-Net v2 raw dataset at ``root`` with the LiTS-117 sample image, ``labels`` as its
+    dataset.json label table and ``label_map(label)`` applied to the sample's label."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    src = samples["lits117"]
+    shutil.copy(src / "imagesTr" / "lits117_0000.nii.gz", root / "imagesTr" / "case_0000_0000.nii.gz")
+    lab, aff = read_nifti(src / "labelsTr" / "lits117.nii.gz")
+    write_nifti(root / "labelsTr" / "case_0000.nii.gz", label_map(lab) if label_map else lab, aff)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
+                                                   "numTraining": 1, "file_ending": ".nii.gz"}))
+    return root

@@ -10,7 +10,9 @@ import pytest
 
 from tags.geometry import to_canonical
 from training.cli import main
-from training.datasets import DatasetError, check_dataset, read_dataset
+from helpers import nnunet_copy
+from training.data import target_masks
+from training.datasets import DatasetError, check_dataset, read_dataset, targets_from_labels
 from training.samples import build_samples, read_nifti, write_nifti
 
 
@@ -26,7 +28,7 @@ def test_samples_are_valid_nnunet_datasets(samples, capsys):
         assert "OK" in capsys.readouterr().out
     lits = read_dataset(samples["lits117"])
     assert lits.layout == "nnunetv2" and [c.name for c in lits.cases] == ["lits117"]
-    assert {t.name for t in lits.targets.values()} == {"liver", "liver_tumor"}
+    assert set(lits.targets) == {"liver", "liver_tumor"}
     ts = read_dataset(samples["totalseg"])
     assert [c.name for c in ts.test_cases] == ["totalseg_dicom"]
 
@@ -124,8 +126,50 @@ def test_msd_layout_is_read_and_checked(samples, tmp_path):
     }))
     d = check_dataset(ds)
     assert d.layout == "msd" and [c.name for c in d.cases] == ["liver_117"]
-    assert {v: t.name for v, t in d.targets.items()} == {1: "liver", 2: "liver_tumor"}
-    assert d.targets[2].type.value == "108369006" and d.targets[1].type.value == "10200004"
+    assert {n: t.values for n, t in d.targets.items()} == {"liver": (1, 2), "liver_tumor": (2,)}
+    assert d.targets["liver_tumor"].spec.type.value == "108369006" and d.targets["liver"].spec.type.value == "10200004"
+
+
+def test_targets_come_from_label_names_not_folder_names(samples, tmp_path):
+    """nnU-Net's MSD converter names the Task03 dataset Dataset003_Liver with labels liver/cancer."""
+    d = check_dataset(nnunet_copy(samples, tmp_path / "Dataset003_Liver",
+                                   {"background": 0, "liver": 1, "cancer": 2}))
+    assert {n: t.values for n, t in d.targets.items()} == {"liver": (1, 2), "liver_tumor": (2,)}
+    assert {n: t.spec.label_value for n, t in d.targets.items()} == {"liver": 1, "liver_tumor": 2}
+
+
+def test_kits23_region_labels_and_cysts_stay_in_the_kidney(samples, tmp_path):
+    """KiTS23 as nnU-Net v2 ships it: regions. A cyst (3) lies in the kidney, not in the tumor;
+    the plain-integer table of the same labels gives the same masks."""
+    cyst = lambda lab: np.where((lab == 2) & (np.arange(lab.shape[0])[:, None, None] % 2 == 0), 3, lab)  # noqa: E731
+    regions = check_dataset(nnunet_copy(samples, tmp_path / "Dataset220_KiTS2023",
+                                         {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}, cyst))
+    plain = check_dataset(nnunet_copy(samples, tmp_path / "Dataset221_KiTS",
+                                       {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}, cyst))
+    for d in (regions, plain):
+        assert {n: t.values for n, t in d.targets.items()} == {"kidney": (1, 2, 3), "kidney_tumor": (2,)}
+    lab = read_nifti(regions.cases[0].label)[0]
+    assert (lab == 3).any()
+    masks = target_masks(lab, regions.targets)
+    assert masks["kidney"].sum() == (lab > 0).sum() and masks["kidney_tumor"].sum() == (lab == 2).sum()
+
+
+def test_tumor_only_label_takes_the_organ_of_the_dataset_name():
+    t = targets_from_labels({"background": [0], "colon cancer primaries": [1]}, "Task10_Colon")
+    assert {n: x.values for n, x in t.items()} == {"colon_tumor": (1,)}
+    t = targets_from_labels({"tumor": [1]}, "Dataset010_Colon")
+    assert list(t) == ["colon_tumor"]
+
+
+@pytest.mark.parametrize("labels, message", [
+    ({"background": 0, "spleen": 1}, "none of its labels"),
+    ({"background": 0, "tumor": 1}, "names a tumor but not its organ"),
+    ({"background": 0, "left liver": 1, "right liver": 2}, "two labels name the liver"),
+    ({"background": 0, "liver": "one"}, "neither an integer nor a list"),
+])
+def test_label_tables_that_cannot_be_mapped_are_named(samples, tmp_path, capsys, labels, message):
+    ds = nnunet_copy(samples, tmp_path / "Dataset999_Other", labels)
+    _expect(ds, message, capsys)
 
 
 def test_augment_intensity_is_deterministic_and_bounded():

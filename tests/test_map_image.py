@@ -99,6 +99,16 @@ def _engine_only_diff(image: str) -> list:
         subprocess.run([*ENGINE, "rm", "-f", name], capture_output=True)
 
 
+def test_image_console_scripts_run(image):
+    """The console scripts the image installs (tags-train, tags-bench) import and answer --help,
+    so a site can measure its own machine with the image it deploys."""
+    for script in ("tags-train", "tags-bench"):
+        proc = subprocess.run([*ENGINE, "run", "--rm", "--network", "none", "--entrypoint", script, image, "--help"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{script} --help in the image failed:\n{proc.stderr[-2000:]}"
+        assert "usage:" in proc.stdout
+
+
 @pytest.mark.parametrize("name", ["totalseg", "lits117"])
 def test_container_run_equals_the_direct_run(image, studies, tmp_path, name):
     container = f"tags-map-test-{name}"

@@ -16,6 +16,7 @@ from tags.network import build_tags
 from tags.device import default_precision
 from tags.inference import TagsPredictor
 from tags.model_folder import CARD
+from helpers import nnunet_copy
 from training.cli import main
 from training.data import SamplingConfig, draw_sample, load_training_cases
 from training.datasets import read_dataset
@@ -110,6 +111,21 @@ def test_export_then_predict(samples, tmp_path, capsys):
                      affine_from_spacing((2.0, 1.5, 1.5)), {"liver": organ})
     assert r["liver_tumor"].status == "ok" and r["liver_tumor"].probability.shape == organ.shape
     assert main(["export", str(run), str(out)]) == 2  # exists: refused
+
+
+@pytest.mark.parametrize("folder, labels", [
+    ("Dataset003_Liver", {"background": 0, "liver": 1, "cancer": 2}),  # nnU-Net's MSD converter
+    ("Dataset220_KiTS2023", {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}),  # regions
+])
+def test_converted_and_region_datasets_train(samples, tmp_path, folder, labels):
+    """Targets come from the label names: a converted MSD liver set and KiTS23's region labels
+    train (two steps) and the run's model targets are the ones the labels name."""
+    ds = nnunet_copy(samples, tmp_path / folder, labels)
+    run = tmp_path / "run"
+    assert main(["train", str(ds), "--out", str(run), "--steps", "2", *TINY_CLI]) == 0
+    organ = "kidney" if "KiTS" in folder else "liver"
+    cfg = json.loads((run / TRAIN_CONFIG).read_text())
+    assert [t["name"] for t in cfg["model"]["targets"]] == [organ, f"{organ}_tumor"]
 
 
 def test_torchrun_two_cpu_processes_agree(samples, tmp_path):

@@ -28,7 +28,7 @@ def _check(a: argparse.Namespace) -> int:
     from .datasets import check_dataset
 
     ds = check_dataset(a.dataset)
-    targets = ", ".join(f"{v}={t.name}" for v, t in sorted(ds.targets.items()))
+    targets = ", ".join(f"{name}={'+'.join(map(str, t.values))}" for name, t in sorted(ds.targets.items()))
     print(f"{ds.root}: {ds.layout} layout, {len(ds.cases)} training case(s), "
           f"{len(ds.test_cases)} test case(s), targets {targets}: OK")
     return 0

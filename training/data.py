@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from tags.geometry import spacing_from_affine, to_canonical
 from tags.preprocessing import grid_shape, normalize_hu, resample
 from tags.prompts import SlicePrompts, derive_prompts
 
-from .datasets import Dataset, load_case
+from .datasets import Dataset, LabelledTarget, load_case
 
 
 @dataclass
@@ -42,21 +42,13 @@ class Sample:
     prompts: Optional[SlicePrompts]
 
 
-def target_masks(label: np.ndarray, targets: Dict[int, TargetSpec]) -> Dict[str, np.ndarray]:
-    """{target name: mask}. An organ's mask includes the tumors labelled inside it."""
-    by_name = {t.name: v for v, t in targets.items()}
-    out = {}
-    for value, t in targets.items():
-        if t.kind == "organ":
-            values = [value] + [by_name[x.name] for x in targets.values() if x.kind == "tumor" and x.organ == t.name]
-            out[t.name] = np.isin(label, values)
-        else:
-            out[t.name] = label == value
-    return out
+def target_masks(label: np.ndarray, targets: Mapping[str, LabelledTarget]) -> Dict[str, np.ndarray]:
+    """{target name: mask}: the label values of each target (an organ's include its tumors')."""
+    return {name: np.isin(label, t.values) for name, t in targets.items()}
 
 
 def prepare_case(
-    image_hu: np.ndarray, affine: np.ndarray, label: np.ndarray, targets: Dict[int, TargetSpec],
+    image_hu: np.ndarray, affine: np.ndarray, label: np.ndarray, targets: Mapping[str, LabelledTarget],
     model: ModelConfig, name: str, z_range: Optional[Tuple[float, float]] = None,
 ) -> Dict[str, GridCase]:
     """The case on the tumor grid and on the organ grid: {"tumor": GridCase, "organ": GridCase}.

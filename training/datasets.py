@@ -5,27 +5,21 @@ table mapping each dataset's label values to TAGS targets, and the dataset sanit
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tags.config import TargetSpec
-from tags.targets import organ_target, tumor_target
+from tags.targets import ORGAN_CODES, organ_target, tumor_target
 
 from .samples import read_nifti
 
-# Label value -> target, per dataset (by its dataset.json name or folder name).
-TARGET_TABLE: Dict[str, Dict[int, TargetSpec]] = {
-    "Task03_Liver": {1: organ_target("liver", 1), 2: tumor_target("liver", 2)},
-    "KiTS": {1: organ_target("kidney", 1), 2: tumor_target("kidney", 2)},
-    "Task07_Pancreas": {1: organ_target("pancreas", 1), 2: tumor_target("pancreas", 2)},
-    # MSD Colon labels only the tumor; its organ mask must come from elsewhere (e.g. TotalSegmentator).
-    "Task10_Colon": {1: tumor_target("colon", 1)},
-    "LiTS117": {1: organ_target("liver", 1), 2: tumor_target("liver", 2)},
-    "TotalSegLiver": {1: organ_target("liver", 1)},
-}
+TUMOR_WORDS = ("tumor", "tumour", "tumors", "tumours", "cancer", "cancers", "carcinoma", "lesion", "lesions",
+               "neoplasm", "metastasis", "metastases")
+"""Words that make a label a tumor target ("cancer" in MSD Task03/07, "tumor" in KiTS, "liver_tumor")."""
 
 MIN_SPACING_MM, MAX_SPACING_MM = 0.2, 8.0
 MAX_OBLIQUE_COS = 0.99  # the nearest patient axis of every image axis must be at least this aligned
@@ -60,7 +54,7 @@ class Dataset:
     name: str
     root: Path
     layout: str  # "msd" or "nnunetv2"
-    labels: Dict[int, str]
+    labels: Dict[str, Tuple[int, ...]]  # label name -> label values (an nnU-Net v2 region lists several)
     cases: List[Case]
     test_cases: List[Case] = field(default_factory=list)
     validation_cases: List[Case] = field(default_factory=list)
@@ -68,14 +62,89 @@ class Dataset:
     organ_free: frozenset = frozenset()
 
     @property
-    def targets(self) -> Dict[int, TargetSpec]:
-        for key in (self.name, self.root.name):
-            for table_key, table in TARGET_TABLE.items():
-                if key == table_key or key.endswith(table_key) or table_key in key:
-                    return table
-        raise DatasetError(
-            f"dataset {self.name!r} is not in the target table; known: {sorted(TARGET_TABLE)}"
-        )
+    def targets(self) -> Dict[str, "LabelledTarget"]:
+        """{target name: LabelledTarget}, from the label names (:func:`targets_from_labels`)."""
+        return targets_from_labels(self.labels, f"{self.name} ({self.root.name})")
+
+
+@dataclass(frozen=True)
+class LabelledTarget:
+    """A TAGS target and the label values whose union is its mask in this dataset's label maps."""
+
+    spec: TargetSpec
+    values: Tuple[int, ...]
+
+
+def _words(text: str) -> List[str]:
+    return [w for w in re.split(r"[^a-z]+", text.lower()) if w]
+
+
+def _organ_in(words: Sequence[str]) -> Optional[str]:
+    found = {o for o in ORGAN_CODES for w in words if w in (o, o + "s")}
+    return found.pop() if len(found) == 1 else None
+
+
+def targets_from_labels(labels: Mapping[str, Sequence[int]], dataset_name: str = "") -> Dict[str, LabelledTarget]:
+    """TAGS targets from a dataset's label names: an organ TAGS knows (``tags.targets.ORGAN_CODES``:
+    "liver", "Kidney") is an organ target; a label with a tumor word (:data:`TUMOR_WORDS`: "cancer",
+    "tumor", "liver_tumor") a tumor target of the organ it names, else of the dataset's only organ,
+    else of the organ in the dataset's name (MSD Task10_Colon labels only "colon cancer primaries").
+
+    An organ's mask is the union of its own values, its tumors' and, in a one-organ dataset,
+    every other foreground label's (a KiTS cyst lies in the kidney), so plain-integer label
+    maps and nnU-Net v2 regions (KiTS23: ``"kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2``)
+    give the same masks. Labels that are neither (e.g. "masses", "cyst") make no target.
+
+    Raises:
+        DatasetError: no target recognised, a tumor whose organ cannot be told, or two labels
+            for the same target.
+    """
+    fg = {str(k): tuple(int(v) for v in vs) for k, vs in labels.items() if str(k).lower() != "background"}
+    organs: Dict[str, Tuple[int, ...]] = {}
+    tumors: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    for name, values in fg.items():
+        words = _words(name)
+        if any(w in TUMOR_WORDS for w in words):
+            tumors[name] = (_organ_in(words), values)
+        elif _organ_in(words):
+            organ = _organ_in(words)
+            if organ in organs:
+                raise DatasetError(f"dataset {dataset_name!r}: two labels name the {organ}; merge them into one "
+                                   "label (an nnU-Net v2 region)")
+            organs[organ] = values
+    single = next(iter(organs)) if len(organs) == 1 else _organ_in(_words(dataset_name)) if not organs else None
+    out: Dict[str, LabelledTarget] = {}
+    for name, values in fg.items():  # in the label table's order (organ before tumor, as the model's targets)
+        if name in tumors:
+            organ = tumors[name][0] or single
+            if organ is None:
+                raise DatasetError(f"dataset {dataset_name!r}: label {name!r} names a tumor but not its organ, and "
+                                   f"the dataset does not name exactly one organ TAGS knows "
+                                   f"({', '.join(sorted(ORGAN_CODES))})")
+            spec = tumor_target(organ, values[0] if len(values) == 1 else None)
+            if spec.name in out:
+                raise DatasetError(f"dataset {dataset_name!r}: two labels are tumors of the {organ}; merge them")
+            out[spec.name] = LabelledTarget(spec, values)
+        elif _organ_in(_words(name)) in organs:
+            organ = _organ_in(_words(name))
+            inside = set(values) | {v for o, vs in tumors.values() if (o or single) == organ for v in vs}
+            if len(organs) == 1:
+                inside |= {v for vs in fg.values() for v in vs}
+            out[organ] = LabelledTarget(organ_target(organ, values[0] if len(values) == 1 else None),
+                                        tuple(sorted(inside)))
+    if not out:
+        raise DatasetError(f"dataset {dataset_name!r}: none of its labels {sorted(fg)} names an organ TAGS knows "
+                           f"({', '.join(sorted(ORGAN_CODES))}) or a tumor ({', '.join(TUMOR_WORDS[:5])}, ...)")
+    return out
+
+
+def _label_values(value) -> Tuple[int, ...]:
+    """An nnU-Net v2 label entry: one value or a region (a list of values)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        raise DatasetError(f"label value {value!r} is neither an integer nor a list of integers") from None
 
 
 def read_dataset(root: str | Path) -> Dataset:
@@ -90,7 +159,7 @@ def read_dataset(root: str | Path) -> Dataset:
         raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
     name = str(meta.get("name", root.name))
     if "training" in meta:  # MSD
-        labels = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
+        labels = {str(v): _label_values(k) for k, v in meta.get("labels", {}).items()}
         cases = [
             Case(Path(t["image"]).name.split(".")[0], root / t["image"], root / t["label"]) for t in meta["training"]
         ]
@@ -98,7 +167,7 @@ def read_dataset(root: str | Path) -> Dataset:
         return Dataset(name, root, "msd", labels, cases, tests)
     if "channel_names" in meta and "file_ending" in meta:  # nnU-Net v2
         ending = meta["file_ending"]
-        labels = {int(v): str(k) for k, v in meta.get("labels", {}).items()}
+        labels = {str(k): _label_values(v) for k, v in meta.get("labels", {}).items()}
 
         def collect(img_dir: str, lab_dir: str) -> List[Case]:
             out = []
@@ -157,7 +226,8 @@ def check_dataset(root: str | Path) -> Dataset:
     ds = read_dataset(root)
     if not ds.cases:
         raise DatasetError(f"{ds.root}: no training cases found")
-    allowed = set(ds.labels) | {0}
+    ds.targets  # every label name is understood before any file is read
+    allowed = {v for vs in ds.labels.values() for v in vs} | {0}
     problems: List[str] = []
     for case in ds.cases:
         problems += _check_case(case, allowed, case.name in ds.organ_free)

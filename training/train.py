@@ -136,8 +136,8 @@ def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
     """``cfg.model`` with the targets of ``cfg.datasets`` and the text encoder's width."""
     targets = {}
     for d in cfg.datasets:
-        for t in read_dataset(d).targets.values():
-            targets.setdefault(t.name, t)
+        for name, t in read_dataset(d).targets.items():
+            targets.setdefault(name, t.spec)
     return replace(cfg.model, text_dim=text_dim, targets=tuple(targets.values()))
 
 
