@@ -32,11 +32,12 @@ def main() -> int:
     from training.demo import Z_TEST, demo_config, metrics_table, validation_cases
     from training.evaluate import evaluate
     from training.export import export_model
+    from training.checkpoints import checkpoint_state
     from training.train import train
 
     demo, out = Path(a.demo), Path(a.out)
     samples = {"lits117": demo / "samples" / "Dataset501_LiTS117", "totalseg": demo / "samples" / "Dataset502_TotalSegLiver"}
-    steps = json.loads((demo / "run" / "checkpoint.json").read_text())["step"]
+    steps = checkpoint_state(demo / "run")["step"]
     cfg = demo_config(samples, out / "run", steps, text_alignment=False)
     t0 = time.time()
     train(cfg)

@@ -58,7 +58,8 @@ def test_evaluate_tags_beside_baseline(tmp_path):
     from training.evaluate import evaluate, write_report
     from training.export import export_model
     from training.samples import build_samples
-    from training.train import load_checkpoint, train
+    from training.checkpoints import load_checkpoint
+    from training.train import train
 
     s = build_samples(tmp_path / "samples")
     cfg = demo_config(s, tmp_path / "run", 1)

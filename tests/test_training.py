@@ -21,15 +21,8 @@ from training.cli import main
 from training.data import SamplingConfig, draw_sample, load_training_cases
 from training.datasets import read_dataset
 from training.samples import build_samples
-from training.train import (
-    METRICS,
-    TRAIN_CONFIG,
-    TrainConfig,
-    load_checkpoint,
-    model_config_for,
-    train,
-    warmup_cosine,
-)
+from training.checkpoints import checkpoint_files, load_checkpoint
+from training.train import METRICS, TRAIN_CONFIG, TrainConfig, model_config_for, train, warmup_cosine
 
 TINY_MODEL = ModelConfig(encoder_size=128, roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32))
 TINY = dict(model=TINY_MODEL, progress=False)
@@ -80,7 +73,8 @@ def test_resume_continues_from_the_saved_step(samples, tmp_path):
     w_part, _, s_part = load_checkpoint(part)
     assert s_full["step"] == s_part["step"] == 2
     for k in w_full:
-        assert torch.allclose(w_full[k], w_part[k], atol=1e-6), k
+        assert torch.equal(w_full[k], w_part[k]), k
+    assert len(checkpoint_files(part)) == 2  # keep_checkpoints: the two newest of two
     lines = [json.loads(x) for x in (part / METRICS).read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
     cfg = TrainConfig(out=str(part), **common)  # the logged rate is the one of the step just taken

@@ -47,7 +47,8 @@ def _train(a: argparse.Namespace) -> int:
     model = _train_defaults().model
     cfg = TrainConfig(
         datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, z_split=z_split, clip_folder=a.clip_folder,
+        checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
+        dist_timeout_minutes=a.dist_timeout, z_split=z_split, clip_folder=a.clip_folder,
         backbone_checkpoint=a.backbone_checkpoint, progress=not a.no_progress,
         model=replace(
             model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
@@ -122,6 +123,10 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help="seed of sampling and initialisation")
     t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between checkpoints and log lines")
+    t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")
+    t.add_argument("--dist-timeout", type=float, default=d.dist_timeout_minutes, metavar="MINUTES",
+                   help=f"torchrun: how long a rank waits for the others (default {d.dist_timeout_minutes:g})")
     t.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
                    help="train on the first FRACTION of that dataset's slices only (the rest is held out)")
     t.add_argument("--text-encoder", choices=["minilm", "clip"], default=m.text_encoder, help="sentence encoder")

@@ -28,7 +28,8 @@ from .data import SamplingConfig
 from .evaluate import evaluate, write_report
 from .export import export_model
 from .samples import build_samples
-from .train import CKPT_STATE, METRICS, TRAIN_CONFIG, TrainConfig, load_checkpoint, train
+from .checkpoints import checkpoint_state, has_checkpoint
+from .train import METRICS, TRAIN_CONFIG, TrainConfig, train
 
 Z_TRAIN = 0.5
 """LiTS-117: the first half of its canonical slices train."""
@@ -144,9 +145,9 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         else build_samples(samples_dir, overwrite=True)
     )
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
-    trained = (out / "run" / CKPT_STATE).is_file() and (out / "baseline" / SUMMARY).is_file()
+    trained = has_checkpoint(out / "run") and (out / "baseline" / SUMMARY).is_file()
     if reuse_training and trained:
-        steps = int(json.loads((out / "run" / CKPT_STATE).read_text())["step"])
+        steps = int(checkpoint_state(out / "run")["step"])
         cfg = demo_config(samples, out / "run", steps)
         tags_seconds = _training_seconds(out / "run")
         base = json.loads((out / "baseline" / SUMMARY).read_text())
@@ -159,7 +160,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
               f"(about {steps * per_step / 60:.0f} min)", flush=True)
         train(cfg)
         tags_seconds = _training_seconds(out / "run")
-        model_cfg = ModelConfig.from_dict(load_checkpoint(out / "run")[2]["model_config"])
+        model_cfg = ModelConfig.from_dict(checkpoint_state(out / "run")["model_config"])
         print(f"[demo] training the DynUNet baseline for the same {tags_seconds:.0f} s", flush=True)
         base = train_baseline(cfg, model_cfg, tags_seconds, out / "baseline")
     tmp_model = out / "model.unevaluated"

@@ -13,7 +13,8 @@ from tags.config import LesionDecision, ModelConfig
 from tags.model_folder import load_delta, save_model_folder
 from tags.network import build_tags
 
-from .train import TrainConfig, load_checkpoint
+from .checkpoints import load_checkpoint
+from .train import TrainConfig
 
 CARD_TEMPLATE = """# TAGS model: {targets}
 

@@ -2,14 +2,15 @@
 
 Per step each rank draws one sample from an RNG seeded by (seed, rank, step), so a resumed run
 draws exactly the samples the uninterrupted run would have drawn. Checkpoints are safetensors
-(trainable weights + AdamW state) and JSON (step, configs): no pickle.
+files (trainable weights + AdamW state, the step and configs as JSON metadata; no pickle),
+written atomically (:mod:`training.checkpoints`). Process group, devices and collectives:
+:mod:`training.distributed`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -17,9 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from monai.losses import DiceCELoss
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from tags.config import ModelConfig
@@ -28,11 +27,11 @@ from tags.network import TagsNet, build_tags
 from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
 
+from .checkpoints import has_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
 from .data import SamplingConfig, augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
+from .distributed import DistContext, barrier, gather_rows, init_distributed, mean_over_ranks, rank0_decides, shutdown
 
-CKPT_WEIGHTS = "checkpoint.safetensors"
-CKPT_STATE = "checkpoint.json"
 TRAIN_CONFIG = "train_config.json"
 """The run's :class:`TrainConfig` as JSON (precision and model resolved), written when it starts."""
 METRICS = "metrics.jsonl"
@@ -73,6 +72,8 @@ class TrainConfig:
     precision: Optional[str] = None
     seed: int = 0
     checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    dist_timeout_minutes: float = 30.0
     clip_grad: float = 1.0
     z_split: Dict[str, float] = field(default_factory=dict)
     crop_size: Optional[Tuple[int, int, int]] = None
@@ -124,14 +125,6 @@ def _model_from_flat_keys(d: Dict[str, Any]) -> ModelConfig:
     return replace(base, **model)
 
 
-def _dist() -> Tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
     """``cfg.model`` with the targets of ``cfg.datasets`` and the text encoder's width."""
     targets = {}
@@ -169,49 +162,26 @@ def warmup_cosine(position: float, warmup: float, total: float) -> float:
     return 0.5 * (1 + math.cos(min(math.pi, math.pi * (position - warmup) / max(1, total - warmup))))
 
 
-def _save_checkpoint(run: Path, net: TagsNet, opt: torch.optim.Optimizer, step: int, meta: Dict) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.delta_state_dict().items()}
-    sd = opt.state_dict()
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    tmp_w, tmp_s = run / (CKPT_WEIGHTS + ".tmp"), run / (CKPT_STATE + ".tmp")
-    save_file(tensors, str(tmp_w))
-    tmp_s.write_text(json.dumps({**meta, "step": step, "param_groups": sd["param_groups"]}, indent=2))
-    tmp_w.replace(run / CKPT_WEIGHTS)
-    tmp_s.replace(run / CKPT_STATE)
-
-
-def load_checkpoint(run: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], Dict]:
-    """(model delta weights, optimizer tensors, state JSON) of a run folder."""
-    tensors = load_file(str(run / CKPT_WEIGHTS))
-    state = json.loads((run / CKPT_STATE).read_text())
-    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    opt = {k[len("opt."):]: v for k, v in tensors.items() if k.startswith("opt.")}
-    return model, opt, state
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor], groups: List[Dict]) -> None:
-    state: Dict[int, Dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     """Train (or resume) a run in ``cfg.out``; returns the run folder.
 
-    ``stop_after``: stop (with a checkpoint) after this many steps of this call, to test resuming.
+    Under torchrun every rank calls this; rank 0 decides whether to resume (a checkpoint in
+    ``cfg.out``) and writes the run folder. ``stop_after``: stop (with a checkpoint) after this
+    many steps of this call, to test resuming.
     """
-    rank, world = _dist()
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    cfg = replace(cfg, precision=training_precision(cfg, device))
+    ctx = init_distributed(cfg.dist_timeout_minutes)
+    try:
+        return _train(cfg, ctx, stop_after)
+    finally:
+        shutdown(ctx)
+
+
+def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Dict, Optional[Tuple]]:
+    """(resolved config, network on the device, text embeddings, checkpoint or None)."""
     run = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
-    resume = (run / CKPT_STATE).is_file()
-    if resume:
-        weights, opt_tensors, state = load_checkpoint(run)
+    checkpoint = load_checkpoint(run) if rank0_decides(ctx.rank == 0 and has_checkpoint(run), ctx) else None
+    if checkpoint is not None:
+        state = checkpoint[2]
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     else:
@@ -223,89 +193,99 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
                 text[PHRASES + t.name] = phrase_embeddings(encoder, t.organ)
     cfg = replace(cfg, model=model_cfg)  # recorded as resolved (targets, text width; a resumed run's own)
     net = build_tags(model_cfg, checkpoint=cfg.backbone_checkpoint)
-    net.to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    if resume:
-        net.load_state_dict(weights, strict=False)
-        _restore_optimizer(opt, opt_tensors, state["param_groups"])
-        start = int(state["step"])
-    elif rank == 0:
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint[0], strict=False)
+    elif ctx.rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / TRAIN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
+    return cfg, net.to(ctx.device), {k: v.to(ctx.device) for k, v in text.items()}, checkpoint
+
+
+def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Path:
+    cfg = replace(cfg, precision=training_precision(cfg, ctx.device))
+    run = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    cfg, net, text, checkpoint = _start(cfg, ctx)
+    model_cfg = cfg.model
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    start = 0
+    if checkpoint is not None:
+        restore_optimizer(opt, checkpoint[1], checkpoint[2]["param_groups"])
+        start = int(checkpoint[2]["step"])
     model = net
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
-    text = {k: v.to(device) for k, v in text.items()}
-    loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
-    datasets = [read_dataset(d) for d in cfg.datasets]
-    cases = load_training_cases(datasets, model_cfg, cfg.z_split)
+    if ctx.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
+    cases = load_training_cases([read_dataset(d) for d in cfg.datasets], model_cfg, cfg.z_split)
     meta = {
         "model_config": model_cfg.to_dict(),
         "text_embeddings": {k: v.cpu().tolist() for k, v in text.items()},
         "base_checkpoint_sha256": net.backbone_sha256,
         "train_config": cfg.to_dict(),
-        "world_size": world,
+        "world_size": ctx.world,
     }
     net.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    bar = tqdm(range(start, end), disable=not cfg.progress or rank != 0, desc="train", initial=start, total=cfg.steps)
-    log = run / METRICS
-    window: List[float] = []
+    bar = tqdm(range(start, end), disable=not cfg.progress or ctx.rank != 0, desc="train", initial=start,
+               total=cfg.steps)
+    loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
+    window: List[torch.Tensor] = []
     t0 = time.time()
     for step in bar:
-        rng = np.random.default_rng([cfg.seed, rank, step])
-        s = draw_sample(
-            cases, model_cfg.targets, model_cfg, rng, sampling=cfg.sampling,
-            img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0], crop_size=cfg.crop_size,
-        )
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
-        image = augment_intensity(s.image, int(rng.integers(2**31)))[None].to(device)
-        organ = s.organ[None].to(device) if s.organ is not None else None
-        prompts = s.prompts.to(device) if s.prompts is not None else None
-        label = s.label[None].to(device)
-        phrases = text.get(PHRASES + s.target.name) if model_cfg.text_alignment else None
-        with autocast(device, cfg.precision):
-            out = model(image, text[s.target.name][None], prompts, organ,
-                        phrases=phrases[None] if phrases is not None else None)
-        logits, aligned = out if isinstance(out, tuple) else (out, None)
-        loss = loss_fn(logits.float(), label)
-        if aligned is not None:
-            loss = loss + cfg.alignment_weight * alignment_loss(aligned.float(), label)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        opt.step()
-        window.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{window[-1]:.3f}")
+        window.append(_step(cfg, model, net, opt, loss_fn, text, cases, ctx, step))
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == end:
-            losses = torch.tensor([float(np.mean(window))], device=device)
-            if world > 1:
-                dist.all_reduce(losses)
-                losses /= world
-            if rank == 0:
-                with log.open("a") as fh:
-                    fh.write(json.dumps({"step": done, "loss": float(losses), "lr": opt.param_groups[0]["lr"],
+            loss = mean_over_ranks(float(torch.stack(window).float().mean()), ctx)  # one sync per interval
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if ctx.rank == 0:
+                with (run / METRICS).open("a") as fh:
+                    fh.write(json.dumps({"step": done, "loss": loss, "lr": opt.param_groups[0]["lr"],
                                          "seconds": round(time.time() - t0, 1)}) + "\n")
-                _save_checkpoint(run, net, opt, done, meta)
+                save_checkpoint(run, net.delta_state_dict(), opt.state_dict(), {**meta, "step": done},
+                                keep_last=cfg.keep_checkpoints)
             window = []
-            if world > 1:
-                dist.barrier()
-    if world > 1:
-        _record_rank_agreement(run, net, rank, world)
+            barrier(ctx)
+    if ctx.world > 1:
+        _record_rank_agreement(run, net, ctx)
     return run
 
 
-def _record_rank_agreement(run: Path, net: TagsNet, rank: int, world: int) -> None:
+def _step(cfg: TrainConfig, model: torch.nn.Module, net: TagsNet, opt: torch.optim.Optimizer, loss_fn: DiceCELoss,
+          text: Dict[str, torch.Tensor], cases: List, ctx: DistContext, step: int) -> torch.Tensor:
+    """One optimisation step on one drawn sample; returns the loss (detached, on the device: no sync)."""
+    model_cfg = cfg.model
+    rng = np.random.default_rng([cfg.seed, ctx.rank, step])
+    s = draw_sample(
+        cases, model_cfg.targets, model_cfg, rng, sampling=cfg.sampling,
+        img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0], crop_size=cfg.crop_size,
+    )
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
+    device = ctx.device
+    image = augment_intensity(s.image, int(rng.integers(2**31)))[None].to(device)
+    organ = s.organ[None].to(device) if s.organ is not None else None
+    prompts = s.prompts.to(device) if s.prompts is not None else None
+    label = s.label[None].to(device)
+    phrases = text.get(PHRASES + s.target.name) if model_cfg.text_alignment else None
+    with autocast(device, cfg.precision):
+        out = model(image, text[s.target.name][None], prompts, organ,
+                    phrases=phrases[None] if phrases is not None else None)
+    logits, aligned = out if isinstance(out, tuple) else (out, None)
+    loss = loss_fn(logits.float(), label)
+    if aligned is not None:
+        loss = loss + cfg.alignment_weight * alignment_loss(aligned.float(), label)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.clip_grad)
+    opt.step()
+    return loss.detach()
+
+
+def _record_rank_agreement(run: Path, net: TagsNet, ctx: DistContext) -> None:
     """Gather a checksum of every rank's trainable weights; rank 0 writes them to ddp_check.json."""
     flat = torch.cat([p.detach().double().flatten() for p in net.parameters() if p.requires_grad])
-    local = torch.stack([flat.abs().sum(), flat.pow(2).sum()]).cpu()
-    gathered = [torch.zeros_like(local) for _ in range(world)]
-    dist.all_gather(gathered, local)
-    if rank == 0:
-        sums = [g.tolist() for g in gathered]
+    sums = gather_rows(torch.stack([flat.abs().sum(), flat.pow(2).sum()]), ctx)
+    if ctx.rank == 0:
         (run / "ddp_check.json").write_text(json.dumps(
-            {"world_size": world, "checksums": sums, "agree": all(s == sums[0] for s in sums)}, indent=2))
+            {"world_size": ctx.world, "checksums": sums, "agree": all(s == sums[0] for s in sums)}, indent=2))
