@@ -85,6 +85,17 @@ def test_resume_continues_from_the_saved_step(samples, tmp_path):
     assert dataclasses.replace(recorded, model=TINY_MODEL) == cfg
 
 
+def test_workers_and_a_shared_cache_train_the_same_weights(samples, tmp_path):
+    """Two loader workers and a cache shared with another run give the weights of the serial run."""
+    common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=2, precision="fp32", **TINY)
+    serial = train(TrainConfig(out=str(tmp_path / "serial"), **common))
+    shared = tmp_path / "shared-cache"
+    workers = train(TrainConfig(out=str(tmp_path / "workers"), workers=2, cache_dir=str(shared), **common))
+    assert (serial / "cache").is_dir() and any(shared.iterdir()) and not (workers / "cache").exists()
+    w0, w2 = load_checkpoint(serial)[0], load_checkpoint(workers)[0]
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
+
+
 def test_export_then_predict(samples, tmp_path, capsys):
     """Train one step at the default precision (resolved for this CPU and recorded), export,
     predict from the model folder."""

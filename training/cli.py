@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 def _samples(a: argparse.Namespace) -> int:
@@ -40,15 +40,13 @@ def _train(a: argparse.Namespace) -> int:
     from .data import SamplingConfig
     from .train import TrainConfig, train
 
-    z_split = {}
-    for item in a.z_split or []:
-        name, frac = item.split(":")
-        z_split[name] = float(frac)
+    z_split = _z_split(a.z_split)
     model = _train_defaults().model
     cfg = TrainConfig(
         datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
         checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
-        dist_timeout_minutes=a.dist_timeout, z_split=z_split, clip_folder=a.clip_folder,
+        dist_timeout_minutes=a.dist_timeout, workers=a.workers, cache_dir=a.cache_dir, z_split=z_split,
+        clip_folder=a.clip_folder,
         backbone_checkpoint=a.backbone_checkpoint, progress=not a.no_progress,
         model=replace(
             model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
@@ -63,6 +61,30 @@ def _train(a: argparse.Namespace) -> int:
         alignment_weight=a.alignment_weight,
     )
     print(f"run folder: {train(cfg)}")
+    return 0
+
+
+def _z_split(items: Optional[List[str]]) -> Dict[str, float]:
+    """``--z-split DATASET:FRACTION`` options as {dataset name: fraction}."""
+    out = {}
+    for item in items or []:
+        name, sep, frac = item.rpartition(":")
+        try:
+            out[name] = float(frac)
+        except ValueError:
+            raise ValueError(f"--z-split {item!r}: expected DATASET:FRACTION, e.g. LiTS117:0.5") from None
+        if not sep or not 0 < out[name] <= 1:
+            raise ValueError(f"--z-split {item!r}: expected DATASET:FRACTION with 0 < FRACTION <= 1")
+    return out
+
+
+def _preprocess(a: argparse.Namespace) -> int:
+    from .cache import preprocess
+    from .datasets import check_dataset
+
+    datasets = [check_dataset(d) for d in a.datasets]
+    folders = preprocess(datasets, _train_defaults().model, a.cache_dir, _z_split(a.z_split), progress=not a.no_progress)
+    print(f"{len(folders)} case(s) preprocessed in {a.cache_dir}")
     return 0
 
 
@@ -123,6 +145,10 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help="seed of sampling and initialisation")
     t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between checkpoints and log lines")
+    t.add_argument("--workers", type=int, default=d.workers,
+                   help=f"processes that draw and augment samples ahead of the step (default {d.workers}: none)")
+    t.add_argument("--cache-dir", default=d.cache_dir,
+                   help="preprocessed-case cache (default OUT/cache; share one between runs of the same data)")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")
     t.add_argument("--dist-timeout", type=float, default=d.dist_timeout_minutes, metavar="MINUTES",
@@ -185,6 +211,16 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     st.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
     st.add_argument("--overwrite", action="store_true", help="replace the contents of OUT")
     st.set_defaults(func=_sample_study)
+
+    pp = sub.add_parser("preprocess", help="preprocess datasets into a cache that train --cache-dir reads",
+                        description="Bring each training case to canonical orientation and the model grids "
+                                    "once, into CACHE (memory-mapped .npy); train builds what is missing itself.")
+    pp.add_argument("datasets", nargs="+", help="dataset folders (MSD or nnU-Net v2 raw layout)")
+    pp.add_argument("--cache-dir", required=True, help="cache folder (created)")
+    pp.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
+                    help="as train --z-split (the cache is keyed by it)")
+    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pp.set_defaults(func=_preprocess)
 
     c = sub.add_parser("check", help="check a dataset (MSD or nnU-Net v2 raw layout)",
                        description="Report unreadable files, image/label grid mismatches, unknown label "

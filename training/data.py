@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,6 +14,12 @@ from tags.preprocessing import grid_shape, normalize_hu, resample
 from tags.prompts import SlicePrompts, derive_prompts
 
 from .datasets import Dataset, LabelledTarget, load_case
+
+
+BODY_HU = -500.0
+"""Voxels above this are body (organ negatives are centred on them)."""
+OUTSIDE = "outside:"
+"""Key prefix of :meth:`GridCase.body_voxels_outside` in :attr:`GridCase.voxels`."""
 
 
 @dataclass
@@ -31,6 +37,20 @@ class GridCase:
     labels: Dict[str, np.ndarray]
     spacing: Tuple[float, float, float]
     tumor_free: bool = False
+    voxels: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def label_voxels(self, name: str) -> np.ndarray:
+        """Flat indices of the voxels of label ``name`` (computed once, or read from the cache)."""
+        if name not in self.voxels:
+            self.voxels[name] = np.flatnonzero(self.labels[name])
+        return self.voxels[name]
+
+    def body_voxels_outside(self, name: str) -> np.ndarray:
+        """Flat indices of body voxels (above -500 HU) outside label ``name``: organ negatives."""
+        key = OUTSIDE + name
+        if key not in self.voxels:
+            self.voxels[key] = np.flatnonzero((np.asarray(self.image) > BODY_HU) & ~np.asarray(self.labels[name]))
+        return self.voxels[key]
 
 
 @dataclass
@@ -40,6 +60,11 @@ class Sample:
     organ: Optional[torch.Tensor]  # (1, D, H, W) 0/1, None for organ targets
     label: torch.Tensor  # (1, D, H, W) 0/1
     prompts: Optional[SlicePrompts]
+
+    def pin_memory(self) -> "Sample":
+        """The tensors in page-locked memory (a DataLoader's ``pin_memory=True`` calls this)."""
+        pin = lambda t: t.pin_memory() if t is not None else None  # noqa: E731
+        return replace(self, image=pin(self.image), organ=pin(self.organ), label=pin(self.label))
 
 
 def target_masks(label: np.ndarray, targets: Mapping[str, LabelledTarget]) -> Dict[str, np.ndarray]:
@@ -211,9 +236,9 @@ def _pick(pool: List[GridCase], rng: np.random.Generator) -> GridCase:
     return pool[rng.integers(len(pool))]
 
 
-def _random_voxel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    idx = np.flatnonzero(mask)
-    return np.array(np.unravel_index(idx[rng.integers(len(idx))], mask.shape))
+def _random_voxel(flat: np.ndarray, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """One of the voxels ``flat`` (flat indices into ``shape``), drawn with ``rng``."""
+    return np.array(np.unravel_index(int(flat[rng.integers(len(flat))]), tuple(shape)))
 
 
 def draw_sample(
@@ -240,24 +265,25 @@ def draw_sample(
         gc = _pick(labelled, rng)
         label = gc.labels[t.name]
         organ = None
-        body = (gc.image > -500) & ~label
-        if rng.random() < sampling.organ_negative_fraction and body.any():
-            centre = _random_voxel(body, rng)
-        elif label.any() and rng.random() < 0.7:
-            centre = _random_voxel(label, rng)
+        if rng.random() < sampling.organ_negative_fraction and len(gc.body_voxels_outside(t.name)):
+            centre = _random_voxel(gc.body_voxels_outside(t.name), gc.image.shape, rng)
+        elif len(gc.label_voxels(t.name)) and rng.random() < 0.7:
+            centre = _random_voxel(gc.label_voxels(t.name), gc.image.shape, rng)
         else:
             centre = np.array([rng.integers(n) for n in gc.image.shape])
     else:
         # Healthy: listed as tumor-free, or labelling the tumor target with no tumor voxel.
-        healthy = [c for c in labelled if c.labels[t.organ].any() and (c.tumor_free or not c.labels[t.name].any())]
-        real = [c for c in labelled if c.labels[t.name].any()] or labelled
+        healthy = [c for c in labelled
+                   if len(c.label_voxels(t.organ)) and (c.tumor_free or not len(c.label_voxels(t.name)))]
+        real = [c for c in labelled if len(c.label_voxels(t.name))] or labelled
         r = rng.random()
         synthetic = bool(healthy) and r < sampling.synthetic_fraction
         negative = bool(healthy) and not synthetic and r < sampling.synthetic_fraction + sampling.negative_fraction
         gc = _pick(healthy if (synthetic or negative) else real, rng)
         label, organ = gc.labels[t.name], gc.labels[t.organ]
-        focus = label if (label.any() and rng.random() < 0.7) else organ
-        centre = _random_voxel(focus, rng) if focus.any() else np.array([rng.integers(n) for n in gc.image.shape])
+        focus = t.name if (len(gc.label_voxels(t.name)) and rng.random() < 0.7) else t.organ
+        centre = (_random_voxel(gc.label_voxels(focus), gc.image.shape, rng) if len(gc.label_voxels(focus))
+                  else np.array([rng.integers(n) for n in gc.image.shape]))
     size = tuple(crop_size or (model.organ_roi_size if use_organ else model.roi_size))
     arrays = [gc.image, label] + ([organ] if organ is not None else [])
     crops = _crop(arrays, centre, size, fills=(PAD_HU,))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
@@ -28,7 +28,9 @@ from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
 
 from .checkpoints import has_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
-from .data import SamplingConfig, augment_intensity, draw_sample, load_training_cases
+from .cache import cached_training_cases, preprocess
+from .data import Sample, SamplingConfig
+from .loader import StepSamples, step_loader
 from .datasets import read_dataset
 from .distributed import DistContext, barrier, gather_rows, init_distributed, mean_over_ranks, rank0_decides, shutdown
 
@@ -73,6 +75,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
+    workers: int = 0
+    cache_dir: Optional[str] = None
     dist_timeout_minutes: float = 30.0
     clip_grad: float = 1.0
     z_split: Dict[str, float] = field(default_factory=dict)
@@ -165,15 +169,25 @@ def warmup_cosine(position: float, warmup: float, total: float) -> float:
 def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     """Train (or resume) a run in ``cfg.out``; returns the run folder.
 
-    Under torchrun every rank calls this; rank 0 decides whether to resume (a checkpoint in
-    ``cfg.out``) and writes the run folder. ``stop_after``: stop (with a checkpoint) after this
-    many steps of this call, to test resuming.
+    The cases are preprocessed into the cache first (:mod:`training.cache`; under torchrun the
+    ranks share that work before they join the process group, so no rank waits in a collective
+    meanwhile). Rank 0 decides whether to resume (a checkpoint in ``cfg.out``) and writes the
+    run folder. ``stop_after``: stop (with a checkpoint) after this many steps of this call, to
+    test resuming.
     """
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    preprocess([read_dataset(d) for d in cfg.datasets], cfg.model, cache_folder(cfg), cfg.z_split,
+               progress=cfg.progress and rank == 0, rank=rank, world=world)
     ctx = init_distributed(cfg.dist_timeout_minutes)
     try:
         return _train(cfg, ctx, stop_after)
     finally:
         shutdown(ctx)
+
+
+def cache_folder(cfg: TrainConfig) -> Path:
+    """The preprocessed-case cache of a run: ``cfg.cache_dir``, else ``OUT/cache``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
 
 
 def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Dict, Optional[Tuple]]:
@@ -217,7 +231,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Pat
     if ctx.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
-    cases = load_training_cases([read_dataset(d) for d in cfg.datasets], model_cfg, cfg.z_split)
+    cases = cached_training_cases([read_dataset(d) for d in cfg.datasets], model_cfg, cache_folder(cfg), cfg.z_split)
+    samples = StepSamples(cases, model_cfg, cfg.sampling, seed=cfg.seed, rank=ctx.rank, steps=cfg.steps,
+                          img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0],
+                          crop_size=cfg.crop_size)
     meta = {
         "model_config": model_cfg.to_dict(),
         "text_embeddings": {k: v.cpu().tolist() for k, v in text.items()},
@@ -232,8 +249,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Pat
     loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
     window: List[torch.Tensor] = []
     t0 = time.time()
-    for step in bar:
-        window.append(_step(cfg, model, net, opt, loss_fn, text, cases, ctx, step))
+    loader = step_loader(samples, start, end, workers=cfg.workers, pin_memory=ctx.device.type == "cuda")
+    for step, sample in zip(bar, loader):
+        window.append(_step(cfg, model, opt, loss_fn, text, sample, ctx.device, step))
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == end:
             loss = mean_over_ranks(float(torch.stack(window).float().mean()), ctx)  # one sync per interval
@@ -251,23 +269,16 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Pat
     return run
 
 
-def _step(cfg: TrainConfig, model: torch.nn.Module, net: TagsNet, opt: torch.optim.Optimizer, loss_fn: DiceCELoss,
-          text: Dict[str, torch.Tensor], cases: List, ctx: DistContext, step: int) -> torch.Tensor:
-    """One optimisation step on one drawn sample; returns the loss (detached, on the device: no sync)."""
-    model_cfg = cfg.model
-    rng = np.random.default_rng([cfg.seed, ctx.rank, step])
-    s = draw_sample(
-        cases, model_cfg.targets, model_cfg, rng, sampling=cfg.sampling,
-        img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0], crop_size=cfg.crop_size,
-    )
+def _step(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceCELoss,
+          text: Dict[str, torch.Tensor], s: Sample, device: torch.device, step: int) -> torch.Tensor:
+    """One optimisation step on the sample ``s`` of ``step``; returns the loss (detached, on the
+    device: no host sync)."""
     for g in opt.param_groups:
         g["lr"] = cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
-    device = ctx.device
-    image = augment_intensity(s.image, int(rng.integers(2**31)))[None].to(device)
-    organ = s.organ[None].to(device) if s.organ is not None else None
+    move = lambda t: t[None].to(device, non_blocking=True) if t is not None else None  # noqa: E731
+    image, organ, label = move(s.image), move(s.organ), move(s.label)
     prompts = s.prompts.to(device) if s.prompts is not None else None
-    label = s.label[None].to(device)
-    phrases = text.get(PHRASES + s.target.name) if model_cfg.text_alignment else None
+    phrases = text.get(PHRASES + s.target.name) if cfg.model.text_alignment else None
     with autocast(device, cfg.precision):
         out = model(image, text[s.target.name][None], prompts, organ,
                     phrases=phrases[None] if phrases is not None else None)
