@@ -1,13 +1,16 @@
 """Model benchmark: one TAGS window forward against this machine's matmul peak, and TAGS beside
 a 3DSAM-adapter-style network on the same region of interest.
 
-    python -m benchmarks.bench [--model FOLDER] [--dtype fp32] [--window-sides 128 256] [--compile]
-        [--peer-roi 128] [--json out.json]
+    python -m benchmarks.bench [--device cpu|cuda|cuda:N] [--model FOLDER] [--dtype fp32]
+        [--window-sides 128 256] [--compile] [--peer-roi 128] [--json out.json]
 
 Prints and (with --json) writes:
-  * the machine (CPU model, torch's CPU capability, native bf16 or not, threads);
-  * the sustained matmul GFLOP/s of this machine in each dtype run (fp32, and bf16 where the
-    CPU has it natively, unless --dtype says otherwise), measured in the same run;
+  * the machine (CPU model, torch's CPU capability, native bf16 or not, threads) and the device
+    everything runs on (``"device"``; on CUDA also ``"cuda_device"``: torch.cuda.get_device_name,
+    compute capability, memory);
+  * the sustained matmul GFLOP/s of the device in each dtype run (CPU: fp32, and bf16 where the
+    CPU has it natively; CUDA: fp32, bf16 and fp16; unless --dtype says otherwise; fp16 only on
+    CUDA), measured in the same run;
   * one forward of a TAGS model window (the model folder's roi_size): GFLOP counted by
     torch.utils.flop_counter (the useful ones: padded window queries skipped, as the predictor
     runs them; upstream TinyViT's count beside it), seconds, achieved GFLOP/s and the
@@ -17,9 +20,11 @@ Prints and (with --json) writes:
     machine's speed drifts);
   * the same region of interest (a cube of --peer-roi voxels at 1 mm) through
     TagsPredictor.predict (resampling to the model grid, anatomy prompts, sliding windows) and
-    through :class:`benchmarks.peer_3dsam.SAM3DAdapterStyle` (forward only, random weights): seconds,
-    GFLOP, peak memory, and the speed-up.
-Peak memory per step is the process's VmHWM after resetting it (Linux /proc/self/clear_refs).
+    through :class:`benchmarks.peer_3dsam.SAM3DAdapterStyle` (forward only, random weights, on the
+    same device): seconds, GFLOP, peak memory, and the speed-up.
+Peak memory per step is the process's VmHWM after resetting it (Linux /proc/self/clear_refs) and,
+on CUDA, torch.cuda.max_memory_allocated after resetting it (``peak_cuda_mb``). On CUDA every
+timed call is followed by torch.cuda.synchronize, so time.perf_counter measures the kernels.
 Numbers, not assertions: nothing here passes or fails.
 """
 
@@ -68,28 +73,62 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def default_dtypes() -> List[str]:
-    """fp32, and bf16 where the CPU has it natively: emulated bf16 (AVX2) is several times slower
-    than fp32 and no precision the predictor would choose there."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The dtypes benchmarked (fp16 only on CUDA: CPU autocast has no fast fp16 path)."""
+
+
+def default_dtypes(device: str | torch.device = "cpu") -> List[str]:
+    """CPU: fp32, and bf16 where the CPU has it natively (emulated bf16, AVX2, is several times
+    slower than fp32 and no precision the predictor would choose there). CUDA: fp32, bf16, fp16."""
+    if torch.device(device).type == "cuda":
+        return ["fp32", "bf16", "fp16"]
     return ["fp32", "bf16"] if tags_device.cpu_has_native_bf16() else ["fp32"]
 
 
-def autocast(dtype: str):
-    """The CPU autocast context of ``dtype`` (:func:`tags.device.autocast`)."""
-    return tags_device.autocast(torch.device("cpu"), dtype)
+def checked_device(device: str | torch.device, dtypes: List[str]) -> torch.device:
+    """``device`` as a torch.device; a ValueError naming the problem when it is no CPU or CUDA
+    device, torch sees no CUDA device, or ``dtypes`` holds fp16 on the CPU."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be cpu, cuda or cuda:N, not {str(device)!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, not {str(device)!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA device")
+    if dev.type == "cpu" and "fp16" in dtypes:
+        raise ValueError("--dtype fp16 runs only on CUDA (--device cuda); on the CPU use fp32 or bf16")
+    return dev
 
 
-def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10) -> float:
-    """Sustained GFLOP/s of an n x n matmul in ``dtype`` ("fp32" or "bf16"), best of 3."""
-    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+def synchronize(device: str | torch.device = "cpu") -> None:
+    """Wait for the device's queued kernels (CUDA); nothing to wait for on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(dtype: str, device: str | torch.device = "cpu"):
+    """The autocast context of ``dtype`` on ``device`` (:func:`tags.device.autocast`)."""
+    return tags_device.autocast(torch.device(device), dtype)
+
+
+def matmul_gflops(dtype: str, n: Optional[int] = None, repeats: int = 10, device: str | torch.device = "cpu") -> float:
+    """Sustained GFLOP/s of an n x n matmul in ``dtype`` (fp32, bf16, fp16) on ``device``, best
+    of 3 (n: 2048 on the CPU, 4096 on CUDA, where a 2048 matmul is over too quickly to time well)."""
+    device = torch.device(device)
+    n = n or (4096 if device.type == "cuda" else 2048)
+    dt = DTYPES[dtype]
+    a, b = torch.randn(n, n, device=device).to(dt), torch.randn(n, n, device=device).to(dt)
     for _ in range(2):
         a @ b
     best = float("inf")
     for _ in range(3):
+        synchronize(device)
         t = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 * repeats / best / 1e9
 
@@ -100,37 +139,50 @@ def count_gflop(fn: Callable[[], object]) -> float:
     return fc.get_total_flops() / 1e9
 
 
-def best_seconds(fn: Callable[[], object], dtype: str, repeats: int, warmup: int = 1) -> Dict[str, float]:
-    """Best of ``repeats`` timed calls after ``warmup`` calls; first-call seconds and peak MB too."""
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, its device work included (synchronised before and after)."""
+    synchronize(device)
+    t = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t
+
+
+def best_seconds(fn: Callable[[], object], dtype: str, repeats: int, warmup: int = 1,
+                 device: str | torch.device = "cpu") -> Dict[str, float]:
+    """Best of ``repeats`` timed calls after ``warmup`` calls; first-call seconds and peak MB too
+    (the process's RSS; on CUDA also the peak allocated device memory, ``peak_cuda_mb``)."""
+    device = torch.device(device)
     reset_peak_rss()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     first = None
-    with torch.no_grad(), autocast(dtype):
+    with torch.no_grad(), autocast(dtype, device):
         for _ in range(warmup):
-            t = time.perf_counter()
-            fn()
-            first = first if first is not None else time.perf_counter() - t
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return {"seconds": min(times), "first_call_seconds": first, "peak_rss_mb": round(peak_rss_mb())}
+            seconds = timed(fn, device)
+            first = first if first is not None else seconds
+        times = [timed(fn, device) for _ in range(repeats)]
+    r = {"seconds": min(times), "first_call_seconds": first, "peak_rss_mb": round(peak_rss_mb())}
+    if device.type == "cuda":
+        r["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return r
 
 
-def paired_peak_fraction(fn: Callable[[], object], gflop: float, dtype: str, pairs: int) -> Dict:
+def paired_peak_fraction(fn: Callable[[], object], gflop: float, dtype: str, pairs: int,
+                         device: str | torch.device = "cpu") -> Dict:
     """``fn`` timed ``pairs`` times, each right after a short matmul-peak measurement in the same
     dtype, and its achieved GFLOP/s divided by that peak pair by pair. This machine's speed drifts
     (the fp32 peak measured 145-176 GFLOP/s within minutes on the 2-core AVX2 EPYC), so a peak measured once at the
     start and a window timed later can differ by the drift, not by the model. Reports the
     median fraction and its range, the best time and the peaks."""
+    device = torch.device(device)
     fractions, times, peaks = [], [], []
-    with torch.no_grad(), autocast(dtype):
+    with torch.no_grad(), autocast(dtype, device):
         fn()  # warm-up
         for _ in range(pairs):
-            peak = matmul_gflops(dtype, repeats=4)
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
+            peak = matmul_gflops(dtype, repeats=4, device=device)
+            times.append(timed(fn, device))
             peaks.append(round(peak, 1))
             fractions.append(gflop / times[-1] / peak)
     return {"fraction_of_matmul_peak_paired": round(float(np.median(fractions)), 3),
@@ -147,11 +199,12 @@ def bench_config(model: Optional[str]) -> ModelConfig:
     return ModelConfig(**DEMO_LIKE, targets=(organ_target("liver", 1), tumor_target("liver", 2)))
 
 
-def build_predictor(model: Optional[str], precision: str, compile: bool, **predictor_kwargs):
-    """A TagsPredictor on the CPU: the model folder, or the demo-like configuration with the
+def build_predictor(model: Optional[str], precision: str, compile: bool, device: str | torch.device = "cpu",
+                    **predictor_kwargs):
+    """A TagsPredictor on ``device``: the model folder, or the demo-like configuration with the
     pretrained LiteMedSAM base and random adapters/fusion/head. ``predictor_kwargs`` go to
     :class:`tags.inference.TagsPredictor` (e.g. ``tumor_windows=WindowPolicy(sides=(128, 256))``)."""
-    kw = dict(device="cpu", precision=precision, compile=compile, **predictor_kwargs)
+    kw = dict(device=device, precision=precision, compile=compile, **predictor_kwargs)
     if model:
         return TagsPredictor.from_model_folder(model, **kw)
     config = bench_config(None)
@@ -161,8 +214,9 @@ def build_predictor(model: Optional[str], precision: str, compile: bool, **predi
     return TagsPredictor.from_network(net, text, **kw)
 
 
-def window_inputs(net: TagsNet, roi) -> tuple:
-    """One model window: image in [0, 1], text, anatomy prompts from an ellipsoid organ, organ."""
+def window_inputs(net: TagsNet, roi, device: str | torch.device = "cpu") -> tuple:
+    """One model window on ``device``: image in [0, 1], text, anatomy prompts from an ellipsoid
+    organ, organ (the same values on every device: generated on the CPU, then moved)."""
     config = net.config
     d, h, w = roi
     g = torch.Generator().manual_seed(0)
@@ -172,19 +226,69 @@ def window_inputs(net: TagsNet, roi) -> tuple:
     prompts = derive_prompts(organ, config.preprocessing.spacing, img_size=net.img_size,
                              mask_size=net.prompt_encoder.mask_input_size[0], config=config.prompts)
     text = torch.randn(1, config.text_dim, generator=g)
-    return image, text, prompts, torch.from_numpy(organ)[None, None].float()
+    return image.to(device), text.to(device), prompts.to(device), torch.from_numpy(organ)[None, None].float().to(device)
 
 
 # -- the benchmark -------------------------------------------------------------------------------
+def device_info(device: torch.device) -> Dict:
+    """What the JSON records about the device: its name and, on CUDA, the GPU."""
+    info: Dict = {"device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["cuda_device"] = {"name": torch.cuda.get_device_name(device), "capability": f"{props.major}.{props.minor}",
+                               "memory_mb": round(props.total_memory / 2**20), "torch_cuda": torch.version.cuda}
+    return info
+
+
+def window_gflop(config: ModelConfig, inputs: tuple, device: torch.device) -> Dict:
+    """The useful FLOPs of one window: those of the network as built with the padded window queries
+    skipped as the predictor does (use_inference_attention), not of the predictor's inference copy
+    (its head's first convolution has zero-weight input channels whose multiplications do no useful
+    work) nor of upstream TinyViT (attention at padded positions it then crops away)."""
+    plain = build_tags(config, pretrained=False).eval().to(device)
+    upstream = count_gflop(lambda: plain(*inputs))
+    use_inference_attention(plain)
+    return {"gflop": round(count_gflop(lambda: plain(*inputs)), 1), "gflop_upstream_tinyvit": round(upstream, 1)}
+
+
+def bench_window(pred, inputs: tuple, gflop: float, peak: float, dt: str, repeats: int, device: torch.device) -> Dict:
+    """One window's forward in ``dt``: best seconds, GFLOP/s, fraction of the peak, paired fractions."""
+    r = best_seconds(lambda: pred.model.net(*inputs), dt, repeats, device=device)
+    r["gflops_achieved"] = round(gflop / r["seconds"], 1)
+    r["fraction_of_matmul_peak"] = round(gflop / r["seconds"] / peak, 3)
+    r.update(paired_peak_fraction(lambda: pred.model.net(*inputs), gflop, dt, pairs=max(3, repeats + 1), device=device))
+    return r
+
+
+def bench_peer(peer_roi: int, dtypes: List[str], device: torch.device, g: torch.Generator) -> Dict:
+    """The 3DSAM-adapter-style forward on a peer_roi^3 cube: GFLOP, parameters, per dtype seconds (warm) and peak MB."""
+    from .peer_3dsam import SAM3DAdapterStyle
+
+    torch.manual_seed(0)
+    net = SAM3DAdapterStyle(roi=peer_roi).eval().to(device)
+    x = torch.rand(1, 1, peer_roi, peer_roi, peer_roi, generator=g).to(device)
+    # FLOPs do not depend on the dtype: counted in the last one asked (bf16 or fp16 when asked: faster).
+    with autocast(dtypes[-1], device):
+        gflop = count_gflop(lambda: net(x))
+    res: Dict = {"gflop": round(gflop, 1), "parameters_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1)}
+    for dt in dtypes:
+        res[dt] = best_seconds(lambda: net(x), dt, repeats=1, warmup=1, device=device)
+        res[dt]["gflops_achieved"] = round(gflop / res[dt]["seconds"], 1)
+    return res
+
+
 def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 128, peer: bool = True,
-        repeats: int = 2, dtypes: Optional[List[str]] = None, predictor_kwargs: Optional[Dict] = None) -> Dict:
-    dtypes = dtypes or default_dtypes()
+        repeats: int = 2, dtypes: Optional[List[str]] = None, predictor_kwargs: Optional[Dict] = None,
+        device: str | torch.device = "cpu") -> Dict:
+    device = checked_device(device, dtypes or [])
+    dtypes = dtypes or default_dtypes(device)
     out: Dict = {
         "machine": tags_device.machine_info(),
+        **device_info(device),
         "model": model or "demo-like configuration, random adapters (" + json.dumps(DEMO_LIKE) + ")",
         "predictor": {k: dataclasses.asdict(v) if isinstance(v, WindowPolicy) else v
                       for k, v in (predictor_kwargs or {}).items()},
-        "matmul_gflops": {dt: round(matmul_gflops(dt), 1) for dt in dtypes},
+        "matmul_gflops": {dt: round(matmul_gflops(dt, device=device), 1) for dt in dtypes},
         "window": {},
         "same_roi": {},
     }
@@ -197,56 +301,41 @@ def run(model: Optional[str] = None, *, compile: bool = False, peer_roi: int = 1
     variants = [(dt, False) for dt in dtypes] + ([(dt, True) for dt in dtypes] if compile else [])
     for dt, comp in variants:
         name = dt + ("-compiled" if comp else "")
-        pred = build_predictor(model, dt, comp, **(predictor_kwargs or {}))  # one load (and compilation) per variant
+        # One load (and compilation) per variant.
+        pred = build_predictor(model, dt, comp, device=device, **(predictor_kwargs or {}))
         # One model window.
         roi = tuple(pred.config.roi_size)
-        inputs = window_inputs(pred.model.net, roi)
+        inputs = window_inputs(pred.model.net, roi, device)
         if "gflop" not in out["window"]:
-            # The useful FLOPs: those of the network as built with the padded window queries skipped
-            # as the predictor does (use_inference_attention), not of the predictor's inference copy
-            # (its head's first convolution has zero-weight input channels whose multiplications do no
-            # useful work) nor of upstream TinyViT (attention at padded positions it then crops away).
-            plain = build_tags(pred.config, pretrained=False).eval()
-            upstream = count_gflop(lambda: plain(*inputs))
-            use_inference_attention(plain)
-            out["window"].update(roi=list(roi), gflop=round(count_gflop(lambda: plain(*inputs)), 1),
-                                 gflop_upstream_tinyvit=round(upstream, 1))
-            del plain
-        gflop = out["window"]["gflop"]
-        r = best_seconds(lambda: pred.model.net(*inputs), dt, repeats)
-        r["gflops_achieved"] = round(gflop / r["seconds"], 1)
-        r["fraction_of_matmul_peak"] = round(gflop / r["seconds"] / out["matmul_gflops"][dt], 3)
-        r.update(paired_peak_fraction(lambda: pred.model.net(*inputs), gflop, dt, pairs=max(3, repeats + 1)))
-        out["window"][name] = r
+            out["window"].update(roi=list(roi), **window_gflop(pred.config, inputs, device))
+        out["window"][name] = bench_window(pred, inputs, out["window"]["gflop"], out["matmul_gflops"][dt], dt,
+                                           repeats, device)
         # The whole predict path on the cube.
         tumor = pred.config.tumor_targets[0]
         run_tags = lambda: pred.predict(cube, affine, {tumor.organ: organ}, [tumor.name])  # noqa: E731
-        out["same_roi"]["tags"][name] = best_seconds(run_tags, dt, repeats)
+        out["same_roi"]["tags"][name] = best_seconds(run_tags, dt, repeats, device=device)
     if peer:
-        from .peer_3dsam import SAM3DAdapterStyle
-
-        torch.manual_seed(0)
-        net = SAM3DAdapterStyle(roi=peer_roi).eval()
-        x = torch.rand(1, 1, peer_roi, peer_roi, peer_roi, generator=g)
-        with autocast(dtypes[-1]):  # FLOPs do not depend on the dtype; bf16 (when asked) is faster where native
-            gflop = count_gflop(lambda: net(x))
-        res = out["same_roi"]["peer_3dsam_adapter_style"]
-        res["gflop"] = round(gflop, 1)
-        res["parameters_m"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 1)
-        for dt in dtypes:
-            res[dt] = best_seconds(lambda: net(x), dt, repeats=1, warmup=1)  # warm, as TAGS is timed
-            res[dt]["gflops_achieved"] = round(gflop / res[dt]["seconds"], 1)
+        res = out["same_roi"]["peer_3dsam_adapter_style"] = bench_peer(peer_roi, dtypes, device, g)
         out["same_roi"]["speedup"] = {
             k: round(res[k.split("-")[0]]["seconds"] / v["seconds"], 1) for k, v in out["same_roi"]["tags"].items()
         }
     return out
 
 
+def _peak(v: Dict) -> str:
+    """``peak N MB`` (the process's RSS), with the peak allocated CUDA memory beside it on CUDA."""
+    cuda = f", CUDA {v['peak_cuda_mb']} MB" if "peak_cuda_mb" in v else ""
+    return f"peak {v['peak_rss_mb']} MB{cuda}"
+
+
 def format_report(r: Dict) -> str:
     w = r["window"]
+    cuda = r.get("cuda_device")
     lines = [
         f"machine: {r['machine']['cpu']} ({r['machine'].get('cpu_capability')}, native bf16: "
         f"{r['machine'].get('native_bf16')}), {r['machine']['threads']} threads, torch {r['machine']['torch']}",
+        *([f"device: {r['device']} ({cuda['name']}, compute capability {cuda['capability']}, "
+           f"{cuda['memory_mb']} MB, CUDA {cuda['torch_cuda']})"] if cuda else []),
         "matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["matmul_gflops"].items()),
         f"TAGS window {'x'.join(map(str, w['roi']))} (D x H x W): {w['gflop']:.1f} GFLOP per forward "
         f"({w.get('gflop_upstream_tinyvit', w['gflop']):.1f} with upstream TinyViT's padded queries)",
@@ -255,18 +344,18 @@ def format_report(r: Dict) -> str:
         if isinstance(v, dict):
             lines.append(f"  {k:14s} {v['seconds']:6.2f} s  {v['gflops_achieved']:7.1f} GFLOP/s  "
                          f"{100 * v['fraction_of_matmul_peak']:4.0f}% of the {k.split('-')[0]} matmul peak  "
-                         f"(first call {v['first_call_seconds']:.1f} s, peak {v['peak_rss_mb']} MB)")
+                         f"(first call {v['first_call_seconds']:.1f} s, {_peak(v)})")
             lines.append(f"  {'':14s} paired with a peak measured just before each call: median "
                          f"{100 * v['fraction_of_matmul_peak_paired']:.0f}% (range "
                          f"{100 * v['fraction_range'][0]:.0f}-{100 * v['fraction_range'][1]:.0f}%)")
     s = r["same_roi"]
     lines.append(f"same ROI, {s['roi_voxels'][0]}^3 voxels at 1 mm:")
     for k, v in s["tags"].items():
-        lines.append(f"  TAGS predict {k:14s} {v['seconds']:7.2f} s  peak {v['peak_rss_mb']} MB")
+        lines.append(f"  TAGS predict {k:14s} {v['seconds']:7.2f} s  {_peak(v)}")
     p = s.get("peer_3dsam_adapter_style") or {}
-    for k in ("fp32", "bf16"):
+    for k in DTYPES:
         if k in p:
-            lines.append(f"  3DSAM-adapter-style {k:7s} {p[k]['seconds']:7.2f} s  peak {p[k]['peak_rss_mb']} MB  "
+            lines.append(f"  3DSAM-adapter-style {k:7s} {p[k]['seconds']:7.2f} s  {_peak(p[k])}  "
                          f"({p['gflop']:.0f} GFLOP, {p[k]['gflops_achieved']:.0f} GFLOP/s)")
     if "speedup" in s:
         lines.append("  TAGS speed-up: " + ", ".join(f"{k} {v}x" for k, v in s["speedup"].items()))
@@ -281,17 +370,24 @@ def main(argv=None) -> int:
     p.add_argument("--no-peer", action="store_true", help="skip the 3DSAM-adapter-style forward")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats for TAGS, best is reported")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--dtype", action="append", choices=["fp32", "bf16"], help="dtypes to run (default fp32, and bf16 where the CPU has it natively)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the models and matmuls run")
+    p.add_argument("--dtype", action="append", choices=list(DTYPES),
+                   help="dtypes to run, repeatable (default: fp32, and bf16 where the CPU has it natively; "
+                        "on CUDA fp32, bf16 and fp16); fp16 only on CUDA")
     p.add_argument("--window-sides", type=int, nargs=2, metavar=("SMALLEST", "LARGEST"), default=None,
                    help="in-plane window sides of the tumor pass (default: the predictor's; 128 256: not below 128)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = p.parse_args(argv)
+    try:
+        device = checked_device(a.device, a.dtype or [])
+    except ValueError as e:
+        p.error(str(e))
     keep_freed_memory()  # as the application does; both models run under it
     if a.threads:
         torch.set_num_threads(a.threads)
     kwargs = {"tumor_windows": WindowPolicy(sides=tuple(a.window_sides))} if a.window_sides else None
     r = run(a.model, compile=a.compile, peer_roi=a.peer_roi, peer=not a.no_peer, repeats=a.repeats, dtypes=a.dtype,
-            predictor_kwargs=kwargs)
+            predictor_kwargs=kwargs, device=device)
     print(format_report(r))
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2) + "\n")

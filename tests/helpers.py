@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 
+import numpy as np
 import torch
 
 from tags.config import AdapterConfig, ModelConfig
@@ -221,15 +221,27 @@ def flipped(array, affine, flips):
     return np.ascontiguousarray(out), a
 
 
-def nnunet_copy(samples, root, labels: dict, label_map=None):
+def nnunet_copy(samples, root, labels: dict, label_map=None, validation: bool = False):
     """An nnU-Net v2 raw dataset at ``root`` with the LiTS-117 sample image, ``labels`` as its
-    dataset.json label table and ``label_map(label)`` applied to the sample's label."""
+    dataset.json label table and ``label_map(label)`` applied to the sample's label. With
+    ``validation``, a second case (``case_0001``: a 16 x 64 x 64 box around the tumor, slices
+    in reverse order) listed as the validation case."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     src = samples["lits117"]
-    shutil.copy(src / "imagesTr" / "lits117_0000.nii.gz", root / "imagesTr" / "case_0000_0000.nii.gz")
+    img, img_aff = read_nifti(src / "imagesTr" / "lits117_0000.nii.gz")
     lab, aff = read_nifti(src / "labelsTr" / "lits117.nii.gz")
-    write_nifti(root / "labelsTr" / "case_0000.nii.gz", label_map(lab) if label_map else lab, aff)
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": labels,
-                                                   "numTraining": 1, "file_ending": ".nii.gz"}))
+    lab = label_map(lab) if label_map else lab
+    cases = ["case_0000"] + (["case_0001"] if validation else [])
+    for i, case in enumerate(cases):
+        # The validation copy: a 16 x 64 x 64 box around the tumor's centre, slices reversed
+        # (small, so that validating is quick).
+        c = np.round(np.argwhere(lab == 2).mean(axis=0)).astype(int) if i else None
+        part = tuple(slice(max(0, m - h), max(0, m - h) + 2 * h) for m, h in zip(c, (8, 32, 32))) if i else ()
+        write_nifti(root / "imagesTr" / f"{case}_0000.nii.gz", img[part][::-1 if i else 1], img_aff)
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", lab[part][::-1 if i else 1], aff)
+    meta = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz"}
+    if validation:
+        meta["validation"] = ["case_0001"]
+    (root / "dataset.json").write_text(json.dumps(meta))
     return root

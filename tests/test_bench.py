@@ -3,6 +3,7 @@ tabulates (numbers only: nothing about speed is asserted)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks import bench
@@ -34,6 +35,13 @@ def test_bench_report_has_every_number(tmp_path):
     text = bench.format_report(r)
     assert "GFLOP per forward" in text and "paired with a peak" in text
     assert r["machine"]["cpu_capability"] and isinstance(r["machine"]["native_bf16"], bool)
+    assert r["device"] == "cpu" and "cuda_device" not in r and "peak_cuda_mb" not in w
+    # A CUDA run's report names the GPU and puts the device's peak memory beside the RSS.
+    r.update(device="cuda:0",
+             cuda_device={"name": "NVIDIA T", "capability": "8.0", "memory_mb": 1, "torch_cuda": "13.0"})
+    w["peak_cuda_mb"] = 123
+    text = bench.format_report(r)
+    assert "device: cuda:0 (NVIDIA T, compute capability 8.0" in text and "CUDA 123 MB" in text
 
 
 def test_profile_parts_cover_either_backbone():
@@ -63,3 +71,12 @@ def test_default_dtypes_run_bf16_only_where_native(monkeypatch):
     assert bench.default_dtypes() == ["fp32"]
     monkeypatch.setattr(tags.device, "cpu_has_native_bf16", lambda: True)
     assert bench.default_dtypes() == ["fp32", "bf16"]
+    assert bench.default_dtypes("cuda:1") == ["fp32", "bf16", "fp16"]
+
+
+def test_fp16_and_unknown_devices_are_refused_before_any_work(capsys):
+    for argv, message in ((["--dtype", "fp16"], "fp16 runs only on CUDA"),
+                          (["--device", "gpu"], "device must be cpu, cuda or cuda:N, not 'gpu'")):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err

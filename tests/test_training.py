@@ -21,7 +21,7 @@ from training.cli import main
 from training.data import SamplingConfig, draw_sample, load_training_cases
 from training.datasets import read_dataset
 from training.samples import build_samples
-from training.checkpoints import checkpoint_files, load_checkpoint
+from training.checkpoints import checkpoint_files, checkpoint_state, load_checkpoint
 from training.train import METRICS, TRAIN_CONFIG, TrainConfig, model_config_for, train, warmup_cosine
 
 TINY_MODEL = ModelConfig(encoder_size=128, roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32))
@@ -96,6 +96,35 @@ def test_workers_and_a_shared_cache_train_the_same_weights(samples, tmp_path):
     assert all(torch.equal(w0[k], w2[k]) for k in w0)
 
 
+def test_validation_keeps_the_best_checkpoint_and_writes_tensorboard(samples, tmp_path, capsys):
+    """--validate-every: a validation case through the predictor (organ prompt from its label),
+    the best checkpoint kept apart and exportable, TensorBoard events; --patience stops early."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    ds = nnunet_copy(samples, tmp_path / "Dataset601_LiverVal", {"background": 0, "liver": 1, "tumor": 2},
+                     validation=True)
+    assert main(["train", str(ds), "--out", str(run), "--steps", "6", "--checkpoint-every", "3",
+                 "--validate-every", "2", "--patience", "1", "--precision", "fp32", *TINY_CLI]) == 0
+    lines = [json.loads(x) for x in (run / METRICS).read_text().splitlines()]
+    validations = [x for x in lines if "validation" in x]
+    assert validations and all(x["validation"]["liver_tumor"]["dice"] is not None for x in validations)
+    last = validations[-1]
+    stale = [x for x in validations if x["stale"] >= 1]
+    if stale:  # the first validation that did not improve stopped the run, with a checkpoint there
+        assert stale == [last] and load_checkpoint(run)[2]["step"] == last["step"] < 6
+    else:
+        assert [x["step"] for x in validations] == [2, 4, 6]
+    best = load_checkpoint(run, "best")[2]
+    assert best["step"] == last["best_step"] and best["validation_state"]["best_score"] == last["best_score"]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "validation/score", "validation/liver_tumor/dice"} <= set(events.Tags()["scalars"])
+    assert "train/sample" in events.Tags()["images"]
+    assert main(["export", str(run), str(tmp_path / "model"), "--best"]) == 0
+    assert "model folder" in capsys.readouterr().out
+
+
 def test_export_then_predict(samples, tmp_path, capsys):
     """Train one step at the default precision (resolved for this CPU and recorded), export,
     predict from the model folder."""
@@ -133,19 +162,46 @@ def test_converted_and_region_datasets_train(samples, tmp_path, folder, labels):
     assert [t["name"] for t in cfg["model"]["targets"]] == [organ, f"{organ}_tumor"]
 
 
-def test_torchrun_two_cpu_processes_agree(samples, tmp_path):
-    import os
-    import subprocess
+def _torchrun(dataset, run, port: int, steps: int) -> list:
     import sys
 
-    run = tmp_path / "ddp"
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            "-m", "training.cli", "train", str(dataset), "--out", str(run), "--steps", str(steps),
+            "--checkpoint-every", "1", "--validate-every", "2", *TINY_CLI, "--precision", "fp32"]
+
+
+def test_torchrun_two_cpu_processes_agree_validate_and_resume_after_a_kill(samples, tmp_path):
+    """Two gloo processes: the ranks agree, rank 0 validates and writes TensorBoard events and
+    the best checkpoint; a run killed (SIGKILL) mid-way and started again resumes from its last
+    complete checkpoint and ends with the weights of the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    ds = nnunet_copy(samples, tmp_path / "Dataset601_LiverVal", {"background": 0, "liver": 1, "tumor": 2},
+                     validation=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "training.cli", "train", str(samples["lits117"]), "--out", str(run), "--steps", "2",
-           "--checkpoint-every", "1", *TINY_CLI, "--precision", "fp32"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    full = tmp_path / "full"
+    proc = subprocess.run(_torchrun(ds, full, 29517, 4), capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check = json.loads((run / "ddp_check.json").read_text())
-    print(check)
-    assert check["world_size"] == 2 and check["agree"]
-    assert load_checkpoint(run)[2]["world_size"] == 2
+    check = json.loads((full / "ddp_check.json").read_text())
+    assert check["world_size"] == 2 and check["agree"], check
+    assert load_checkpoint(full)[2]["world_size"] == 2 and load_checkpoint(full, "best")[2]["step"] in (2, 4)
+    assert any((full / "tensorboard").iterdir())
+
+    part = tmp_path / "part"
+    killed = subprocess.Popen(_torchrun(ds, part, 29518, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=env, start_new_session=True)
+    deadline = time.time() + 600
+    while not checkpoint_files(part) and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    reached = checkpoint_state(part)["step"]
+    proc = subprocess.run(_torchrun(ds, part, 29519, 4), capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"killed after step {reached}, resumed to step 4")
+    w_full, w_part = load_checkpoint(full)[0], load_checkpoint(part)[0]
+    assert load_checkpoint(part)[2]["step"] == 4
+    assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)

@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
 """Folder of a run that holds its checkpoints."""
+BEST = "best"
+"""Name of the best validated checkpoint (``checkpoints/best.safetensors``), never pruned."""
 LEGACY_WEIGHTS, LEGACY_STATE = "checkpoint.safetensors", "checkpoint.json"
 _NAME = re.compile(r"^step-(\d{7})\.safetensors$")
 
@@ -38,9 +40,11 @@ def has_checkpoint(run: str | os.PathLike) -> bool:
 
 
 def save_checkpoint(run: str | os.PathLike, weights: Dict[str, torch.Tensor], optimizer: Dict,
-                    state: Dict, *, keep_last: int = 2) -> Path:
+                    state: Dict, *, keep_last: int = 2, name: Optional[str] = None) -> Path:
     """Write the checkpoint of ``state["step"]`` atomically; remove all but the ``keep_last``
-    newest. ``weights``: the trainable weights; ``optimizer``: ``Optimizer.state_dict()``."""
+    newest. ``weights``: the trainable weights; ``optimizer``: ``Optimizer.state_dict()``;
+    ``name`` (e.g. :data:`BEST`): write ``checkpoints/<name>.safetensors`` instead, kept apart
+    from the step checkpoints."""
     folder = Path(run) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
@@ -48,13 +52,13 @@ def save_checkpoint(run: str | os.PathLike, weights: Dict[str, torch.Tensor], op
         for k, v in st.items():
             tensors[f"opt.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     meta = {**state, "param_groups": optimizer["param_groups"]}
-    final = folder / f"step-{int(state['step']):07d}.safetensors"
+    final = folder / (f"{name}.safetensors" if name else f"step-{int(state['step']):07d}.safetensors")
     tmp = final.with_name(final.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
-    for old in checkpoint_files(run)[:-max(1, keep_last)]:
+    for old in checkpoint_files(run)[:-max(1, keep_last)] if name is None else []:
         old.unlink(missing_ok=True)
     return final
 
@@ -69,9 +73,15 @@ def checkpoint_state(run: str | os.PathLike) -> Optional[Dict]:
     return json.loads(legacy.read_text()) if legacy.is_file() else None
 
 
-def load_checkpoint(run: str | os.PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], Dict]:
-    """(model delta weights, optimizer tensors, state JSON) of the newest checkpoint of ``run``."""
+def load_checkpoint(run: str | os.PathLike, name: Optional[str] = None
+                    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], Dict]:
+    """(model delta weights, optimizer tensors, state JSON) of the newest checkpoint of ``run``,
+    or of the one called ``name`` (e.g. :data:`BEST`)."""
     files = checkpoint_files(run)
+    if name is not None:
+        files = [Path(run) / CHECKPOINTS / f"{name}.safetensors"]
+        if not files[0].is_file():
+            raise FileNotFoundError(f"{run}: no {name} checkpoint ({files[0]})")
     if files:
         tensors = load_file(str(files[-1]))
         with safe_open(str(files[-1]), framework="pt") as f:

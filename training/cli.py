@@ -46,6 +46,7 @@ def _train(a: argparse.Namespace) -> int:
         datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
         checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
         dist_timeout_minutes=a.dist_timeout, workers=a.workers, cache_dir=a.cache_dir, z_split=z_split,
+        validate_every=a.validate_every, patience=a.patience,
         clip_folder=a.clip_folder,
         backbone_checkpoint=a.backbone_checkpoint, progress=not a.no_progress,
         model=replace(
@@ -98,7 +99,8 @@ def _train_defaults():
 def _export(a: argparse.Namespace) -> int:
     from .export import export_model
 
-    print(f"model folder: {export_model(a.run, a.out, overwrite=a.overwrite, limits=a.limits)}")
+    folder = export_model(a.run, a.out, overwrite=a.overwrite, limits=a.limits, checkpoint="best" if a.best else None)
+    print(f"model folder: {folder}")
     return 0
 
 
@@ -149,6 +151,11 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                    help=f"processes that draw and augment samples ahead of the step (default {d.workers}: none)")
     t.add_argument("--cache-dir", default=d.cache_dir,
                    help="preprocessed-case cache (default OUT/cache; share one between runs of the same data)")
+    t.add_argument("--validate-every", type=int, default=d.validate_every, metavar="N",
+                   help="every N steps: Dice on the datasets' validation cases through the predictor, the best "
+                        "kept as OUT/checkpoints/best.safetensors (default 0: no validation)")
+    t.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many validations without improvement (default 0: never)")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")
     t.add_argument("--dist-timeout", type=float, default=d.dist_timeout_minutes, metavar="MINUTES",
@@ -242,6 +249,7 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     e.add_argument("out", help="model folder to write")
     e.add_argument("--limits", default="", help="text for the model card's Limits section")
     e.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    e.add_argument("--best", action="store_true", help="export the best validated checkpoint (train --validate-every)")
     e.set_defaults(func=_export)
 
     v = sub.add_parser("evaluate", help="Dice, NSD, HD95, lesion detection; TAGS beside a baseline",
@@ -251,7 +259,8 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     v.add_argument("dataset", help="dataset folder")
     v.add_argument("--out", required=True, help="report path without extension")
     v.add_argument("--baseline", default=None, help="baseline folder (tags-train demo writes one)")
-    v.add_argument("--split", choices=["train", "test"], default="train", help="imagesTr or imagesTs cases")
+    v.add_argument("--split", choices=["train", "validation", "test"], default="train",
+                   help="imagesTr cases, the validation cases dataset.json lists, or imagesTs cases")
     v.add_argument("--z-from", type=float, default=None,
                    help="evaluate only slices from this fraction on (the part --z-split held out)")
     v.add_argument("--organ-source", choices=["label", "model"], default="label",

@@ -111,7 +111,8 @@ def evaluate(
     """Evaluate every predictor (e.g. {"tags": ..., "baseline": ...}) on a dataset's cases.
 
     Args:
-        split: "train" (imagesTr/labelsTr) or "test" (imagesTs/labelsTs).
+        split: "train" (imagesTr/labelsTr), "validation" (the imagesTr cases dataset.json lists
+            under ``"validation"``, those with a label file) or "test" (imagesTs/labelsTs).
         z_from: evaluate only canonical slices from this fraction on (the part held out by
             ``--z-split DATASET:z_from`` in training); the volume is cut before prediction.
         organ_source: "label" (ground-truth organ as prompt, an oracle) or "model".
@@ -120,7 +121,10 @@ def evaluate(
     if organ_source not in ("label", "model"):
         raise ValueError("organ_source must be 'label' or 'model'")
     ds = read_dataset(dataset)
-    cases = ds.cases if split == "train" else ds.test_cases
+    if split not in ("train", "validation", "test"):
+        raise ValueError("split must be 'train', 'validation' or 'test'")
+    cases = {"train": ds.cases, "test": ds.test_cases,
+             "validation": [c for c in ds.validation_cases if c.label is not None and c.label.exists()]}[split]
     if not cases:
         raise ValueError(f"{ds.root}: no {split} cases")
     rows: List[Dict] = []

@@ -48,15 +48,16 @@ def _decision_text(d: LesionDecision) -> str:
 def export_model(
     run: str | Path, out: str | Path, *, metrics: Optional[Dict] = None, limits: str = "", overwrite: bool = False,
     extra_metadata: Optional[Dict] = None, lesion_decision: Optional[LesionDecision] = None,
-    metrics_markdown: Optional[str] = None,
+    metrics_markdown: Optional[str] = None, checkpoint: Optional[str] = None,
 ) -> Path:
-    """Write the model folder for the latest checkpoint of ``run``.
+    """Write the model folder for the latest checkpoint of ``run`` (or the one named
+    ``checkpoint``, e.g. ``"best"``: the best validated one).
 
     ``lesion_decision``: the decision chosen on validation cases (stored in config.json);
     ``metrics_markdown``: the card's metrics section (default: ``metrics`` as JSON).
     """
     run = Path(run)
-    weights, _, state = load_checkpoint(run)
+    weights, _, state = load_checkpoint(run, checkpoint)
     config = ModelConfig.from_dict(state["model_config"])
     if lesion_decision is not None:
         config = dataclasses.replace(config, lesion_decision=lesion_decision)

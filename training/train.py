@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -27,10 +28,11 @@ from tags.network import TagsNet, build_tags
 from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
 
-from .checkpoints import has_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
+from .checkpoints import BEST, has_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
 from .cache import cached_training_cases, preprocess
 from .data import Sample, SamplingConfig
 from .loader import StepSamples, step_loader
+from .monitor import RunLog, has_validation_cases, validation_score
 from .datasets import read_dataset
 from .distributed import DistContext, barrier, gather_rows, init_distributed, mean_over_ranks, rank0_decides, shutdown
 
@@ -77,6 +79,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     workers: int = 0
     cache_dir: Optional[str] = None
+    validate_every: int = 0
+    patience: int = 0
     dist_timeout_minutes: float = 30.0
     clip_grad: float = 1.0
     z_split: Dict[str, float] = field(default_factory=dict)
@@ -242,31 +246,87 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Pat
         "train_config": cfg.to_dict(),
         "world_size": ctx.world,
     }
+    reporter = _Reporter(cfg, ctx, net, opt, text, meta, checkpoint[2] if checkpoint is not None else {})
     net.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), disable=not cfg.progress or ctx.rank != 0, desc="train", initial=start,
                total=cfg.steps)
     loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
-    window: List[torch.Tensor] = []
-    t0 = time.time()
     loader = step_loader(samples, start, end, workers=cfg.workers, pin_memory=ctx.device.type == "cuda")
-    for step, sample in zip(bar, loader):
-        window.append(_step(cfg, model, opt, loss_fn, text, sample, ctx.device, step))
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == end:
-            loss = mean_over_ranks(float(torch.stack(window).float().mean()), ctx)  # one sync per interval
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if ctx.rank == 0:
-                with (run / METRICS).open("a") as fh:
-                    fh.write(json.dumps({"step": done, "loss": loss, "lr": opt.param_groups[0]["lr"],
-                                         "seconds": round(time.time() - t0, 1)}) + "\n")
-                save_checkpoint(run, net.delta_state_dict(), opt.state_dict(), {**meta, "step": done},
-                                keep_last=cfg.keep_checkpoints)
-            window = []
-            barrier(ctx)
+    try:
+        for step, sample in zip(bar, loader):
+            reporter.losses.append(_step(cfg, model, opt, loss_fn, text, sample, ctx.device, step))
+            if reporter.after_step(step + 1, end, sample):
+                break
+    finally:
+        reporter.close()
     if ctx.world > 1:
         _record_rank_agreement(run, net, ctx)
     return run
+
+
+class _Reporter:
+    """After each step: the loss log and checkpoint at each interval, validation every
+    ``validate_every`` steps with the best checkpoint and early stopping (rank 0 writes)."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, net: TagsNet, opt: torch.optim.Optimizer,
+                 text: Dict[str, torch.Tensor], meta: Dict, resumed: Dict):
+        self.cfg, self.ctx, self.net, self.opt, self.text, self.meta = cfg, ctx, net, opt, text, meta
+        self.run = Path(cfg.out)
+        self.datasets = [read_dataset(d) for d in cfg.datasets]
+        self.validating = cfg.validate_every > 0 and has_validation_cases(self.datasets)
+        if cfg.validate_every > 0 and not self.validating and ctx.rank == 0:
+            print("tags-train train: no validation case with a label in the datasets (dataset.json "
+                  '"validation"): --validate-every is ignored', file=sys.stderr)
+        self.best = dict(resumed.get("validation_state", {"best_score": None, "best_step": None, "stale": 0}))
+        self.log = RunLog(self.run) if ctx.rank == 0 else None
+        self.losses: List[torch.Tensor] = []
+        self.t0 = time.time()
+
+    def after_step(self, done: int, end: int, sample) -> bool:
+        """Report after step ``done``; True when training stops early (every rank agrees)."""
+        stop = False
+        if self.validating and done % self.cfg.validate_every == 0:
+            stop = rank0_decides(self.ctx.rank == 0 and self._validate(done), self.ctx)
+        if done % self.cfg.checkpoint_every == 0 or done == end or stop:
+            loss = mean_over_ranks(float(torch.stack(self.losses).float().mean()), self.ctx)  # one sync
+            self.losses = []
+            if self.ctx.rank == 0:
+                self._write({"step": done, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
+                             "seconds": round(time.time() - self.t0, 1)})
+                self.log.training(done, loss, self.opt.param_groups[0]["lr"])
+                self.log.preview(done, sample.image, sample.label)
+                save_checkpoint(self.run, self.net.delta_state_dict(), self.opt.state_dict(), self._state(done),
+                                keep_last=self.cfg.keep_checkpoints)
+            barrier(self.ctx)
+        return stop
+
+    def _validate(self, done: int) -> bool:
+        """Validate, keep the best checkpoint; True when ``patience`` validations did not improve."""
+        result = validation_score(self.net, self.text, self.datasets, device=self.ctx.device,
+                                  precision=self.cfg.precision)
+        self.net.train()
+        score, best = result["score"], self.best["best_score"]
+        if score is not None and (best is None or score > best):
+            self.best.update(best_score=score, best_step=done, stale=0)
+            save_checkpoint(self.run, self.net.delta_state_dict(), self.opt.state_dict(), self._state(done),
+                            name=BEST)
+        else:
+            self.best["stale"] += 1
+        self._write({"step": done, "validation": result, **self.best})
+        self.log.validation(done, result)
+        return self.cfg.patience > 0 and self.best["stale"] >= self.cfg.patience
+
+    def _state(self, done: int) -> Dict:
+        return {**self.meta, "step": done, "validation_state": dict(self.best)}
+
+    def _write(self, line: Dict) -> None:
+        with (self.run / METRICS).open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
 
 def _step(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceCELoss,
