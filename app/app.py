@@ -115,7 +115,8 @@ def _option_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--device", default=os.environ.get("TAGS_DEVICE"), help="cpu, cuda, cuda:1 (default: $TAGS_DEVICE, else CUDA when available)")
     p.add_argument("--precision", default=os.environ.get("TAGS_PRECISION"), choices=["fp32", "bf16", "fp16"],
-                   help="default: bf16 on CUDA and on CPUs with native bf16, else fp32 ($TAGS_PRECISION)")
+                   help="default: bf16 where the GPU or CPU has it natively, fp16 on older GPUs, else fp32 "
+                        "($TAGS_PRECISION)")
     p.add_argument("--compile", action="store_true", default=os.environ.get("TAGS_COMPILE", "") == "1",
                    help="compile the image encoder with torch.compile ($TAGS_COMPILE=1; CPU needs a C++ compiler; "
                         "see docs/performance.md)")

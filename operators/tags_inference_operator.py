@@ -2,7 +2,7 @@
 
 The predictor is loaded once when the operator starts (shared with the organ operator), as the
 :class:`InferenceSettings` say: device ($TAGS_DEVICE, else CUDA when available, else CPU),
-precision ($TAGS_PRECISION, else bf16 on CUDA and on CPUs with native bf16, else fp32), compile.
+precision ($TAGS_PRECISION, else tags.device.default_precision), compile.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class SliceAdapter3D(nn.Module):
         return x + self.up(y).reshape(shape)
 
 
-def _encoder_blocks(encoder: nn.Module, block_kind: str) -> List[Tuple[nn.Module, int]]:
+def encoder_blocks(encoder: nn.Module, block_kind: str) -> List[Tuple[nn.Module, int]]:
     """(block, token width) of every attention block that gets an adapter."""
     if block_kind == "tinyvit":
         # Stage 0 is a convolutional stage at full resolution; adapters go in the attention stages.
@@ -80,7 +80,7 @@ def insert_adapters(
 ) -> List[SliceAdapter3D]:
     """Attach a :class:`SliceAdapter3D` to every attention block of ``encoder`` (in place)."""
     adapters = []
-    for block, dim in _encoder_blocks(encoder, block_kind):
+    for block, dim in encoder_blocks(encoder, block_kind):
         adapter = SliceAdapter3D(dim=dim, bottleneck=bottleneck, kernel_depth=kernel_depth)
         block.adapter = adapter
 

@@ -23,13 +23,13 @@ from torch import nn
 from tqdm import tqdm
 
 from tags.config import ModelConfig, TargetSpec
-from tags.device import autocast
+from tags.device import autocast, select_device
 from tags.inference import TagsPredictor
 from tags.model_folder import CONFIG, WEIGHTS
 
 from .data import augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
-from .train import TrainConfig, training_precision, warmup_cosine
+from .train import TrainConfig, loss_scaler, optimizer_step, training_precision, warmup_cosine
 
 FILTERS = (16, 32, 64, 128)
 LR = 1e-3
@@ -103,9 +103,10 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
     warm-up) over the fraction of the time budget spent.
     """
     torch.manual_seed(cfg.seed)
-    device = torch.device("cpu")
+    device = select_device(None)  # the device TAGS trains on, for a fair same-budget comparison
     precision = training_precision(cfg, device)
-    net = BaselineNet(model).train()
+    scaler = loss_scaler(device, precision)
+    net = BaselineNet(model).train().to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
     cases = load_training_cases([read_dataset(d) for d in cfg.datasets], model, cfg.z_split)
@@ -123,15 +124,12 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
         s = draw_sample(cases, model.targets, model, rng, sampling=sampling, img_size=256, mask_size=256,
                         crop_size=cfg.crop_size)
         organ = s.organ if s.organ is not None else torch.zeros_like(s.image)
-        x = _pad8(torch.cat([augment_intensity(s.image, int(rng.integers(2**31))), organ])[None])
-        y = _pad8(s.label[None])
+        x = _pad8(torch.cat([augment_intensity(s.image, int(rng.integers(2**31))), organ])[None]).to(device)
+        y = _pad8(s.label[None]).to(device)
         with autocast(device, precision):
             logits = net(x, s.target.name)
         loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
-        opt.step()
+        optimizer_step(loss, opt, scaler, cfg.clip_grad)
         losses.append(float(loss.detach()))
         step += 1
         bar.update(min(int(seconds), int(time.time() - t0)) - bar.n)
@@ -140,7 +138,7 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(model.to_json())
-    save_model(net, str(out / WEIGHTS))  # handles DynUNet's shared tensors
+    save_model(net.cpu(), str(out / WEIGHTS))  # handles DynUNet's shared tensors
     summary = {"steps": step, "seconds": round(time.time() - t0, 1), "precision": precision, "final_loss_mean_last10": float(np.mean(losses[-10:])),
                "parameters": sum(p.numel() for p in net.parameters()), "architecture": f"MONAI DynUNet filters {FILTERS}"}
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))

@@ -46,7 +46,7 @@ def _train(a: argparse.Namespace) -> int:
         datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
         checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
         dist_timeout_minutes=a.dist_timeout, workers=a.workers, cache_dir=a.cache_dir, z_split=z_split,
-        validate_every=a.validate_every, patience=a.patience,
+        validate_every=a.validate_every, patience=a.patience, activation_checkpointing=a.activation_checkpointing,
         clip_folder=a.clip_folder,
         backbone_checkpoint=a.backbone_checkpoint, progress=not a.no_progress,
         model=replace(
@@ -143,7 +143,8 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--steps", type=int, default=d.steps, help=f"total optimisation steps (default {d.steps})")
     t.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
     t.add_argument("--precision", choices=list(TRAIN_PRECISIONS), default=d.precision,
-                   help="autocast dtype (default: bf16 on CUDA and on CPUs with native bf16, else fp32)")
+                   help="autocast dtype (default: bf16 where the GPU or CPU has it natively, fp16 with loss "
+                        "scaling on older GPUs, else fp32)")
     t.add_argument("--seed", type=int, default=d.seed, help="seed of sampling and initialisation")
     t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between checkpoints and log lines")
@@ -156,6 +157,8 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                         "kept as OUT/checkpoints/best.safetensors (default 0: no validation)")
     t.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many validations without improvement (default 0: never)")
+    t.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute the encoder blocks' activations in backward (less memory, slower; for sam_vit_b)")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")
     t.add_argument("--dist-timeout", type=float, default=d.dist_timeout_minutes, metavar="MINUTES",

@@ -37,7 +37,10 @@ def validation_score(net: TagsNet, text: Mapping[str, torch.Tensor], datasets: S
     is left as it is)."""
     from tags.inference import TagsPredictor
 
-    pred = TagsPredictor.from_network(copy.deepcopy(net).eval(), dict(text), device=device, precision=precision)
+    plain = copy.deepcopy(net).eval()
+    for module in plain.modules():
+        module.__dict__.pop("forward", None)  # training-only wrappers (activation checkpointing)
+    pred = TagsPredictor.from_network(plain, dict(text), device=device, precision=precision)
     rows: List[Dict] = []
     for ds in datasets:
         if any(c.label is not None and c.label.exists() for c in ds.validation_cases):

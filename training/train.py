@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from tags.config import ModelConfig
 from tags.device import autocast, default_precision
+from tags.adapters import encoder_blocks
 from tags.network import TagsNet, build_tags
 from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
@@ -40,8 +42,8 @@ TRAIN_CONFIG = "train_config.json"
 """The run's :class:`TrainConfig` as JSON (precision and model resolved), written when it starts."""
 METRICS = "metrics.jsonl"
 """One line per checkpoint interval: step, mean loss, learning rate, seconds since the start."""
-TRAIN_PRECISIONS = ("bf16", "fp32")
-"""Training precisions: bf16 autocast or fp32 (fp16 would need loss scaling)."""
+TRAIN_PRECISIONS = ("bf16", "fp16", "fp32")
+"""Training precisions: bf16 autocast, fp16 autocast with loss scaling (CUDA only), fp32."""
 PHRASES = "phrases/"
 """Prefix of the (2, E) healthy / tumor phrase embeddings of each tumor target among the stored
 text embeddings (text alignment only)."""
@@ -79,6 +81,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     workers: int = 0
     cache_dir: Optional[str] = None
+    activation_checkpointing: bool = False
     validate_every: int = 0
     patience: int = 0
     dist_timeout_minutes: float = 30.0
@@ -143,13 +146,49 @@ def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
 
 
 def training_precision(cfg: TrainConfig, device: torch.device) -> str:
-    """``cfg.precision``, else bf16 autocast where the device multiplies bf16 natively (CUDA, CPUs
-    with AMX or AVX512-BF16) and fp32 elsewhere: emulated bf16 is many times slower than fp32
-    (on a 2-core AVX2 CPU a demo step did not finish in minutes)."""
+    """``cfg.precision``, else :func:`tags.device.default_precision`: bf16 autocast where the device
+    multiplies bf16 natively (GPUs from compute capability 8.0, CPUs with AMX or AVX512-BF16),
+    fp16 with loss scaling on older GPUs, fp32 on other CPUs (emulated bf16 is many times slower
+    than fp32: on a 2-core AVX2 CPU a demo step did not finish in minutes)."""
     precision = cfg.precision or default_precision(device)
     if precision not in TRAIN_PRECISIONS:
-        raise ValueError(f"training precision must be {' or '.join(TRAIN_PRECISIONS)}, not {precision!r}")
+        raise ValueError(f"training precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA device (its loss scaling is CUDA's); use bf16 or fp32")
     return precision
+
+
+def loss_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (gradients below fp16's range would vanish); a pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip: float) -> None:
+    """Backward, gradient-norm clipping (on the unscaled gradients) and the optimiser step."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+    scaler.step(opt)
+    scaler.update()
+
+
+def checkpoint_activations(net: TagsNet) -> int:
+    """Recompute each adapted attention block's activations during backward instead of keeping
+    them (``torch.utils.checkpoint``, non-reentrant): far less memory for large backbones
+    (sam_vit_b on 1024-pixel slabs) for about one more encoder forward per step. Returns how many
+    blocks were wrapped."""
+    blocks = [block for block, _ in encoder_blocks(net.image_encoder.encoder, net.block_kind)]
+    for block in blocks:
+        block.forward = types.MethodType(_recomputed_forward, block)  # an instance attribute: copies follow
+    return len(blocks)
+
+
+def _recomputed_forward(block: torch.nn.Module, *args):
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(type(block).forward, block, *args, use_reentrant=False)
 
 
 def warmup_cosine(position: float, warmup: float, total: float) -> float:
@@ -211,6 +250,8 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
                 text[PHRASES + t.name] = phrase_embeddings(encoder, t.organ)
     cfg = replace(cfg, model=model_cfg)  # recorded as resolved (targets, text width; a resumed run's own)
     net = build_tags(model_cfg, checkpoint=cfg.backbone_checkpoint)
+    if cfg.activation_checkpointing:
+        checkpoint_activations(net)
     if checkpoint is not None:
         net.load_state_dict(checkpoint[0], strict=False)
     elif ctx.rank == 0:
@@ -252,10 +293,11 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Pat
     bar = tqdm(range(start, end), disable=not cfg.progress or ctx.rank != 0, desc="train", initial=start,
                total=cfg.steps)
     loss_fn = DiceCELoss(sigmoid=True, lambda_dice=0.5, lambda_ce=0.5)
+    scaler = reporter.scaler
     loader = step_loader(samples, start, end, workers=cfg.workers, pin_memory=ctx.device.type == "cuda")
     try:
         for step, sample in zip(bar, loader):
-            reporter.losses.append(_step(cfg, model, opt, loss_fn, text, sample, ctx.device, step))
+            reporter.losses.append(_step(cfg, model, opt, scaler, loss_fn, text, sample, ctx.device, step))
             if reporter.after_step(step + 1, end, sample):
                 break
     finally:
@@ -280,6 +322,9 @@ class _Reporter:
                   '"validation"): --validate-every is ignored', file=sys.stderr)
         self.best = dict(resumed.get("validation_state", {"best_score": None, "best_step": None, "stale": 0}))
         self.log = RunLog(self.run) if ctx.rank == 0 else None
+        self.scaler = loss_scaler(ctx.device, cfg.precision)
+        if resumed.get("loss_scaler"):
+            self.scaler.load_state_dict(resumed["loss_scaler"])
         self.losses: List[torch.Tensor] = []
         self.t0 = time.time()
 
@@ -318,7 +363,7 @@ class _Reporter:
         return self.cfg.patience > 0 and self.best["stale"] >= self.cfg.patience
 
     def _state(self, done: int) -> Dict:
-        return {**self.meta, "step": done, "validation_state": dict(self.best)}
+        return {**self.meta, "step": done, "validation_state": dict(self.best), "loss_scaler": self.scaler.state_dict()}
 
     def _write(self, line: Dict) -> None:
         with (self.run / METRICS).open("a") as fh:
@@ -329,8 +374,9 @@ class _Reporter:
             self.log.close()
 
 
-def _step(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceCELoss,
-          text: Dict[str, torch.Tensor], s: Sample, device: torch.device, step: int) -> torch.Tensor:
+def _step(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          loss_fn: DiceCELoss, text: Dict[str, torch.Tensor], s: Sample, device: torch.device,
+          step: int) -> torch.Tensor:
     """One optimisation step on the sample ``s`` of ``step``; returns the loss (detached, on the
     device: no host sync)."""
     for g in opt.param_groups:
@@ -346,10 +392,7 @@ def _step(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     loss = loss_fn(logits.float(), label)
     if aligned is not None:
         loss = loss + cfg.alignment_weight * alignment_loss(aligned.float(), label)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.clip_grad)
-    opt.step()
+    optimizer_step(loss, opt, scaler, cfg.clip_grad)
     return loss.detach()
 
 
