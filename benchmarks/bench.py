@@ -25,7 +25,7 @@ Prints and (with --json) writes:
 Peak memory per step is the process's VmHWM after resetting it (Linux /proc/self/clear_refs) and,
 on CUDA, torch.cuda.max_memory_allocated after resetting it (``peak_cuda_mb``). On CUDA every
 timed call is followed by torch.cuda.synchronize, so time.perf_counter measures the kernels.
-Numbers, not assertions: nothing here passes or fails.
+Numbers, not assertions: this benchmark passes or fails nothing.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
     def load_data_to_studies(self, input_path: Path):
         """The SDK's loading of the files pydicom can parse; the others are skipped and listed.
 
-        Each file's header is parsed here before the SDK parses the whole file: a file that
+        Each file's header is parsed by this method before the SDK parses the whole file: a file that
         breaks pydicom with anything but the SDK's expected InvalidDicomError would otherwise
         stop the whole run with the library's message. Files the SDK then drops (it skips an
         instance whose UID or position it cannot use, with a log line only) are listed too.

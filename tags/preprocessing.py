@@ -23,7 +23,7 @@ def normalize_hu(volume_hu: np.ndarray | torch.Tensor, window: Sequence[float]):
     """Clip to the HU window and map it linearly to [0, 1] (float32; a tensor stays a tensor).
 
     MONAI's ``ScaleIntensityRange`` (clip=True): bit-identical to clip-then-scale on real CT
-    (tests/test_library_equivalence.py). MONAI is imported here, not with this module, because
+    (tests/test_library_equivalence.py). MONAI is imported inside the functions, not with this module, because
     importing it also imports the MONAI Deploy SDK.
     """
     from monai.data import MetaTensor

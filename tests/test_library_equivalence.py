@@ -1,7 +1,7 @@
 """Library functions that replaced hand-written code give the same results on real data.
 
 - ``tags.preprocessing.normalize_hu`` (MONAI ScaleIntensityRange) and ``bounding_box`` (MONAI
-  generate_spatial_bounding_box) against the former hand-written versions, kept here as the
+  generate_spatial_bounding_box) against the former hand-written versions, kept in this file as the
   reference, on real CT: the TotalSegmentator example CT with its organ labels and LiTS 117.
 - ``operators.seg_summary`` (highdicom decoding) against the former pydicom frame counting, on
   a SEG written from the TotalSegmentator DICOM series with its real liver label.

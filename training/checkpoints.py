@@ -83,8 +83,8 @@ def load_checkpoint(run: str | os.PathLike, name: Optional[str] = None
         if not files[0].is_file():
             raise FileNotFoundError(f"{run}: no {name} checkpoint ({files[0]})")
     if files:
-        tensors = load_file(str(files[-1]))
-        with safe_open(str(files[-1]), framework="pt") as f:
+        with safe_open(str(files[-1]), framework="pt") as f:  # tensors and state in one read
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
             state = json.loads(f.metadata()["state"])
     elif (Path(run) / LEGACY_STATE).is_file():
         tensors = load_file(str(Path(run) / LEGACY_WEIGHTS))

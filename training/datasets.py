@@ -62,6 +62,11 @@ class Dataset:
     organ_free: frozenset = frozenset()
 
     @property
+    def labelled_validation_cases(self) -> List[Case]:
+        """The validation cases whose label file exists (the ones that can be scored)."""
+        return [c for c in self.validation_cases if c.label is not None and c.label.exists()]
+
+    @property
     def targets(self) -> Dict[str, "LabelledTarget"]:
         """{target name: LabelledTarget}, from the label names (:func:`targets_from_labels`)."""
         return targets_from_labels(self.labels, f"{self.name} ({self.root.name})")
@@ -101,13 +106,13 @@ def targets_from_labels(labels: Mapping[str, Sequence[int]], dataset_name: str =
     """
     fg = {str(k): tuple(int(v) for v in vs) for k, vs in labels.items() if str(k).lower() != "background"}
     organs: Dict[str, Tuple[int, ...]] = {}
-    tumors: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    tumors: Dict[str, Tuple[Optional[str], Tuple[int, ...]]] = {}
+    named = {name: _organ_in(_words(name)) for name in fg}  # the organ each label names, if one
     for name, values in fg.items():
-        words = _words(name)
-        if any(w in TUMOR_WORDS for w in words):
-            tumors[name] = (_organ_in(words), values)
-        elif _organ_in(words):
-            organ = _organ_in(words)
+        organ = named[name]
+        if any(w in TUMOR_WORDS for w in _words(name)):
+            tumors[name] = (organ, values)
+        elif organ:
             if organ in organs:
                 raise DatasetError(f"dataset {dataset_name!r}: two labels name the {organ}; merge them into one "
                                    "label (an nnU-Net v2 region)")
@@ -125,8 +130,8 @@ def targets_from_labels(labels: Mapping[str, Sequence[int]], dataset_name: str =
             if spec.name in out:
                 raise DatasetError(f"dataset {dataset_name!r}: two labels are tumors of the {organ}; merge them")
             out[spec.name] = LabelledTarget(spec, values)
-        elif _organ_in(_words(name)) in organs:
-            organ = _organ_in(_words(name))
+        elif named[name] in organs:
+            organ = named[name]
             inside = set(values) | {v for o, vs in tumors.values() if (o or single) == organ for v in vs}
             if len(organs) == 1:
                 inside |= {v for vs in fg.values() for v in vs}

@@ -3,7 +3,7 @@
 Started by ``torchrun`` (``WORLD_SIZE`` > 1), :func:`init_distributed` joins the process group:
 NCCL on CUDA machines, each rank on the GPU its ``LOCAL_RANK`` names (``torch.cuda.set_device``),
 gloo on CPU machines; a timeout bounds how long a rank waits for the others. Every collective
-here moves its tensor to :attr:`DistContext.comm_device` first (NCCL refuses CPU tensors; gloo
+in this module moves its tensor to :attr:`DistContext.comm_device` first (NCCL refuses CPU tensors; gloo
 takes CPU tensors), so the same code runs on both backends. A single process gets a context
 with ``world == 1`` and no process group; the collectives then return their input.
 """

@@ -124,7 +124,7 @@ def evaluate(
     if split not in ("train", "validation", "test"):
         raise ValueError("split must be 'train', 'validation' or 'test'")
     cases = {"train": ds.cases, "test": ds.test_cases,
-             "validation": [c for c in ds.validation_cases if c.label is not None and c.label.exists()]}[split]
+             "validation": ds.labelled_validation_cases}[split]
     if not cases:
         raise ValueError(f"{ds.root}: no {split} cases")
     rows: List[Dict] = []

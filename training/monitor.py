@@ -27,7 +27,7 @@ METRIC_KEYS = ("dice", "nsd", "lesion_recall", "lesion_precision")
 
 
 def has_validation_cases(datasets: Sequence[Dataset]) -> bool:
-    return any(c.label is not None and c.label.exists() for ds in datasets for c in ds.validation_cases)
+    return any(ds.labelled_validation_cases for ds in datasets)
 
 
 def validation_score(net: TagsNet, text: Mapping[str, torch.Tensor], datasets: Sequence[Dataset], *,
@@ -43,7 +43,7 @@ def validation_score(net: TagsNet, text: Mapping[str, torch.Tensor], datasets: S
     pred = TagsPredictor.from_network(plain, dict(text), device=device, precision=precision)
     rows: List[Dict] = []
     for ds in datasets:
-        if any(c.label is not None and c.label.exists() for c in ds.validation_cases):
+        if ds.labelled_validation_cases:
             rows += evaluate({"tags": pred}, ds.root, split="validation", organ_source="label")["cases"]
     out: Dict = {}
     for target in sorted({r["target"] for r in rows}):

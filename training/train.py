@@ -35,7 +35,7 @@ from .cache import cached_training_cases, preprocess
 from .data import Sample, SamplingConfig
 from .loader import StepSamples, step_loader
 from .monitor import RunLog, has_validation_cases, validation_score
-from .datasets import read_dataset
+from .datasets import Dataset, read_dataset
 from .distributed import DistContext, barrier, gather_rows, init_distributed, mean_over_ranks, rank0_decides, shutdown
 
 TRAIN_CONFIG = "train_config.json"
@@ -57,8 +57,9 @@ class TrainConfig:
     text encoder, text alignment, ...; :class:`tags.config.ModelConfig`, whose defaults are the
     defaults of training too). Its ``targets`` and ``text_dim`` are filled in when the run
     starts, from the datasets and the text encoder (:func:`model_config_for`).
-    ``precision``: "bf16" (autocast) or "fp32"; None: :func:`training_precision`, resolved when
-    the run starts and written to the run folder as resolved.
+    ``precision``: "bf16" or "fp16" (autocast; fp16 with loss scaling, CUDA only) or "fp32";
+    None: :func:`training_precision`, resolved when the run starts and written to the run
+    folder as resolved.
     ``sampling``: what each step draws (real, synthetic and healthy tumor crops, organ
     negatives; :class:`training.data.SamplingConfig`).
     ``alignment_weight``: weight of TAGS' text-alignment loss (:mod:`tags.alignment`) on tumor
@@ -219,11 +220,12 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     test resuming.
     """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    preprocess([read_dataset(d) for d in cfg.datasets], cfg.model, cache_folder(cfg), cfg.z_split,
-               progress=cfg.progress and rank == 0, rank=rank, world=world)
+    datasets = [read_dataset(d) for d in cfg.datasets]
+    preprocess(datasets, cfg.model, cache_folder(cfg), cfg.z_split, progress=cfg.progress and rank == 0,
+               rank=rank, world=world)
     ctx = init_distributed(cfg.dist_timeout_minutes)
     try:
-        return _train(cfg, ctx, stop_after)
+        return _train(cfg, datasets, ctx, stop_after)
     finally:
         shutdown(ctx)
 
@@ -260,7 +262,7 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
     return cfg, net.to(ctx.device), {k: v.to(ctx.device) for k, v in text.items()}, checkpoint
 
 
-def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Path:
+def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_after: Optional[int]) -> Path:
     cfg = replace(cfg, precision=training_precision(cfg, ctx.device))
     run = Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -276,7 +278,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Pat
     if ctx.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
-    cases = cached_training_cases([read_dataset(d) for d in cfg.datasets], model_cfg, cache_folder(cfg), cfg.z_split)
+    cases = cached_training_cases(datasets, model_cfg, cache_folder(cfg), cfg.z_split)
     samples = StepSamples(cases, model_cfg, cfg.sampling, seed=cfg.seed, rank=ctx.rank, steps=cfg.steps,
                           img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0],
                           crop_size=cfg.crop_size)
@@ -287,7 +289,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_after: Optional[int]) -> Pat
         "train_config": cfg.to_dict(),
         "world_size": ctx.world,
     }
-    reporter = _Reporter(cfg, ctx, net, opt, text, meta, checkpoint[2] if checkpoint is not None else {})
+    reporter = _Reporter(cfg, datasets, ctx, net, opt, text, meta, checkpoint[2] if checkpoint is not None else {})
     net.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), disable=not cfg.progress or ctx.rank != 0, desc="train", initial=start,
@@ -311,11 +313,11 @@ class _Reporter:
     """After each step: the loss log and checkpoint at each interval, validation every
     ``validate_every`` steps with the best checkpoint and early stopping (rank 0 writes)."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, net: TagsNet, opt: torch.optim.Optimizer,
-                 text: Dict[str, torch.Tensor], meta: Dict, resumed: Dict):
+    def __init__(self, cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, net: TagsNet,
+                 opt: torch.optim.Optimizer, text: Dict[str, torch.Tensor], meta: Dict, resumed: Dict):
         self.cfg, self.ctx, self.net, self.opt, self.text, self.meta = cfg, ctx, net, opt, text, meta
         self.run = Path(cfg.out)
-        self.datasets = [read_dataset(d) for d in cfg.datasets]
+        self.datasets = datasets
         self.validating = cfg.validate_every > 0 and has_validation_cases(self.datasets)
         if cfg.validate_every > 0 and not self.validating and ctx.rank == 0:
             print("tags-train train: no validation case with a label in the datasets (dataset.json "

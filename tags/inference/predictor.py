@@ -270,7 +270,7 @@ def _restore(prob: np.ndarray, reo: Reorientation) -> np.ndarray:
 def _keep_largest_component(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """``prob`` (d, h, w) with every voxel >= ``threshold`` outside the largest 6-connected
     component of such voxels set to zero. (MONAI's KeepLargestConnectedComponent does the same
-    with scikit-image, which nothing else here needs; scipy's label is already a dependency.)"""
+    with scikit-image, which the application does not otherwise need; scipy's label is already a dependency.)"""
     labels, n = ndimage.label((prob >= threshold).cpu().numpy())
     if n <= 1:
         return prob
