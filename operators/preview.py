@@ -43,10 +43,8 @@ def render_preview(result: Segmentation, measured: List[TargetLesions], path: st
     lo, hi = (float(v) for v in result.hu_window)  # the model's (ModelConfig.preprocessing.hu_window)
     gray = ((np.clip(p.hu[d], lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
-    for o in result.organs:
-        rgb[_contour(o.mask[d])] = (0, 220, 0)
-    for t in result.tumors:
-        rgb[_contour(t.mask[d])] = (255, 40, 40)
+    for o in list(result.organs) + list(result.tumors):  # tumors drawn last, over the organ
+        rgb[_contour(o.mask[d])] = o.display_rgb
     sy, sx = p.spacing[1], p.spacing[2]
     h, w = gray.shape
     scale = max(1.0, MIN_WIDTH / (w * sx / min(sx, sy)))

@@ -1,7 +1,8 @@
 """DICOM Segmentation of a :class:`~operators.types.Segmentation`, with highdicom.
 
 One segment per tumor target (and per organ when asked), SNOMED CT category and type codes
-from the model folder, the organ as anatomic region of a tumor, algorithm name and version,
+from the model folder, the organ as anatomic region of a tumor, the preview's colours as
+recommended display colours, algorithm name and version,
 the MONAI Deploy ModelInfo as Contributing Equipment, same study as the CT, a new series, and
 one frame per CT slice that holds the segment (frames reference their CT instance).
 """
@@ -47,6 +48,7 @@ def _description(number: int, out: TargetOutcome, organ_codes: dict, algorithm) 
         tracking_uid=hd.UID(),
         tracking_id=f"TAGS {t.name}",
         anatomic_regions=regions,
+        display_color=hd.color.CIELabColor.from_rgb(*out.display_rgb),
     )
 
 

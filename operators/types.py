@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from tags.config import TargetSpec
     from tags.preprocessing import PreparedCT
 
+DISPLAY_RGB = {"tumor": (255, 40, 40), "organ": (0, 220, 0)}
+"""Display colour per target kind: the preview's contours and the SEG's Recommended Display
+CIELab Value, so a viewer shows the same colours as the preview (tumors red, organs green)."""
+
 
 @dataclass
 class StageTimings:
@@ -128,6 +132,11 @@ class TargetOutcome:
     @property
     def voxels(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def display_rgb(self) -> Tuple[int, int, int]:
+        """The colour this structure is drawn in (:data:`DISPLAY_RGB` of its kind)."""
+        return DISPLAY_RGB[self.target.kind]
 
     @property
     def ml(self) -> float:

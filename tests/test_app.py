@@ -23,6 +23,7 @@ from pydicom.sr.codedict import codes
 from app import run
 from operators.organ_seg_reader import organs_from_segs, seg_datasets
 from operators.model_loader import shared_predictor
+from operators.types import DISPLAY_RGB
 from tags.preprocessing import prepare_ct
 from training.dicom_series import read_series
 from training.samples import read_nifti
@@ -173,6 +174,10 @@ def test_study_organ_seg_is_used_when_present(studies, model, tmp_path):
     assert dicom_errors(seg_path, [f for f in study.glob("*.dcm") if not f.name.startswith("SEG_")]) == []
     seg = hd.seg.segread(seg_path)
     assert [seg.get_segment_description(n).segmented_property_type.value for n in seg.segment_numbers] == ["108369006", "10200004"]
+    # the preview's colours as recommended display colours (a viewer warns and guesses without them)
+    assert [hd.color.CIELabColor.from_dicom_value(seg.get_segment_description(n).RecommendedDisplayCIELabValue).to_rgb()
+            for n in seg.segment_numbers] == \
+        [DISPLAY_RGB["tumor"], DISPLAY_RGB["organ"]]
     # the organ segment is the study's organ mask, written back voxel for voxel
     cts = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in study.glob("*.dcm") if not f.name.startswith("SEG_")),
                  key=lambda d: float(d.ImagePositionPatient[2]))

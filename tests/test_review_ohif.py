@@ -5,6 +5,7 @@ study, as acquired and as a feet-first copy with flipped columns. scripts/review
 study and its results into Orthanc and serves OHIF beside its DICOMweb; Chromium (Debian's,
 driven by selenium through Debian's chromium-driver, WebGL on SwiftShader) opens the study,
 loads the SEG as a user does (double-click on its thumbnail, "Yes"), and the test checks:
+- OHIF shows no notification (warning) while it reads the SEG;
 - the segmentation panel lists the SEG's segment labels;
 - on the slice with the most tumor, the overlay's coloured pixels lie where the SEG says: the
   SEG's frame for that CT instance is projected through the viewport's own world-to-canvas
@@ -255,11 +256,16 @@ def test_ohif_shows_the_seg_on_the_right_pixels(cases, browser, case):
         assert sr_thumbnail is not None, "the SR is not listed in OHIF's study browser"
         assert _panel_labels(d) == sorted(labels.values())
         view = _show_slice(d, sop, corners)
+        # OHIF's notifications (sonner toasts) while it reads the SEG: a warning about our object
+        # is a defect (e.g. no recommended display colour), and a toast would cover the overlay
+        toasts = d.execute_script("return [...document.querySelectorAll('[data-sonner-toast]')]"
+                                  ".map(t => t.innerText.replace(/\\s+/g, ' ').trim())")
         shot = np.array(Image.open(io.BytesIO(d.get_screenshot_as_png())).convert("RGB"))
         Image.fromarray(shot).save(ARTIFACTS / f"{stem}-seg.png")
         seconds = time.time() - t0
         read = _open_sr(d, sr_thumbnail)
         d.save_screenshot(str(ARTIFACTS / f"{stem}-sr.png"))
+    assert toasts == [], f"OHIF notified while showing the SEG: {toasts}"
     targets = json.loads((out / "tags_lesions.json").read_text())["targets"].values()
     lesions = [t for t in targets if t["segment_number"] == tumor_n][0]["lesions"]
     # OHIF shows each value with 2 decimals and its unit
