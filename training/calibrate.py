@@ -28,7 +28,10 @@ from .evaluate import MIN_LESION_ML, canonical_case
 
 PROBABILITY_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 VOLUME_GRID_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
-CONTRAST_GRID_HU = (None, 10.0, 20.0, 30.0)
+CONTRAST_GRID_HU = (None,) + tuple(float(hu) for hu in range(10, 65, 5))
+"""Contrast thresholds tried (HU darker than the parenchyma), 5 HU apart: a coarser grid (10 HU)
+left the choice between a cut just above the healthy validation CT's most contrasted false
+candidates and one far above them."""
 MAX_HEALTHY_FP_ML = 1.0
 
 
