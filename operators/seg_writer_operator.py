@@ -32,6 +32,8 @@ def summary(result: Segmentation, seg_file: str) -> dict:
         "tumors": {o.target.name: entry(o) for o in result.tumors},
         "organs": {o.target.name: {**entry(o), "organ_source": o.organ_source} for o in result.organs},
         "timings_s": ct.timings.rounded(),
+        "windows": ct.timings.windows,
+        "runtime": result.runtime,
         "note": "research use only, not for clinical use",
     }
 

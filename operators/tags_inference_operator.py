@@ -65,7 +65,8 @@ class TagsInferenceOperator(Operator):
             tumors, organ_out = self._outcomes(ct, organs)
         meta = self.model_identity
         return Segmentation(ct, tumors, organ_out, meta["name"], meta["version"],
-                            hu_window=tuple(self.predictor.config.preprocessing.hu_window))
+                            hu_window=tuple(self.predictor.config.preprocessing.hu_window),
+                            runtime={"device": str(self.predictor.device), "precision": self.predictor.precision})
 
     def _outcomes(self, ct: CTSeries, organs: OrganMasks):
         """(tumor outcomes, organ outcomes)."""
@@ -78,6 +79,8 @@ class TagsInferenceOperator(Operator):
         )
         tumors = []
         for name, r in results.items():
+            if r.windows is not None:
+                ct.timings.add_windows("tumors", name, r.windows.count, r.windows.shape)
             out = TargetOutcome(r.target, r.mask(self.threshold), r.status, organs.sources[r.target.organ], p.voxel_ml,
                                 r.reason)
             tumors.append(out)

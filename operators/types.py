@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,10 +33,12 @@ class StageTimings:
     """Seconds per stage of one run, in the order the stages finished.
 
     Stages: "preprocess", "load" (application start to preprocessing), "organs", "tumors",
-    "write". A stage that raised is not recorded.
+    "write". A stage that raised is not recorded. The model stages also record the sliding
+    windows they ran per target (:meth:`add_windows`): the work behind their seconds.
     """
 
     seconds: Dict[str, float] = field(default_factory=dict)
+    windows: Dict[str, Dict[str, dict]] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -48,6 +50,10 @@ class StageTimings:
     def record(self, name: str, seconds: float) -> None:
         """A stage timed elsewhere (the load time, from the application's start)."""
         self.seconds[name] = seconds
+
+    def add_windows(self, stage: str, target: str, count: int, shape: Sequence[int]) -> None:
+        """Stage ``stage`` ran ``count`` model windows of (d, h, w) ``shape`` for ``target``."""
+        self.windows.setdefault(stage, {})[target] = {"count": int(count), "shape": [int(n) for n in shape]}
 
     def __getitem__(self, name: str) -> float:
         return self.seconds[name]
@@ -145,8 +151,9 @@ class TargetOutcome:
 
 @dataclass
 class Segmentation:
-    """Everything the writers need: the CT, tumor outcomes, organ outcomes, model identity and
-    the model's HU window (``ModelConfig.preprocessing.hu_window``, for the preview)."""
+    """Everything the writers need: the CT, tumor outcomes, organ outcomes, model identity,
+    the model's HU window (``ModelConfig.preprocessing.hu_window``, for the preview) and where
+    the model ran (``runtime``: device and precision)."""
 
     ct: CTSeries
     tumors: List[TargetOutcome]
@@ -154,3 +161,4 @@ class Segmentation:
     model_name: str
     model_version: str
     hu_window: Tuple[float, float]
+    runtime: Dict[str, str] = field(default_factory=dict)

@@ -8,6 +8,12 @@ built from real CT pixels (the TotalSegmentator source distribution's aorta_repo
 287 mm, padded with air). Each case runs `python app` in its own process; peak RSS is that
 process's ru_maxrss (os.wait4). Writes OUT/bench_app.json and prints a table. Numbers, not
 assertions: nothing here passes or fails.
+
+The distance to the compute limit, per case: each model stage's GFLOP (the windows the
+application ran, from tags_results.json's "windows", times one window's FLOPs counted by
+torch.utils.flop_counter on the model as it runs), its ideal seconds at the matmul peak measured
+in the same run in the precision the application used (the best of a measurement before and after
+the cases), and the end-to-end wall time as a multiple of the whole run's pure-compute ideal.
 """
 
 from __future__ import annotations
@@ -72,9 +78,81 @@ def run_case(name: str, study: Path, model: Path, out: Path, extra: list) -> dic
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 0),
         "stages_s": summary["timings_s"],
+        "windows": summary["windows"],
+        "runtime": summary["runtime"],
         "tumors": {k: v["volume_ml"] for k, v in summary["tumors"].items()},
         "organs": {k: (v["volume_ml"], v["organ_source"]) for k, v in summary["organs"].items()},
     }
+
+
+_predictors: dict = {}
+
+
+def stage_window_gflop(model: Path, stage: str, target: str, shape: list, precision: str) -> float:
+    """GFLOP of one model window of (d, h, w) ``shape`` of ``target`` in ``stage`` ("organs":
+    image only; "tumors": image and an ellipsoid organ mask, whose anatomy prompts are derived),
+    counted on the window model the application runs."""
+    import torch
+
+    from benchmarks.bench import count_gflop
+    from tags.inference import TagsPredictor
+
+    pred = _predictors.get((str(model), precision))
+    if pred is None:
+        pred = _predictors[(str(model), precision)] = TagsPredictor.from_model_folder(model, device="cpu",
+                                                                                        precision=precision)
+    config = pred.config
+    spec = config.target(target)
+    organ_pass = stage == "organs"
+    trained = config.organ_roi_size if organ_pass else config.roi_size
+    spacing = config.preprocessing.organ_spacing if organ_pass else config.preprocessing.spacing
+    g = torch.Generator().manual_seed(0)
+    channels = [torch.rand(1, 1, *shape, generator=g)]
+    if not organ_pass:
+        zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+        channels.append(torch.from_numpy((zz**2 / 0.8 + yy**2 / 0.5 + xx**2 / 0.6) <= 1.0)[None, None].float())
+    x = torch.cat(channels, dim=1)
+    from tags.device import autocast
+
+    with autocast(pred.device, precision):
+        return count_gflop(lambda: pred.model(x, spec, trained, spacing))
+
+
+def compute_limit(model: Path, rows: list, peaks: dict) -> None:
+    """Adds to each row its model stages' GFLOP and ideal seconds at the matmul peak of the
+    precision the application ran in, and the wall time as a multiple of the whole ideal."""
+    counted: dict = {}
+    for r in rows:
+        precision = r["runtime"]["precision"]
+        peak = peaks[precision]
+        stages = {}
+        for stage, targets in r["windows"].items():
+            gflop = 0.0
+            for target, w in targets.items():
+                key = (stage, target, tuple(w["shape"]), precision)
+                if key not in counted:
+                    counted[key] = stage_window_gflop(model, stage, target, w["shape"], precision)
+                gflop += w["count"] * counted[key]
+            stages[stage] = {"seconds": r["stages_s"].get(stage), "gflop": round(gflop, 1),
+                             "ideal_s": round(gflop / peak, 2),
+                             "times_ideal": round(r["stages_s"][stage] / (gflop / peak), 1) if gflop else None}
+        ideal = sum(v["gflop"] for v in stages.values()) / peak
+        r["compute"] = {"matmul_peak_gflops": round(peak, 1), "precision": precision, "stages": stages,
+                        "ideal_s": round(ideal, 2), "wall_times_ideal": round(r["wall_s"] / ideal, 1) if ideal else None}
+
+
+def measure_peaks(precisions) -> dict:
+    from benchmarks.bench import matmul_gflops
+
+    return {p: matmul_gflops(p) for p in sorted(precisions)}
+
+
+def analyse(model: Path, rows: list, peaks_before: dict) -> tuple:
+    """(rows with their compute limit, the peaks used): runs in a child process (see main)."""
+    after = measure_peaks(peaks_before)
+    peaks = {p: max(peaks_before[p], after[p]) for p in peaks_before}
+    compute_limit(model, rows, peaks)
+    return rows, {"before": peaks_before, "after": after}
 
 
 def main(argv=None) -> int:
@@ -99,7 +177,13 @@ def main(argv=None) -> int:
 
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         cases += [(f"ct-512x512x{n}", pool.submit(large_series, out, n).result()) for n in a.slices]
-    rows = [run_case(name, study, Path(a.model), out, a.app_args) for name, study in cases]
+        peaks_before = None
+        rows = []
+        for name, study in cases:
+            rows.append(run_case(name, study, Path(a.model), out, a.app_args))
+            if peaks_before is None:  # the precision is known once the application has run
+                peaks_before = pool.submit(measure_peaks, {rows[0]["runtime"]["precision"]}).result()
+        rows, peaks = pool.submit(analyse, Path(a.model), rows, peaks_before).result()
     import psutil
 
     from tags.device import machine_info
@@ -109,13 +193,20 @@ def main(argv=None) -> int:
                           "python": platform.python_version()},
               "model": a.model, "date": time.strftime("%Y-%m-%d"), "app_args": a.app_args,
               "env": {k: v for k, v in os.environ.items() if k.startswith(("TAGS_", "TORCHINDUCTOR_"))},
-              "cases": rows}
+              "matmul_peak_gflops": peaks, "cases": rows}
     path = out / (f"bench_app-{a.tag}.json" if a.tag else "bench_app.json")
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'case':24} {'wall s':>7} {'peak RSS MB':>12}  stages (s)")
     for r in rows:
         stages = ", ".join(f"{k} {v}" for k, v in r["stages_s"].items())
         print(f"{r['case']:24} {r['wall_s']:7.1f} {r['peak_rss_mb']:12.0f}  {stages}")
+    print(f"\n{'case':24} {'stage':8} {'seconds':>8} {'GFLOP':>8} {'ideal s':>8} {'x ideal':>8}   (matmul peak, precision)")
+    for r in rows:
+        c = r["compute"]
+        for stage, v in c["stages"].items():
+            print(f"{r['case']:24} {stage:8} {v['seconds']:8.2f} {v['gflop']:8.0f} {v['ideal_s']:8.2f} {v['times_ideal'] or 0:8.1f}")
+        print(f"{r['case']:24} {'all':8} {r['wall_s']:8.1f} {'':8} {c['ideal_s']:8.2f} {c['wall_times_ideal'] or 0:8.1f}"
+              f"   ({c['matmul_peak_gflops']} GFLOP/s, {c['precision']})")
     print(f"written: {path}")
     return 0
 

@@ -98,6 +98,11 @@ def test_app_writes_a_conformant_seg_in_the_same_study(studies, totalseg_run):
     summary = json.loads((out / "tags_results.json").read_text())
     assert summary["organs"]["liver"]["organ_source"] == "model organ pass"
     assert summary["tumors"]["liver_tumor"]["status"] == "ok"
+    # the work behind the stage times: windows per model stage and target, and where they ran
+    windows = summary["windows"]
+    assert set(windows) == {"organs", "tumors"} and windows["organs"]["liver"]["count"] >= 1
+    assert windows["tumors"]["liver_tumor"]["count"] >= 1 and len(windows["tumors"]["liver_tumor"]["shape"]) == 3
+    assert summary["runtime"]["device"] == "cpu" and summary["runtime"]["precision"] in ("fp32", "bf16")
     lesions = json.loads(files["lesions"].read_text())["targets"]["liver_tumor"]
     assert lesions["lesion_count"] == len(lesions["lesions"]) and lesions["status"] == "ok"
     sr = pydicom.dcmread(files["sr"])
@@ -186,6 +191,7 @@ def test_study_organ_seg_is_used_when_present(studies, model, tmp_path):
     assert np.array_equal(organ, liver)
     assert summary["organs"]["liver"]["voxels"] == int(liver.sum())
     assert summary["tumors"]["liver_tumor"]["organ_source"].startswith("SEG series #300")
+    assert "organs" not in summary["windows"]  # the organ came from the study: no organ pass ran
 
 
 def test_command_line_with_map_environment_and_a_clear_failure(studies, model, tmp_path, totalseg_run):

@@ -5,8 +5,8 @@ rewritten for inference.
     predictor = TagsPredictor.from_model_folder("models/liver-demo")
 """
 
-from .predictor import TagsPredictor, TargetResult
+from .predictor import TagsPredictor, TargetResult, WindowRun
 from .window_model import TagsWindowModel, WindowModel
 from .windows import WindowPolicy
 
-__all__ = ["TagsPredictor", "TargetResult", "TagsWindowModel", "WindowModel", "WindowPolicy"]
+__all__ = ["TagsPredictor", "TargetResult", "WindowRun", "TagsWindowModel", "WindowModel", "WindowPolicy"]

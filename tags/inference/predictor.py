@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,15 @@ from .windows import WindowPolicy, plan_windows
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class WindowRun:
+    """The sliding windows one pass ran: how many, and their (d, h, w) size on the model grid
+    (every window of a pass has the same size)."""
+
+    count: int
+    shape: Tuple[int, int, int]
+
+
 @dataclass
 class TargetResult:
     """Result for one target on the input grid.
@@ -46,6 +55,7 @@ class TargetResult:
             nothing was searched, so nothing is known about tumors).
         roi: the canonical-grid box that was processed (None when nothing was).
         reason: why the organ counts as absent (None when status is "ok").
+        windows: the model windows run for it (None when nothing was searched).
     """
 
     target: TargetSpec
@@ -53,6 +63,7 @@ class TargetResult:
     status: str
     roi: Optional[tuple] = None
     reason: Optional[str] = None
+    windows: Optional[WindowRun] = None
 
     def mask(self, threshold: float = 0.5) -> np.ndarray:
         return self.probability >= threshold
@@ -147,8 +158,8 @@ class TagsPredictor:
             if target.kind != "organ":
                 raise ValueError(f"{name!r} is not an organ target")
             box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
-            prob = self._run_roi(canon, None, box, spacing, target, organ=True)
-            results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
+            prob, windows = self._run_roi(canon, None, box, spacing, target, organ=True)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows)
         return results
 
     def predict(
@@ -191,23 +202,23 @@ class TagsPredictor:
                 results[name] = TargetResult(target, np.zeros(volume_hu.shape, np.float32), status, reason=reason)
                 continue
             box = bounding_box(organ_c, self.config.preprocessing.margin_mm, spacing)
-            prob = self._run_roi(canon, organ_c, box, spacing, target, organ=False)
+            prob, windows = self._run_roi(canon, organ_c, box, spacing, target, organ=False)
             if decide:
                 removed = apply_decision(prob, self.config.lesion_decision, float(np.prod(spacing)) / 1000.0,
                                          hu=canon, organ=organ_c)
                 if removed:
                     log.info("%s: %d candidate lesion(s) below the lesion decision removed", name, removed)
-            results[name] = TargetResult(target, _restore(prob, reo), "ok", box)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows)
         return results
 
     # -- the ROI pipeline ---------------------------------------------------------------------
     @torch.no_grad()
     def _run_roi(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
-                 spacing: Sequence[float], target: TargetSpec, *, organ: bool) -> np.ndarray:
-        """Probabilities on the full canonical grid, non-zero only inside ``box``: the ROI is
-        resampled to the pass's model grid (the organ pass's coarse one when ``organ``), run in
-        sliding windows and resampled back. The organ pass keeps the largest connected
-        component, found on the model grid."""
+                 spacing: Sequence[float], target: TargetSpec, *, organ: bool) -> Tuple[np.ndarray, WindowRun]:
+        """(probabilities on the full canonical grid, non-zero only inside ``box``; the windows
+        run): the ROI is resampled to the pass's model grid (the organ pass's coarse one when
+        ``organ``), run in sliding windows and resampled back. The organ pass keeps the largest
+        connected component, found on the model grid."""
         pre = self.config.preprocessing
         model_spacing, trained, policy = (
             (pre.organ_spacing, self.config.organ_roi_size, self.organ_windows) if organ
@@ -226,9 +237,17 @@ class TagsPredictor:
                                        encoder_side=self.model.encoder_side)
         log.info("%s: ROI %s voxels at %s mm, windows of %s", target.name, "x".join(map(str, shape)),
                  "/".join(f"{v:.2f}" for v in grid_spacing), "x".join(map(str, window)))
+        run = self._window_function(target, trained, grid_spacing)
+        calls = 0
+
+        def counted(x: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += x.shape[0]
+            return run(x)
+
         logits = sliding_window_inference(
             inputs, roi_size=window, sw_batch_size=1, overlap=overlap, mode="gaussian", progress=self.progress,
-            predictor=self._window_function(target, trained, grid_spacing))
+            predictor=counted)
         del inputs
         prob = torch.sigmoid(logits[0, 0])
         del logits
@@ -236,7 +255,7 @@ class TagsPredictor:
             prob = _keep_largest_component(prob)
         full = np.zeros(canon_hu.shape, np.float32)
         full[box] = resample(prob, crop_shape, mode="linear").clamp_(0, 1).cpu().numpy()
-        return full
+        return full, WindowRun(calls, tuple(int(n) for n in window))
 
     def _window_function(self, target: TargetSpec, trained: Sequence[int],
                          grid_spacing: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
