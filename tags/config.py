@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the model-folder format this code writes (2: ``text_alignment`` and
-``lesion_decision`` in config.json)."""
-READABLE_VERSIONS = (1, 2)
+``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``)."""
+READABLE_VERSIONS = (1, 2, 3)
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 
 
@@ -92,12 +92,16 @@ class PreprocessingConfig:
         spacing: model grid spacing (z, y, x) in mm for tumor targets.
         organ_spacing: coarse grid spacing (z, y, x) in mm for the organ pass.
         margin_mm: margin added around the organ bounding box before cropping the ROI.
+        anti_alias: the CT is Gaussian-filtered along every axis it is downsampled on before
+            it is resampled to a model grid (:func:`tags.preprocessing.resample`), in training
+            and at inference alike. Off for models trained without it (format version < 3).
     """
 
     hu_window: Tuple[float, float] = (-160.0, 240.0)
     spacing: Tuple[float, float, float] = (1.5, 1.5, 1.5)
     organ_spacing: Tuple[float, float, float] = (4.0, 3.0, 3.0)
     margin_mm: float = 10.0
+    anti_alias: bool = False
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ TEXT = "text_embeddings.safetensors"
 METADATA = "metadata.json"
 CARD = "README.md"
 HASHED_FILES = (CONFIG, WEIGHTS, TEXT, CARD)
+AUTOMATIC_METADATA = ("format_version", "created", "software", "text_encoder", "base_checkpoint", "files",
+                      "metadata_sha256")
+"""metadata.json keys :func:`save_model_folder` writes itself (the rest is the caller's)."""
 
 
 class ModelFolderError(ValueError):

@@ -60,17 +60,40 @@ def grid_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
-def resample(array: torch.Tensor, shape: Sequence[int], *, mode: str) -> torch.Tensor:
+def anti_alias_sigmas(shape_in: Sequence[int], shape_out: Sequence[int]) -> Tuple[float, float, float]:
+    """Gaussian sigma per axis (input voxels) before downsampling ``shape_in`` to ``shape_out``:
+    (f - 1) / 2 for a downsampling factor f > 1 (scikit-image's ``rescale`` rule), 0 elsewhere."""
+    return tuple(max(0.0, (n / m - 1.0) / 2.0) for n, m in zip(shape_in, shape_out))
+
+
+def _smoothed(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """(1, C, D, H, W) ``x`` blurred by a separable Gaussian of ``sigmas`` (voxels per axis; 0:
+    that axis untouched), edges replicated (MONAI's separable filtering)."""
+    from monai.networks.layers import gaussian_1d, separable_filtering
+
+    kernels = [gaussian_1d(torch.tensor(s), normalize=True).to(x) if s > 0 else torch.ones(1).to(x)
+               for s in sigmas]
+    return separable_filtering(x, kernels, mode="replicate")
+
+
+def resample(array: torch.Tensor, shape: Sequence[int], *, mode: str, anti_alias: bool = False) -> torch.Tensor:
     """Resample a (D, H, W) or (C, D, H, W) tensor to ``shape`` over the same field of view.
 
     ``mode``: "linear" (trilinear, voxel centres kept, ``align_corners=False``) or "nearest".
-    Same shape in, same tensor out (no copy, no interpolation error).
+    ``anti_alias`` (linear only): along every axis that is downsampled, a Gaussian pre-filter
+    (:func:`anti_alias_sigmas`) first, so detail finer than the new grid is averaged instead of
+    aliased (a model folder says whether its grids were made so,
+    ``PreprocessingConfig.anti_alias``). Same shape in, same tensor out (no copy, no
+    interpolation error).
     """
     if tuple(array.shape[-3:]) == tuple(shape):
         return array
     squeeze = array.dim() == 3
     x = array[None, None] if squeeze else array[None]
     if mode == "linear":
+        sigmas = anti_alias_sigmas(x.shape[-3:], shape) if anti_alias else (0.0, 0.0, 0.0)
+        if any(sigmas):
+            x = _smoothed(x.float(), sigmas)
         y = F.interpolate(x.float(), size=tuple(shape), mode="trilinear", align_corners=False)
     elif mode == "nearest":
         y = F.interpolate(x.float(), size=tuple(shape), mode="nearest-exact")

@@ -96,6 +96,45 @@ def test_workers_and_a_shared_cache_train_the_same_weights(samples, tmp_path):
     assert all(torch.equal(w0[k], w2[k]) for k in w0)
 
 
+def test_a_batch_step_is_the_mean_of_its_samples(samples, tmp_path):
+    """--batch-size: samples of one target and shape run as one network batch, the rest one after
+    the other; the step's gradient equals the mean of the samples' own gradients (the network in
+    eval mode: the head's BatchNorm would otherwise see batch statistics); sample 0 of each
+    step is the single-sample stream's sample; a batch run trains through the command line."""
+    from training.loader import StepSamples, group_batch
+    from training.train import _step, loss_scaler
+
+    cfg = TrainConfig(datasets=[str(samples["lits117"])], out="unused", precision="fp32", clip_grad=1e9, lr=0.0,
+                      **TINY)  # lr 0: a step that changes nothing, gradients only
+    mcfg = model_config_for(cfg, text_dim=384)
+    cases = load_training_cases([read_dataset(samples["lits117"])], mcfg)
+    torch.manual_seed(0)
+    net = build_tags(mcfg).eval()
+    kw = dict(seed=0, rank=0, steps=40, img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0])
+    one, four = StepSamples(cases, mcfg, cfg.sampling, **kw), StepSamples(cases, mcfg, cfg.sampling, batch_size=4, **kw)
+    step, batch = next((k, four[k]) for k in range(40) if any(len(g) > 1 for g in group_batch(four[k])))
+    assert torch.equal(batch[0].image, one[step][0].image) and len(group_batch(batch)) < 4
+    text = {t.name: torch.nn.functional.normalize(torch.randn(384), dim=-1) for t in mcfg.targets}
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def grads(samples_):
+        opt = torch.optim.SGD(params, lr=0.0)
+        _step(cfg, net, opt, loss_scaler(torch.device("cpu"), "fp32"), DiceCELoss(sigmoid=True), text, samples_,
+              torch.device("cpu"), step)
+        return [p.grad.clone() for p in params]
+
+    together = grads(batch)
+    alone = [grads([s]) for s in batch]
+    for i, g in enumerate(together):
+        mean = sum(a[i] for a in alone) / len(batch)
+        assert torch.allclose(g, mean, rtol=1e-3, atol=1e-6), i
+    run = tmp_path / "batch"
+    assert main(["train", str(samples["lits117"]), "--out", str(run), "--steps", "2", "--batch-size", "3",
+                 "--precision", "fp32", *TINY_CLI]) == 0
+    assert load_checkpoint(run)[2]["step"] == 2 and TrainConfig.from_dict(
+        json.loads((run / TRAIN_CONFIG).read_text())).batch_size == 3
+
+
 def test_validation_keeps_the_best_checkpoint_and_writes_tensorboard(samples, tmp_path, capsys):
     """--validate-every: a validation case through the predictor (organ prompt from its label),
     the best checkpoint kept apart and exportable, TensorBoard events; --patience stops early."""

@@ -61,6 +61,12 @@ def test_entries_are_reused_and_keyed_by_settings(setting, tmp_path):
     assert other[0] != first[0] and other[1:] == first[1:]
     coarser = dataclasses.replace(model, preprocessing=dataclasses.replace(model.preprocessing, spacing=(2.0, 2.0, 2.0)))
     assert not set(preprocess(datasets, coarser, cache, cfg.z_split)) & set(first)
+    smoothed = dataclasses.replace(model, preprocessing=dataclasses.replace(model.preprocessing, anti_alias=True))
+    aa = preprocess(datasets, smoothed, cache, cfg.z_split)
+    assert not set(aa) & set(first)
+    # LiTS-117 is at 1.5 mm, as the tumor grid (nothing to filter); the organ grid is coarser
+    assert np.array_equal(np.load(aa[0] / "tumor_image.npy"), np.load(first[0] / "tumor_image.npy"))
+    assert not np.array_equal(np.load(aa[0] / "organ_image.npy"), np.load(first[0] / "organ_image.npy"))
     assert all(json.loads((f / "case.json").read_text())["format"] == 1 for f in first)
 
 
@@ -72,5 +78,6 @@ def test_two_workers_give_the_same_stream(setting, tmp_path):
     parallel = list(step_loader(samples, 3, 9, workers=2))
     assert len(serial) == len(parallel) == 6
     for a, b in zip(serial, parallel):
-        _same(a, b)
-    _same(serial[0], samples[3])
+        assert len(a) == len(b) == 1  # one sample per step (batch size 1)
+        _same(a[0], b[0])
+    _same(serial[0][0], samples[3][0])

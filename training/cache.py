@@ -83,6 +83,7 @@ def case_key(ds: Dataset, case: Case, model: ModelConfig, z_range: Optional[Tupl
         "targets": {name: list(t.values) for name, t in ds.targets.items()},
         "spacing": list(model.preprocessing.spacing),
         "organ_spacing": list(model.preprocessing.organ_spacing),
+        "anti_alias": model.preprocessing.anti_alias,
         "z_range": list(z_range) if z_range is not None else None,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]

@@ -6,11 +6,16 @@ overlaps a labelled tumor. On a healthy (tumor-free) case every candidate is fal
 kept is the one with no false lesion of at least 0.1 ml and at most 1 ml of false volume on the
 healthy validation cases that gives the best lesion F1 on the tumor validation cases; if none
 reaches that, the one with the least false volume on healthy cases.
+
+:func:`recalibrate` re-chooses the decision of an exported model folder (``tags-train
+calibrate``): the weights stay, config.json gets the new decision, the card says what changed and
+metadata.json keeps the previous decision, so a site can choose it on its own validation cases.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -47,13 +52,29 @@ class Candidate:
 
 @dataclass(frozen=True)
 class ValidationCase:
-    """A validation case: dataset folder, case name, optional slice range, organ source."""
+    """A validation case: dataset folder, case name, optional slice range, organ source
+    ("label": the organ's label where the case has one, else the model's organ pass; "model":
+    always the organ pass)."""
 
     dataset: str
     case: str
     z_from: Optional[float] = None
     z_to: Optional[float] = None
     organ_source: str = "label"
+
+    @classmethod
+    def parse(cls, spec: str) -> "ValidationCase":
+        """``DATASET:CASE[:Z_FROM:Z_TO]`` (slice fractions in canonical order, e.g. 0.5:0.6)."""
+        parts = spec.rsplit(":", 3) if spec.count(":") >= 3 else spec.rsplit(":", 1)
+        if len(parts) not in (2, 4) or not all(parts[:2]):
+            raise ValueError(f"validation case {spec!r}: expected DATASET:CASE or DATASET:CASE:Z_FROM:Z_TO")
+        try:
+            z = tuple(float(v) for v in parts[2:])
+        except ValueError:
+            raise ValueError(f"validation case {spec!r}: Z_FROM and Z_TO must be fractions (e.g. 0.5:0.6)") from None
+        if z and not 0.0 <= z[0] < z[1] <= 1.0:
+            raise ValueError(f"validation case {spec!r}: need 0 <= Z_FROM < Z_TO <= 1")
+        return cls(parts[0], parts[1], *z)
 
 
 def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[ValidationCase]) -> Dict:
@@ -134,3 +155,61 @@ def choose_lesion_decision(found: Dict, description: str) -> tuple[LesionDecisio
               "cases": found["cases"], "true_lesions": found["true_lesions"],
               "candidates": len(found["candidates"])}
     return chosen, report
+
+
+def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCase], *, target: Optional[str] = None,
+                metrics_markdown: Optional[str] = None, command: str = "", overwrite: bool = False) -> tuple[Path, Dict]:
+    """Re-choose the lesion decision of the model folder ``model`` on ``cases`` and write the
+    model folder ``out`` (same weights): config.json with the new decision, the card's "Lesion
+    decision" section rewritten and its "Held-out metrics" replaced by ``metrics_markdown``
+    (else marked as measured with the previous decision), metadata.json's "recalibrations"
+    extended with the previous and the chosen decision. Returns (``out``, the choice's report)."""
+    import dataclasses
+    import datetime
+
+    from tags.model_folder import AUTOMATIC_METADATA, CARD, load_model_folder, save_model_folder
+
+    from .export import _decision_text
+
+    folder = load_model_folder(model)
+    predictor = TagsPredictor.from_model_folder(model)
+    target = target or predictor.config.tumor_targets[0].name
+    described = "; ".join(f"{Path(c.dataset).name}:{c.case}" + (f" slices {c.z_from:g}-{c.z_to:g}" if c.z_from is not None
+                                                                  else "") for c in cases)
+    decision, report = choose_lesion_decision(collect_candidates(predictor, target, cases), described)
+    previous = folder.config.lesion_decision
+    card = (Path(model) / CARD).read_text()
+    card = _replace_section(card, "Lesion decision", _decision_text(decision) + f" (re-chosen by tags-train "
+                            f"calibrate; before: {_decision_text(previous)})")
+    card = _replace_section(card, "Held-out metrics", metrics_markdown or (
+        "Measured with the lesion decision before recalibration; measure again with tags-train evaluate.\n\n"
+        + _section(card, "Held-out metrics")))
+    meta = {k: v for k, v in folder.metadata.items() if k not in AUTOMATIC_METADATA}
+    meta["recalibrations"] = list(meta.get("recalibrations", [])) + [{
+        "date": datetime.date.today().isoformat(), "command": command, "target": target,
+        "previous": dataclasses.asdict(previous), "chosen": report["chosen"], "candidates": report["candidates"],
+        "true_lesions": report["true_lesions"]}]
+    path = save_model_folder(
+        out, config=dataclasses.replace(folder.config, lesion_decision=decision), weights=folder.weights,
+        text_embeddings=folder.text_embeddings, base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"],
+        card=card, extra_metadata=meta, overwrite=overwrite)
+    return path, report
+
+
+def _section(card: str, title: str) -> str:
+    head = f"## {title}\n"
+    if head not in card:
+        return ""
+    body = card.split(head, 1)[1]
+    return body.split("\n## ", 1)[0].strip()
+
+
+def _replace_section(card: str, title: str, body: str) -> str:
+    """``card`` with the body of section ``## title`` replaced (appended when missing)."""
+    head = f"## {title}\n"
+    if head not in card:
+        return card.rstrip() + f"\n\n{head}{body.strip()}\n"
+    before, rest = card.split(head, 1)
+    after = rest.split("\n## ", 1)
+    tail = "\n\n## " + after[1] if len(after) > 1 else "\n"
+    return f"{before}{head}{body.strip()}{tail}"

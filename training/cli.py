@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import replace
 from typing import Dict, List, Optional
 
 
@@ -35,15 +36,13 @@ def _check(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from .data import SamplingConfig
     from .train import TrainConfig, train
 
     z_split = _z_split(a.z_split)
     model = _train_defaults().model
     cfg = TrainConfig(
-        datasets=a.datasets, out=a.out, steps=a.steps, lr=a.lr, precision=a.precision, seed=a.seed,
+        datasets=a.datasets, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, precision=a.precision, seed=a.seed,
         checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
         dist_timeout_minutes=a.dist_timeout, workers=a.workers, cache_dir=a.cache_dir, z_split=z_split,
         validate_every=a.validate_every, patience=a.patience, activation_checkpointing=a.activation_checkpointing,
@@ -53,6 +52,7 @@ def _train(a: argparse.Namespace) -> int:
             model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
             roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi), train_mask_decoder=a.train_mask_decoder,
             text_encoder=a.text_encoder, text_alignment=a.text_alignment,
+            preprocessing=replace(model.preprocessing, anti_alias=a.anti_alias),
         ),
         sampling=SamplingConfig(
             organ_fraction=a.organ_fraction, negative_fraction=a.negative_fraction,
@@ -84,8 +84,29 @@ def _preprocess(a: argparse.Namespace) -> int:
     from .datasets import check_dataset
 
     datasets = [check_dataset(d) for d in a.datasets]
-    folders = preprocess(datasets, _train_defaults().model, a.cache_dir, _z_split(a.z_split), progress=not a.no_progress)
+    model = _train_defaults().model
+    model = replace(model, preprocessing=replace(model.preprocessing, anti_alias=a.anti_alias))
+    folders = preprocess(datasets, model, a.cache_dir, _z_split(a.z_split), progress=not a.no_progress)
     print(f"{len(folders)} case(s) preprocessed in {a.cache_dir}")
+    return 0
+
+
+def _calibrate(a: argparse.Namespace) -> int:
+    import shlex
+
+    from .calibrate import ValidationCase, recalibrate
+
+    cases = [ValidationCase.parse(v) for v in a.validation]
+    metrics = open(a.metrics).read() if a.metrics else None
+    command = "tags-train calibrate " + " ".join(shlex.quote(v) for v in [a.model, a.out] + [
+        x for v in a.validation for x in ("--validation", v)])
+    folder, report = recalibrate(a.model, a.out, cases, target=a.target, metrics_markdown=metrics, command=command,
+                                 overwrite=a.overwrite)
+    chosen = report["chosen"]
+    print(f"lesion decision: highest probability >= {chosen['min_max_probability']:g}, volume >= "
+          f"{chosen['min_volume_ml']:g} ml, contrast >= {chosen['min_contrast_hu']} HU ({chosen['how']}; "
+          f"validation lesion F1 {chosen['lesion_f1']}, healthy false lesions {chosen['healthy_false_lesions']})")
+    print(f"model folder: {folder}")
     return 0
 
 
@@ -141,6 +162,9 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("datasets", nargs="+", help="dataset folders (MSD or nnU-Net v2 raw layout)")
     t.add_argument("--out", required=True, help="run folder: config, metrics.jsonl, checkpoint (resumed if present)")
     t.add_argument("--steps", type=int, default=d.steps, help=f"total optimisation steps (default {d.steps})")
+    t.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"samples per step and process (default {d.batch_size}); those of the same target and "
+                        "crop shape run as one network batch")
     t.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
     t.add_argument("--precision", choices=list(TRAIN_PRECISIONS), default=d.precision,
                    help="autocast dtype (default: bf16 where the GPU or CPU has it natively, fp16 with loss "
@@ -181,6 +205,9 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--organ-roi", type=int, nargs=3, default=list(m.organ_roi_size), metavar=("D", "H", "W"),
                    help="organ window on the coarse grid")
     t.add_argument("--train-mask-decoder", action="store_true", help="fine-tune SAM's mask decoder too")
+    t.add_argument("--anti-alias", action="store_true",
+                   help="Gaussian pre-filter where the CT is downsampled to a model grid (stored in the model "
+                        "folder; inference does the same)")
     t.add_argument("--organ-fraction", type=float, default=s.organ_fraction,
                    help=f"share of organ-target steps (default {s.organ_fraction:g})")
     t.add_argument("--negative-fraction", type=float, default=s.negative_fraction,
@@ -229,6 +256,7 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     pp.add_argument("--cache-dir", required=True, help="cache folder (created)")
     pp.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
                     help="as train --z-split (the cache is keyed by it)")
+    pp.add_argument("--anti-alias", action="store_true", help="as train --anti-alias (the cache is keyed by it)")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
     pp.set_defaults(func=_preprocess)
 
@@ -244,6 +272,21 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     if train_options:
         _add_train_options(t)
     t.set_defaults(func=_train)
+
+    c2 = sub.add_parser("calibrate", help="re-choose a model folder's lesion decision on validation cases",
+                        description="Predict the validation cases without a lesion decision, choose the decision "
+                                    "with no false lesion on the healthy ones and the best lesion F1 on the others "
+                                    "(training/calibrate.py), and write the model folder OUT with it (same weights).")
+    c2.add_argument("model", help="model folder")
+    c2.add_argument("out", help="new model folder")
+    c2.add_argument("--validation", action="append", required=True, metavar="DATASET:CASE[:Z_FROM:Z_TO]",
+                    help="a validation case (repeat; a healthy one and one with tumors at least); the organ prompt "
+                         "comes from the case's organ label, else from the model's organ pass")
+    c2.add_argument("--target", default=None, help="tumor target (default: the model's first)")
+    c2.add_argument("--metrics", default=None, metavar="FILE",
+                    help="markdown for the card's held-out metrics (default: the old ones, marked as such)")
+    c2.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    c2.set_defaults(func=_calibrate)
 
     e = sub.add_parser("export", help="write the model folder of a run",
                        description="Write the model folder (config, weights and text embeddings as safetensors, "

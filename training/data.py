@@ -92,7 +92,8 @@ def prepare_case(
     out = {}
     for grid, sp in (("tumor", model.preprocessing.spacing), ("organ", model.preprocessing.organ_spacing)):
         shape = grid_shape(canon.shape, spacing, sp)
-        img = resample(torch.from_numpy(np.ascontiguousarray(canon, dtype=np.float32)), shape, mode="linear")
+        img = resample(torch.from_numpy(np.ascontiguousarray(canon, dtype=np.float32)), shape, mode="linear",
+                       anti_alias=model.preprocessing.anti_alias)
         labels = {
             k: resample(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), shape, mode="nearest").numpy() > 0.5
             for k, m in masks.items()

@@ -107,6 +107,12 @@ def validation_cases(samples: Dict[str, Path]) -> List[ValidationCase]:
     ]
 
 
+TEST_TITLES = {
+    "lits": "LiTS-117 slices 60-100 % (tumor prompt from the liver label, an oracle)",
+    "healthy": "TotalSegmentator DICOM series, healthy liver (organ from the organ pass, as the application)",
+}
+"""The demo's test evaluations as the model card titles them."""
+
 METRIC_ROWS = (
     ("dice", "Dice"), ("nsd", "NSD 2 mm"), ("hd95", "HD95 mm"), ("lesion_recall", "lesion recall"),
     ("lesion_precision", "lesion precision"), ("fp_ml_max", "false-positive ml (worst case)"),
@@ -185,10 +191,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     healthy = evaluate(predictors, samples["totalseg"], split="test", organ_source="model", progress=True)
     write_report(lits, out / "eval" / "lits117_test")
     write_report(healthy, out / "eval" / "totalseg_dicom_healthy")
-    reports = {
-        "LiTS-117 slices 60-100 % (tumor prompt from the liver label, an oracle)": lits,
-        "TotalSegmentator DICOM series, healthy liver (organ from the organ pass, as the application)": healthy,
-    }
+    reports = {TEST_TITLES["lits"]: lits, TEST_TITLES["healthy"]: healthy}
     metrics = {
         "lits117_test (last 40% of slices; organ prompt from the ground-truth liver label)": lits["summary"],
         "totalseg_dicom_series healthy liver (held-out patient; organ from the model's organ pass)":

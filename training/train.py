@@ -9,6 +9,7 @@ written atomically (:mod:`training.checkpoints`). Process group, devices and col
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,13 +28,14 @@ from tags.config import ModelConfig
 from tags.device import autocast, default_precision
 from tags.adapters import encoder_blocks
 from tags.network import TagsNet, build_tags
+from tags.prompts import SlicePrompts
 from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
 
 from .checkpoints import BEST, has_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
 from .cache import cached_training_cases, preprocess
 from .data import Sample, SamplingConfig
-from .loader import StepSamples, step_loader
+from .loader import StepSamples, group_batch, step_loader
 from .monitor import RunLog, has_validation_cases, validation_score
 from .datasets import Dataset, read_dataset
 from .distributed import DistContext, barrier, gather_rows, init_distributed, mean_over_ranks, rank0_decides, shutdown
@@ -65,12 +67,15 @@ class TrainConfig:
     ``alignment_weight``: weight of TAGS' text-alignment loss (:mod:`tags.alignment`) on tumor
     samples, when ``model.text_alignment`` is set.
     ``warmup``: steps of linear learning-rate warm-up before the cosine decay (:func:`warmup_cosine`).
+    ``batch_size``: samples per step and rank; samples of the same target and crop shape run as
+    one network batch (activation memory grows with it), the others one after the other.
     """
 
     datasets: List[str]
     out: str
     model: ModelConfig = field(default_factory=ModelConfig)
     steps: int = 1000
+    batch_size: int = 1
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 20
@@ -169,6 +174,12 @@ def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch
     """Backward, gradient-norm clipping (on the unscaled gradients) and the optimiser step."""
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    apply_gradients(opt, scaler, clip)
+
+
+def apply_gradients(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip: float) -> None:
+    """Gradient-norm clipping (on the unscaled gradients) and the optimiser step, after the
+    step's backward pass(es)."""
     scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
     scaler.step(opt)
@@ -281,7 +292,7 @@ def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_aft
     cases = cached_training_cases(datasets, model_cfg, cache_folder(cfg), cfg.z_split)
     samples = StepSamples(cases, model_cfg, cfg.sampling, seed=cfg.seed, rank=ctx.rank, steps=cfg.steps,
                           img_size=net.img_size, mask_size=net.prompt_encoder.mask_input_size[0],
-                          crop_size=cfg.crop_size)
+                          crop_size=cfg.crop_size, batch_size=cfg.batch_size)
     meta = {
         "model_config": model_cfg.to_dict(),
         "text_embeddings": {k: v.cpu().tolist() for k, v in text.items()},
@@ -298,9 +309,9 @@ def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_aft
     scaler = reporter.scaler
     loader = step_loader(samples, start, end, workers=cfg.workers, pin_memory=ctx.device.type == "cuda")
     try:
-        for step, sample in zip(bar, loader):
-            reporter.losses.append(_step(cfg, model, opt, scaler, loss_fn, text, sample, ctx.device, step))
-            if reporter.after_step(step + 1, end, sample):
+        for step, batch in zip(bar, loader):
+            reporter.losses.append(_step(cfg, model, opt, scaler, loss_fn, text, batch, ctx.device, step))
+            if reporter.after_step(step + 1, end, batch[0]):
                 break
     finally:
         reporter.close()
@@ -377,25 +388,44 @@ class _Reporter:
 
 
 def _step(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          loss_fn: DiceCELoss, text: Dict[str, torch.Tensor], s: Sample, device: torch.device,
+          loss_fn: DiceCELoss, text: Dict[str, torch.Tensor], batch: List[Sample], device: torch.device,
           step: int) -> torch.Tensor:
-    """One optimisation step on the sample ``s`` of ``step``; returns the loss (detached, on the
-    device: no host sync)."""
+    """One optimisation step on the samples ``batch`` of ``step``: each group of samples of the
+    same target and shape (:func:`training.loader.group_batch`) runs as one network batch and
+    adds its share of the mean loss to the gradients (under DDP the gradients are reduced once,
+    after the last group); returns the mean loss (detached, on the device: no host sync)."""
     for g in opt.param_groups:
         g["lr"] = cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
-    move = lambda t: t[None].to(device, non_blocking=True) if t is not None else None  # noqa: E731
-    image, organ, label = move(s.image), move(s.organ), move(s.label)
-    prompts = s.prompts.to(device) if s.prompts is not None else None
-    phrases = text.get(PHRASES + s.target.name) if cfg.model.text_alignment else None
+    opt.zero_grad(set_to_none=True)
+    groups = group_batch(batch)
+    total = torch.zeros((), device=device)
+    for i, group in enumerate(groups):
+        last = i == len(groups) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            loss = _group_loss(cfg, model, loss_fn, text, group, device) * (len(group) / len(batch))
+            scaler.scale(loss).backward()
+        total += loss.detach()
+    apply_gradients(opt, scaler, cfg.clip_grad)
+    return total
+
+
+def _group_loss(cfg: TrainConfig, model: torch.nn.Module, loss_fn: DiceCELoss, text: Dict[str, torch.Tensor],
+                group: List[Sample], device: torch.device) -> torch.Tensor:
+    """Mean loss of samples of one target and shape, stacked into a (B, 1, D, H, W) batch."""
+    target = group[0].target.name
+    stack = lambda ts: torch.stack(ts).to(device, non_blocking=True) if ts[0] is not None else None  # noqa: E731
+    image, organ, label = (stack([getattr(s, k) for s in group]) for k in ("image", "organ", "label"))
+    prompts = SlicePrompts.cat([s.prompts for s in group]).to(device) if group[0].prompts is not None else None
+    phrases = text.get(PHRASES + target) if cfg.model.text_alignment else None
+    b = len(group)
     with autocast(device, cfg.precision):
-        out = model(image, text[s.target.name][None], prompts, organ,
-                    phrases=phrases[None] if phrases is not None else None)
+        out = model(image, text[target][None].expand(b, -1), prompts, organ,
+                    phrases=phrases[None].expand(b, *phrases.shape) if phrases is not None else None)
     logits, aligned = out if isinstance(out, tuple) else (out, None)
     loss = loss_fn(logits.float(), label)
     if aligned is not None:
         loss = loss + cfg.alignment_weight * alignment_loss(aligned.float(), label)
-    optimizer_step(loss, opt, scaler, cfg.clip_grad)
-    return loss.detach()
+    return loss
 
 
 def _record_rank_agreement(run: Path, net: TagsNet, ctx: DistContext) -> None:

@@ -228,7 +228,7 @@ class TagsPredictor:
         grid_spacing = tuple(n * s / m for n, s, m in zip(crop_shape, spacing, shape))
         # Full-resolution copies live only until they are resampled to the model grid (peak
         # memory is a few copies of the volume, see docs/performance.md).
-        channels = [normalize_hu(self._to_grid(canon_hu[box], shape, "linear"), pre.hu_window)]
+        channels = [normalize_hu(self._to_grid(canon_hu[box], shape, "linear", anti_alias=pre.anti_alias), pre.hu_window)]
         if organ_mask is not None:
             channels.append(self._to_grid(organ_mask[box], shape, "nearest"))
         inputs = torch.stack(channels)[None]
@@ -265,9 +265,10 @@ class TagsPredictor:
                 return self.model(x, target, trained, grid_spacing).float()
         return window
 
-    def _to_grid(self, array: np.ndarray, shape: Sequence[int], mode: str) -> torch.Tensor:
+    def _to_grid(self, array: np.ndarray, shape: Sequence[int], mode: str, anti_alias: bool = False) -> torch.Tensor:
         """A (D, H, W) numpy box resampled to ``shape`` on the device, float32."""
-        return resample(torch.from_numpy(np.ascontiguousarray(array)).to(self.device).float(), shape, mode=mode)
+        return resample(torch.from_numpy(np.ascontiguousarray(array)).to(self.device).float(), shape, mode=mode,
+                        anti_alias=anti_alias)
 
 
 def _checked_organ(target: TargetSpec, organ_masks: Mapping[str, np.ndarray], shape: Sequence[int]) -> np.ndarray:

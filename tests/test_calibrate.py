@@ -1,0 +1,56 @@
+"""tags-train calibrate: the demo model's lesion decision re-chosen on the demo's validation
+cases comes out as the one it ships with, in a new model folder that loads, with its card and
+metadata saying what changed; bad case specifications fail with one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from tags.model_folder import CARD, load_model_folder
+from training.calibrate import ValidationCase
+from training.cli import main
+from training.samples import build_samples
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "liver-demo"
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return build_samples(tmp_path_factory.mktemp("samples"), overwrite=True)
+
+
+def test_case_specifications():
+    assert ValidationCase.parse("data/Dataset501_LiTS117:lits117:0.5:0.6") == ValidationCase(
+        "data/Dataset501_LiTS117", "lits117", 0.5, 0.6)
+    assert ValidationCase.parse("D:healthy") == ValidationCase("D", "healthy")
+    for bad in ("D", "D:c:0.6:0.5", "D:c:a:b", ":c"):
+        with pytest.raises(ValueError, match="validation case"):
+            ValidationCase.parse(bad)
+
+
+def test_calibrate_rewrites_only_the_decision(samples, tmp_path, capsys):
+    out = tmp_path / "recalibrated"
+    cases = [f"{samples['lits117']}:lits117:0.5:0.6", f"{samples['totalseg']}:aorta_abdomen"]
+    assert main(["calibrate", str(MODEL), str(out), *sum((["--validation", c] for c in cases), [])]) == 0
+    shipped, new = load_model_folder(MODEL), load_model_folder(out)
+    keys = ("min_max_probability", "min_volume_ml", "min_contrast_hu")
+    decision = lambda f: {k: getattr(f.config.lesion_decision, k) for k in keys}  # noqa: E731
+    assert decision(new) == decision(shipped)  # the shipped decision was chosen on exactly these cases
+    assert dataclasses.replace(new.config, lesion_decision=shipped.config.lesion_decision) == shipped.config
+    assert all(new.weights[k].equal(shipped.weights[k]) for k in shipped.weights)
+    history = new.metadata["recalibrations"]
+    assert len(history) == len(shipped.metadata.get("recalibrations", [])) + 1
+    assert {k: history[-1]["previous"][k] for k in keys} == decision(shipped) and history[-1]["true_lesions"] > 0
+    card = (out / CARD).read_text()
+    assert "re-chosen by tags-train calibrate" in card and "Measured with the lesion decision before" in card
+    assert "lesion decision: highest probability >= 0.99" in capsys.readouterr().out
+    # one clear line for a bad case, nothing written
+    assert main(["calibrate", str(MODEL), str(tmp_path / "x"), "--validation", f"{samples['lits117']}:nocase"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nocase" in err[0] and not (tmp_path / "x").exists()
+    assert json.loads((out / "config.json").read_text())["format_version"] >= 3
