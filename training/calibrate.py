@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -54,13 +54,20 @@ class Candidate:
 class ValidationCase:
     """A validation case: dataset folder, case name, optional slice range, organ source
     ("label": the organ's label where the case has one, else the model's organ pass; "model":
-    always the organ pass)."""
+    always the organ pass) and optional (z, y, x) spacing in mm to resample the case to first
+    (the same patient as another scanner grid would store it: false candidates depend on the
+    grid the CT comes in)."""
 
     dataset: str
     case: str
     z_from: Optional[float] = None
     z_to: Optional[float] = None
     organ_source: str = "label"
+    spacing: Optional[Tuple[float, float, float]] = None
+
+    @property
+    def name(self) -> str:
+        return self.case + (f" at {'x'.join(f'{v:g}' for v in self.spacing)} mm" if self.spacing else "")
 
     @classmethod
     def parse(cls, spec: str) -> "ValidationCase":
@@ -91,6 +98,8 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
         case = found_cases[0]
         healthy = case.name in ds.tumor_free
         img, aff, lab = canonical_case(case, vc.z_from, vc.z_to, label_required=not healthy)
+        if vc.spacing is not None:
+            img, aff, lab = resampled_case(img, aff, lab, vc.spacing)
         spacing = spacing_from_affine(aff)
         truth = target_masks(lab, ds.targets) if lab is not None else {}
         tumor = truth.get(target, np.zeros(img.shape, bool))
@@ -103,12 +112,31 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
         labels, comps = components(result.probability, float(np.prod(spacing)) / 1000.0, hu=img, organ=organ)
         for c in comps:
             overlap = bool(tumor[labels == c.label].any())
-            out["candidates"].append(Candidate(case.name, healthy, c.max_probability, c.volume_ml, overlap,
+            out["candidates"].append(Candidate(vc.name, healthy, c.max_probability, c.volume_ml, overlap,
                                                c.contrast_hu))
         out["true_lesions"] += int(ndimage.label(tumor, CONNECTIVITY)[1])
-        out["cases"].append({"case": case.name, "healthy": healthy, "status": result.status,
+        out["cases"].append({"case": vc.name, "healthy": healthy, "status": result.status,
                              "reason": result.reason, "candidates": len(comps)})
     return out
+
+
+def resampled_case(img: np.ndarray, aff: np.ndarray, lab: Optional[np.ndarray], spacing: Sequence[float]):
+    """(image, affine, label) of a canonical case resampled to ``spacing`` (z, y, x) mm over
+    the same field of view: image trilinear, label nearest."""
+    import torch
+
+    from tags.preprocessing import grid_shape, resample
+
+    old = spacing_from_affine(aff)
+    shape = grid_shape(img.shape, old, spacing)
+    image = resample(torch.from_numpy(np.ascontiguousarray(img, np.float32)), shape, mode="linear").numpy()
+    label = (resample(torch.from_numpy(lab.astype(np.float32)), shape, mode="nearest").numpy().round().astype(lab.dtype)
+             if lab is not None else None)
+    scale = np.array([n / m for n, m in zip(img.shape, shape)])  # new voxel = scale x old voxel
+    new = aff.copy()
+    new[:3, :3] = aff[:3, :3] * scale
+    new[:3, 3] = aff[:3, 3] + aff[:3, :3] @ ((scale - 1.0) / 2.0)  # voxel centres kept (align_corners=False)
+    return image, new, label
 
 
 def score(decision: LesionDecision, found: Dict) -> Dict:
@@ -174,7 +202,7 @@ def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCa
     folder = load_model_folder(model)
     predictor = TagsPredictor.from_model_folder(model)
     target = target or predictor.config.tumor_targets[0].name
-    described = "; ".join(f"{Path(c.dataset).name}:{c.case}" + (f" slices {c.z_from:g}-{c.z_to:g}" if c.z_from is not None
+    described = "; ".join(f"{Path(c.dataset).name}:{c.name}" + (f" slices {c.z_from:g}-{c.z_to:g}" if c.z_from is not None
                                                                   else "") for c in cases)
     decision, report = choose_lesion_decision(collect_candidates(predictor, target, cases), described)
     previous = folder.config.lesion_decision

@@ -98,12 +98,21 @@ def _training_seconds(run: Path) -> float:
     return json.loads((run / METRICS).read_text().splitlines()[-1])["seconds"]
 
 
+HEALTHY_VALIDATION_GRIDS = ((1.25, 0.7, 0.7), (2.5, 0.8, 0.8))
+"""(z, y, x) mm grids the healthy validation abdomen is also resampled to (thin- and
+thick-slice clinical series): a lesion decision that leaves it clean at its own 1.5 mm grid
+alone still let the same patient, stored at 0.68 x 0.68 x 1.43 mm, show three false lesions."""
+
+
 def validation_cases(samples: Dict[str, Path]) -> List[ValidationCase]:
     """LiTS-117's validation slab (organ prompt from its label) and the healthy aorta-report
-    abdomen (organ from the model's organ pass, as the application finds it)."""
+    abdomen (organ from the model's organ pass, as the application finds it), as stored and on
+    :data:`HEALTHY_VALIDATION_GRIDS`."""
+    healthy = str(samples["totalseg"])
     return [
         ValidationCase(str(samples["lits117"]), "lits117", *Z_VALIDATION, organ_source="label"),
-        ValidationCase(str(samples["totalseg"]), "aorta_abdomen", organ_source="model"),
+        ValidationCase(healthy, "aorta_abdomen", organ_source="model"),
+        *(ValidationCase(healthy, "aorta_abdomen", organ_source="model", spacing=g) for g in HEALTHY_VALIDATION_GRIDS),
     ]
 
 

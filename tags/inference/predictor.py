@@ -204,8 +204,9 @@ class TagsPredictor:
             box = bounding_box(organ_c, self.config.preprocessing.margin_mm, spacing)
             prob, windows = self._run_roi(canon, organ_c, box, spacing, target, organ=False)
             if decide:
-                removed = apply_decision(prob, self.config.lesion_decision, float(np.prod(spacing)) / 1000.0,
-                                         hu=canon, organ=organ_c)
+                # inside the ROI (nothing outside it): the same components, a fraction of the voxels
+                removed = apply_decision(prob[box], self.config.lesion_decision, float(np.prod(spacing)) / 1000.0,
+                                         hu=canon[box], organ=organ_c[box])
                 if removed:
                     log.info("%s: %d candidate lesion(s) below the lesion decision removed", name, removed)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows)
