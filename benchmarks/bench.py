@@ -214,6 +214,12 @@ def build_predictor(model: Optional[str], precision: str, compile: bool, device:
     return TagsPredictor.from_network(net, text, **kw)
 
 
+def ellipsoid_organ(shape) -> np.ndarray:
+    """(d, h, w) bool: an organ-like ellipsoid filling most of a window of ``shape``."""
+    zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    return (zz**2 / 0.8 + yy**2 / 0.5 + xx**2 / 0.6) <= 1.0
+
+
 def window_inputs(net: TagsNet, roi, device: str | torch.device = "cpu") -> tuple:
     """One model window on ``device``: image in [0, 1], text, anatomy prompts from an ellipsoid
     organ, organ (the same values on every device: generated on the CPU, then moved)."""
@@ -221,8 +227,7 @@ def window_inputs(net: TagsNet, roi, device: str | torch.device = "cpu") -> tupl
     d, h, w = roi
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 1, d, h, w, generator=g)
-    zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in roi), indexing="ij")
-    organ = (zz**2 / 0.8 + yy**2 / 0.5 + xx**2 / 0.6) <= 1.0
+    organ = ellipsoid_organ(roi)
     prompts = derive_prompts(organ, config.preprocessing.spacing, img_size=net.img_size,
                              mask_size=net.prompt_encoder.mask_input_size[0], config=config.prompts)
     text = torch.randn(1, config.text_dim, generator=g)

@@ -85,45 +85,39 @@ def run_case(name: str, study: Path, model: Path, out: Path, extra: list) -> dic
     }
 
 
-_predictors: dict = {}
-
-
-def stage_window_gflop(model: Path, stage: str, target: str, shape: list, precision: str) -> float:
+def stage_window_gflop(pred, stage: str, target: str, shape: list, precision: str) -> float:
     """GFLOP of one model window of (d, h, w) ``shape`` of ``target`` in ``stage`` ("organs":
     image only; "tumors": image and an ellipsoid organ mask, whose anatomy prompts are derived),
-    counted on the window model the application runs."""
+    counted on the window model ``pred`` (a TagsPredictor) runs."""
     import torch
 
-    from benchmarks.bench import count_gflop
-    from tags.inference import TagsPredictor
+    from benchmarks.bench import count_gflop, ellipsoid_organ
+    from tags.device import autocast
 
-    pred = _predictors.get((str(model), precision))
-    if pred is None:
-        pred = _predictors[(str(model), precision)] = TagsPredictor.from_model_folder(model, device="cpu",
-                                                                                        precision=precision)
     config = pred.config
-    spec = config.target(target)
     organ_pass = stage == "organs"
     trained = config.organ_roi_size if organ_pass else config.roi_size
     spacing = config.preprocessing.organ_spacing if organ_pass else config.preprocessing.spacing
     g = torch.Generator().manual_seed(0)
     channels = [torch.rand(1, 1, *shape, generator=g)]
     if not organ_pass:
-        zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
-        channels.append(torch.from_numpy((zz**2 / 0.8 + yy**2 / 0.5 + xx**2 / 0.6) <= 1.0)[None, None].float())
+        channels.append(torch.from_numpy(ellipsoid_organ(shape))[None, None].float())
     x = torch.cat(channels, dim=1)
-    from tags.device import autocast
-
     with autocast(pred.device, precision):
-        return count_gflop(lambda: pred.model(x, spec, trained, spacing))
+        return count_gflop(lambda: pred.model(x, config.target(target), trained, spacing))
 
 
 def compute_limit(model: Path, rows: list, peaks: dict) -> None:
     """Adds to each row its model stages' GFLOP and ideal seconds at the matmul peak of the
     precision the application ran in, and the wall time as a multiple of the whole ideal."""
+    from tags.inference import TagsPredictor
+
+    predictors: dict = {}  # precision -> the model folder's predictor
     counted: dict = {}
     for r in rows:
         precision = r["runtime"]["precision"]
+        if precision not in predictors:
+            predictors[precision] = TagsPredictor.from_model_folder(model, device="cpu", precision=precision)
         peak = peaks[precision]
         stages = {}
         for stage, targets in r["windows"].items():
@@ -131,7 +125,7 @@ def compute_limit(model: Path, rows: list, peaks: dict) -> None:
             for target, w in targets.items():
                 key = (stage, target, tuple(w["shape"]), precision)
                 if key not in counted:
-                    counted[key] = stage_window_gflop(model, stage, target, w["shape"], precision)
+                    counted[key] = stage_window_gflop(predictors[precision], stage, target, w["shape"], precision)
                 gflop += w["count"] * counted[key]
             stages[stage] = {"seconds": r["stages_s"].get(stage), "gflop": round(gflop, 1),
                              "ideal_s": round(gflop / peak, 2),

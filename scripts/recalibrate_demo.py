@@ -44,28 +44,32 @@ def main(argv=None) -> int:
     model = Path(a.model).resolve()
     command = f"scripts/recalibrate_demo.py --model {model.relative_to(REPO) if model.is_relative_to(REPO) else model}"
 
-    def measure(folder: Path) -> dict:
-        pred = TagsPredictor.from_model_folder(folder)
+    def measure(pred: TagsPredictor) -> dict:
         return {"lits": evaluate({"tags": pred}, samples["lits117"], z_from=Z_TEST, organ_source="label"),
                 "healthy": evaluate({"tags": pred}, samples["totalseg"], split="test", organ_source="model")}
 
-    before = measure(Path(a.model))
-    trial, report = recalibrate(a.model, out / "model", cases, command=command, overwrite=True)
-    after = measure(trial)
+    before = measure(TagsPredictor.from_model_folder(a.model))
     built = read_metadata(a.model)["metrics"]
     built_keys = {"lits": next(k for k in built if k.startswith("lits117")),
                   "healthy": next(k for k in built if k.startswith("totalseg"))}
-    reports = {title: {"summary": {"tags": after[key]["summary"]["tags"], "baseline": built[built_keys[key]]["baseline"]}}
-               for key, title in TEST_TITLES.items()}
+    after: dict = {}
+
+    def card_metrics(pred: TagsPredictor) -> str:
+        """The card's table: TAGS with the new decision on the test cases, the baseline as built."""
+        after.update(measure(pred))
+        reports = {title: {"summary": {"tags": after[key]["summary"]["tags"],
+                                       "baseline": built[built_keys[key]]["baseline"]}}
+                   for key, title in TEST_TITLES.items()}
+        return (metrics_table(reports) + f"\n\nTAGS with the lesion decision re-chosen on the demo's validation "
+                f"cases (`tags-train calibrate`), measured on {datetime.date.today().isoformat()} by `{command}`; "
+                "the baseline column is the baseline as measured when the model was built (its decision chosen then).")
+
+    folder, report = recalibrate(a.model, out / "model", cases, command=command, metrics=card_metrics, overwrite=True)
     chosen = report["chosen"]
-    markdown = (metrics_table(reports) + f"\n\nTAGS with the lesion decision re-chosen on the demo's validation cases "
-                f"(`tags-train calibrate`), measured on {datetime.date.today().isoformat()} by `{command}`; the "
-                "baseline column is the baseline as measured when the model was built (its decision chosen then).")
-    folder, _ = recalibrate(a.model, out / "model", cases, command=command, metrics_markdown=markdown, overwrite=True)
     summary = {"chosen": chosen, "before": {k: v["summary"]["tags"] for k, v in before.items()},
                "after": {k: v["summary"]["tags"] for k, v in after.items()}}
     (out / "evaluation.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(markdown)
+    print((folder / "README.md").read_text())
     print(f"model folder: {folder}")
     return 0
 

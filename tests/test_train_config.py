@@ -128,3 +128,13 @@ def test_reads_the_flat_train_config_of_older_run_folders():
         del newer[k]
     cfg = TrainConfig.from_dict(newer)
     assert cfg.model.text_alignment and cfg.sampling.synthetic_fraction == 0.25
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--workers", "-1"), ("--steps", "0"),
+                                           ("--checkpoint-every", "0")])
+def test_a_count_out_of_range_fails_before_anything_is_written(option, value, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", str(tmp_path), "--out", str(run), option, value, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option.lstrip("-") in err[0] and value in err[0], err
+    assert not run.exists()

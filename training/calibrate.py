@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -186,12 +186,14 @@ def choose_lesion_decision(found: Dict, description: str) -> tuple[LesionDecisio
 
 
 def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCase], *, target: Optional[str] = None,
-                metrics_markdown: Optional[str] = None, command: str = "", overwrite: bool = False) -> tuple[Path, Dict]:
+                metrics: Optional[Callable[[TagsPredictor], str]] = None, command: str = "",
+                overwrite: bool = False) -> tuple[Path, Dict]:
     """Re-choose the lesion decision of the model folder ``model`` on ``cases`` and write the
     model folder ``out`` (same weights): config.json with the new decision, the card's "Lesion
-    decision" section rewritten and its "Held-out metrics" replaced by ``metrics_markdown``
-    (else marked as measured with the previous decision), metadata.json's "recalibrations"
-    extended with the previous and the chosen decision. Returns (``out``, the choice's report)."""
+    decision" section rewritten and its "Held-out metrics" replaced by what ``metrics`` returns
+    for the predictor with the new decision (markdown; without it the old section, marked as
+    measured with the previous decision), metadata.json's "recalibrations" extended with the
+    previous and the chosen decision. Returns (``out``, the choice's report)."""
     import dataclasses
     import datetime
 
@@ -199,6 +201,8 @@ def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCa
 
     from .export import _decision_text
 
+    if Path(out).exists() and not overwrite:  # before minutes of prediction, not after
+        raise FileExistsError(f"model folder already exists: {out}")
     folder = load_model_folder(model)
     predictor = TagsPredictor.from_model_folder(model)
     target = target or predictor.config.tumor_targets[0].name
@@ -206,10 +210,11 @@ def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCa
                                                                   else "") for c in cases)
     decision, report = choose_lesion_decision(collect_candidates(predictor, target, cases), described)
     previous = folder.config.lesion_decision
+    predictor.config = dataclasses.replace(predictor.config, lesion_decision=decision)
     card = (Path(model) / CARD).read_text()
     card = _replace_section(card, "Lesion decision", _decision_text(decision) + f" (re-chosen by tags-train "
                             f"calibrate; before: {_decision_text(previous)})")
-    card = _replace_section(card, "Held-out metrics", metrics_markdown or (
+    card = _replace_section(card, "Held-out metrics", metrics(predictor) if metrics else (
         "Measured with the lesion decision before recalibration; measure again with tags-train evaluate.\n\n"
         + _section(card, "Held-out metrics")))
     meta = {k: v for k, v in folder.metadata.items() if k not in AUTOMATIC_METADATA}

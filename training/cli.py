@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Dict, List, Optional
 
 
@@ -97,11 +98,11 @@ def _calibrate(a: argparse.Namespace) -> int:
     from .calibrate import ValidationCase, recalibrate
 
     cases = [ValidationCase.parse(v) for v in a.validation]
-    metrics = open(a.metrics).read() if a.metrics else None
+    markdown = Path(a.metrics).read_text() if a.metrics else None
     command = "tags-train calibrate " + " ".join(shlex.quote(v) for v in [a.model, a.out] + [
         x for v in a.validation for x in ("--validation", v)])
-    folder, report = recalibrate(a.model, a.out, cases, target=a.target, metrics_markdown=metrics, command=command,
-                                 overwrite=a.overwrite)
+    folder, report = recalibrate(a.model, a.out, cases, target=a.target, command=command, overwrite=a.overwrite,
+                                 metrics=(lambda _predictor: markdown) if markdown else None)
     chosen = report["chosen"]
     print(f"lesion decision: highest probability >= {chosen['min_max_probability']:g}, volume >= "
           f"{chosen['min_volume_ml']:g} ml, contrast >= {chosen['min_contrast_hu']} HU ({chosen['how']}; "

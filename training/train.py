@@ -98,6 +98,14 @@ class TrainConfig:
     backbone_checkpoint: Optional[str] = None
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """One message for a count out of range, before a run folder or cache is written."""
+        least = {"steps": 1, "batch_size": 1, "checkpoint_every": 1, "keep_checkpoints": 1, "workers": 0,
+                 "validate_every": 0, "patience": 0}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
