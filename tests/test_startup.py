@@ -1,0 +1,63 @@
+"""The inference process's start-up: lean imports of MONAI, the SDK and the model's libraries
+(tags.runtime.lean_imports) and the process start the start-up time counts from.
+
+Each check runs in a fresh interpreter: the lean import must come before anything imports MONAI,
+and this test process has imported all of it already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import importlib.metadata, json, sys, warnings
+warnings.filterwarnings("ignore")
+from tags.runtime import lean_imports
+lean = lean_imports()
+import app  # the application, its operators, the model library, the SDK operators it uses
+loaded = {m: m in sys.modules for m in ("monai.networks.nets", "monai.bundle", "monai.apps.datasets",
+                                        "transformers", "segment_anything.predictor")}
+import monai
+version_ok = monai.__version__ == importlib.metadata.version("monai")
+from monai.deploy.operators import DICOMSeriesToVolumeOperator  # defined by the package's __init__ only
+from monai.inferers import SlidingWindowInferer  # the same: the real __init__ runs now
+print(json.dumps({"lean": lean, "loaded": loaded, "version_ok": version_ok,
+                  "nets_after_fallback": "monai.networks.nets" in sys.modules}))
+"""
+
+
+def _probe(**env) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, **env), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_lean_imports_leave_out_what_the_application_does_not_use():
+    r = _probe()
+    assert r["lean"] is True
+    assert not any(r["loaded"].values()), r["loaded"]  # none of MONAI's zoo, no transformers
+    assert r["version_ok"]
+    # names only a package's __init__ defines still import: the real __init__ ran on demand
+    assert r["nets_after_fallback"]
+
+
+def test_lean_imports_can_be_turned_off():
+    r = _probe(TAGS_LEAN_IMPORTS="0")
+    assert r["lean"] is False
+    assert r["loaded"]["monai.networks.nets"] and r["loaded"]["monai.bundle"]  # MONAI's own walk ran
+
+
+def test_process_start_is_the_kernels():
+    code = "import time; from tags.runtime import process_started; print(time.time() - process_started())"
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    age = float(proc.stdout)
+    assert 0 < age <= time.time() - t0 + 0.05  # the child's age when it asked, within the 10 ms tick
