@@ -136,6 +136,10 @@ def lean_imports() -> bool:
     package.__revision_id__ = str(versions.get("full-revisionid") or "")
     package.__copyright__ = "(c) MONAI Consortium"
     package.__basedir__ = os.path.dirname(package.__spec__.origin)
+    # MONAI's packages import each other in cycles (data -> transforms -> data) that resolve only
+    # in the order MONAI's own walk imports them, monai.data first: import it now, so that any
+    # later first import (monai.transforms, monai.metrics, ...) finds it.
+    import monai.data  # noqa: F401
     from monai.utils.tf32 import detect_default_tf32
 
     detect_default_tf32()

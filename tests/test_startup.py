@@ -61,3 +61,12 @@ def test_process_start_is_the_kernels():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     age = float(proc.stdout)
     assert 0 < age <= time.time() - t0 + 0.05  # the child's age when it asked, within the 10 ms tick
+
+
+def test_any_monai_package_can_come_first_after_lean_imports():
+    """MONAI's packages import each other in cycles that resolve only in one order; whichever
+    package a process imports first after lean_imports must import."""
+    for first in ("monai.metrics", "monai.transforms", "monai.networks.nets", "training.evaluate"):
+        code = f"from tags.runtime import lean_imports; assert lean_imports(); import {first}"
+        proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, f"{first}: {proc.stderr[-1500:]}"
