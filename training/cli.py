@@ -333,6 +333,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Third-party deprecation notices (timm, MONAI) are for developers, not for users of the CLI.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from tags.runtime import lean_imports
+
+    lean_imports()  # a no-op when MONAI is imported already (an in-process call)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
     try:
