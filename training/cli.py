@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from dataclasses import replace
@@ -333,9 +334,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Third-party deprecation notices (timm, MONAI) are for developers, not for users of the CLI.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from tags.runtime import lean_imports
+    from tags.runtime import keep_freed_memory, lean_imports
 
     lean_imports()  # a no-op when MONAI is imported already (an in-process call)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one training process, not a torchrun rank
+        keep_freed_memory()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
     try:
