@@ -26,14 +26,17 @@ def fuse_conv_bn(module: nn.Module) -> int:
     return folded
 
 
-def channels_last_convs(module: nn.Module) -> int:
+def channels_last_convs(module: nn.Module, *, frozen_only: bool = False) -> int:
     """Store the weights of every 2D convolution inside ``module`` channels-last (NHWC), in place.
 
     oneDNN (CPU) and cuDNN run NHWC convolutions without converting the layout on every call,
     and the activations that leave such a convolution stay NHWC for the next one. Same values,
-    different memory layout. Returns how many convolutions were converted.
+    different memory layout. ``frozen_only``: only convolutions without a trainable parameter
+    (for training: the weights a checkpoint saves keep their layout). Returns how many
+    convolutions were converted.
     """
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)
+             and not (frozen_only and any(p.requires_grad for p in m.parameters()))]
     for conv in convs:
         conv.to(memory_format=torch.channels_last)
     return len(convs)
