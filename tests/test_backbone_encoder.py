@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tags.backbones import BACKBONE_REGISTRY, build_backbone, file_sha256
+from tags.backbones import BACKBONE_REGISTRY, build_backbone
+from tags.hashing import file_sha256
 from tags.config import AdapterConfig, ModelConfig
 from tags.network import build_tags
 from tags.preprocessing import normalize_hu

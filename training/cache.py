@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from tags.backbones import file_sha256
+from tags.hashing import remembered_sha256
 from tags.config import ModelConfig
 
 from .data import OUTSIDE, GridCase, mark_tumor_free, prepare_case
@@ -55,22 +55,10 @@ def _locked(path: Path):
 
 
 def _source_hashes(cache: Path, files: Sequence[Path]) -> Dict[str, str]:
-    """sha256 of each file, hashed again only when its size or modification time changed."""
-    index_path = cache / "sources.json"
+    """sha256 of each file, hashed again only when its size or modification time changed
+    (the cache's own index, CACHE/sources.json; one writer at a time)."""
     with _locked(cache / "sources.lock"):
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        out = {}
-        for f in files:
-            st = f.stat()
-            entry = index.get(str(f.resolve()))
-            if not entry or entry["size"] != st.st_size or entry["mtime_ns"] != st.st_mtime_ns:
-                entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(f)}
-                index[str(f.resolve())] = entry
-            out[str(f)] = entry["sha256"]
-        tmp = index_path.with_name(f"sources.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(index, indent=1))
-        os.replace(tmp, index_path)
-    return out
+        return remembered_sha256(files, cache / "sources.json")
 
 
 def case_key(ds: Dataset, case: Case, model: ModelConfig, z_range: Optional[Tuple[float, float]],

@@ -23,7 +23,7 @@ from typing import Tuple
 
 import numpy as np
 
-from tags.backbones import file_sha256
+from tags.hashing import file_sha256
 
 LITS_PACKAGE = ("liver-ct-segmentation-package", "1.6.0")
 TOTALSEG_PACKAGE = ("totalsegmentator", "2.18.0")
