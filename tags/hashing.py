@@ -25,10 +25,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def default_index() -> Path:
+def default_index() -> Optional[Path]:
     """The per-user index, in the same folder as the registry sample data: ``$TAGS_CACHE``
-    (default ``~/.cache/tags``)."""
-    return Path(os.environ.get("TAGS_CACHE", Path.home() / ".cache" / "tags")) / INDEX_NAME
+    (default ``~/.cache/tags``); None when neither is known (a container user without a home)."""
+    root = os.environ.get("TAGS_CACHE")
+    if not root:
+        try:
+            root = str(Path.home() / ".cache" / "tags")
+        except RuntimeError:  # no $HOME and no password entry
+            return None
+    return Path(root) / INDEX_NAME
 
 
 def remembered_sha256(files: Sequence[str | os.PathLike], index: Optional[Path]) -> Dict[str, str]:

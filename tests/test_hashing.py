@@ -62,3 +62,9 @@ def test_the_backbone_loader_never_refuses_on_the_index_word(tmp_path, monkeypat
     assert sha == good and torch.equal(state["w"], torch.zeros(2))
     with pytest.raises(ValueError, match="refusing to load a different file"):
         _load_state(ckpt, "f" * 64)
+
+
+def test_no_home_means_no_index(monkeypatch):
+    monkeypatch.delenv("TAGS_CACHE", raising=False)
+    monkeypatch.setattr(hashing.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    assert hashing.default_index() is None
