@@ -71,9 +71,12 @@ RUN --mount=type=secret,id=pip_cert \
 
 # Libraries create their cache folders when imported (cupy through Holoscan: ~/.cupy/kernel_cache;
 # torch's inductor config: a torchinductor folder). They exist in the image already, so a run
-# writes nothing outside /var/holoscan/output (tests/test_map_image.py compares `diff`).
+# writes nothing outside /var/holoscan/output (tests/test_map_image.py compares `diff`). TAGS'
+# index of checkpoint hashes is off: each run starts from the image, so it would only be written
+# into the container's layer and lost.
 ENV CUPY_CACHE_DIR=/home/${UNAME}/.cupy/kernel_cache \
-    TORCHINDUCTOR_CACHE_DIR=/home/${UNAME}/.cache/torchinductor
+    TORCHINDUCTOR_CACHE_DIR=/home/${UNAME}/.cache/torchinductor \
+    TAGS_HASH_INDEX=0
 RUN mkdir -p "${CUPY_CACHE_DIR}" "${TORCHINDUCTOR_CACHE_DIR}" \
     && chown -R "${UNAME}:${UNAME}" "/home/${UNAME}"
 

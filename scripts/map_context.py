@@ -71,7 +71,19 @@ def build_context(model: Path, out: Path, tag: str = "tags-seg-map:0.1.0") -> Pa
         path = REPO / name
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         (shutil.copytree(path, src / name, ignore=ignore) if path.is_dir() else shutil.copy(path, src / name))
+    readable_by_all(out)
     return out
+
+
+def readable_by_all(root: Path) -> None:
+    """Folders 755 and files 644 (755 if executable) below ``root``: the image's user
+    (holoscan) must read what the build copies, whatever the permissions in the working tree
+    (a model folder saved with 700 made the container fail to list its models)."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(0o755 if path.is_dir() or mode & 0o100 else 0o644)
 
 
 def main(argv=None) -> int:

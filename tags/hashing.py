@@ -27,7 +27,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def default_index() -> Optional[Path]:
     """The per-user index, in the same folder as the registry sample data: ``$TAGS_CACHE``
-    (default ``~/.cache/tags``); None when neither is known (a container user without a home)."""
+    (default ``~/.cache/tags``); None when neither is known (a container user without a home) or
+    $TAGS_HASH_INDEX is 0 (the MAP image: each run starts from the image, so an index would only
+    be written into a container layer that is thrown away)."""
+    if os.environ.get("TAGS_HASH_INDEX", "1") == "0":
+        return None
     root = os.environ.get("TAGS_CACHE")
     if not root:
         try:

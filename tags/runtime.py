@@ -133,6 +133,11 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
         return False
     if importlib.util.find_spec("monai") is None:
         return False
+    # torch first, as MONAI's own import order has it: torch loads the CUDA runtime libraries of
+    # its wheels process-wide, and Holoscan's extensions (imported with monai.deploy) link
+    # against them (without it, the MAP image failed on libcudart.so.13).
+    import torch  # noqa: F401
+
     for name in packages:
         if name not in sys.modules and importlib.util.find_spec(name) is not None:
             _register_lean_package(name)

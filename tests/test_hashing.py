@@ -68,3 +68,10 @@ def test_no_home_means_no_index(monkeypatch):
     monkeypatch.delenv("TAGS_CACHE", raising=False)
     monkeypatch.setattr(hashing.Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
     assert hashing.default_index() is None
+
+
+def test_the_index_can_be_turned_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("TAGS_CACHE", str(tmp_path))
+    assert hashing.default_index() == tmp_path / hashing.INDEX_NAME
+    monkeypatch.setenv("TAGS_HASH_INDEX", "0")
+    assert hashing.default_index() is None
