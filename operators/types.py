@@ -33,9 +33,10 @@ class StageTimings:
     """Seconds per stage of one run, in the order the stages finished.
 
     Stages: "startup" (the run's start to the first operator's compute: for ``python app`` the
-    process start, so imports, the SDK's graph and the model's load), "load" (the study's files read into the selected series' volume),
-    "preprocess", "organs", "tumors", "write". A stage that raised is not recorded. The model stages also record the sliding
-    windows they ran per target (:meth:`add_windows`): the work behind their seconds.
+    process start, so imports, the SDK's graph and the model's load), "load" (the study's files
+    read into the selected series' volume), "preprocess", "organs", "tumors", "write". A stage
+    that raised is not recorded. The model stages also record the sliding windows they ran per
+    target (:meth:`add_windows`): the work behind their seconds.
     """
 
     seconds: Dict[str, float] = field(default_factory=dict)

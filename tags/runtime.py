@@ -118,7 +118,8 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
     ``import monai`` walks the whole package and imports every module in it, and the SDK lives
     in the same package (``monai.deploy``): the application paid about 9 s of imports on 2 EPYC
     cores before it read a file (docs/performance.md, "Start-up"). This registers each of
-    :data:`LEAN_PACKAGES` as a package whose ``__init__`` has not run; their modules are
+    ``packages`` (:data:`LEAN_PACKAGES`; the application adds :data:`SDK_LEAN_PACKAGES`) as a
+    package whose ``__init__`` has not run; their modules are
     imported by their full names when first imported, as usual. A name only the ``__init__``
     defines (``from monai.inferers import SlidingWindowInferer``) runs the real ``__init__`` at
     that moment, so code that needs it still works, at the old cost. ``monai`` gets the
@@ -126,8 +127,8 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
     runs as there; MONAI's warning filters are not installed (the application sets its own).
 
     For the entry points of processes (``python app``, ``tags-train``), before anything imports
-    these packages. Returns False (and does nothing) when MONAI is already imported or not installed,
-    or $TAGS_LEAN_IMPORTS is 0.
+    these packages. Returns False (and does nothing) when MONAI is already imported or not
+    installed, or $TAGS_LEAN_IMPORTS is 0.
     """
     if os.environ.get(LEAN_IMPORTS_ENV, "1") == "0" or "monai" in sys.modules:
         return False
