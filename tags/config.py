@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version of the model-folder format this code writes (2: ``text_alignment`` and
-``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``)."""
-READABLE_VERSIONS = (1, 2, 3)
+``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``; 4: ``organ_boundary``)."""
+READABLE_VERSIONS = (1, 2, 3, 4)
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 
 
@@ -134,6 +134,23 @@ class LesionDecision:
 
 
 @dataclass(frozen=True)
+class OrganBoundary:
+    """How the organ pass's mask is grown to the organ's edge on the CT grid
+    (:func:`tags.organ_boundary.refine_boundary`): voxels within ``band_mm`` of the mask whose HU
+    lies within ``hu_sigmas`` robust standard deviations of the organ's interior HU are added.
+    Chosen on labelled non-test cases (``chosen_on`` says which and how)."""
+
+    band_mm: float = 3.0
+    hu_sigmas: float = 2.5
+    chosen_on: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.band_mm < 0 or self.hu_sigmas <= 0:
+            raise ValueError(f"organ_boundary needs band_mm >= 0 and hu_sigmas > 0, not {self.band_mm} and "
+                             f"{self.hu_sigmas}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a TAGS model except its weights.
 
@@ -153,6 +170,8 @@ class ModelConfig:
             :mod:`tags.alignment`). Inference does not use it.
         targets: the structures this model segments.
         lesion_decision: which connected components of a tumor mask count as lesions.
+        organ_boundary: how organ masks are grown to the organ's edge on the CT grid (None: the
+            organ pass's mask as it is).
         organ_bounds: plausibility bounds of the organ masks that tumor targets search in
             ({organ: {"ml": [lo, hi], "hu": [lo, hi], "side": "right"|"left"|None}}); None: the
             library's bounds (:data:`tags.plausibility.ORGAN_BOUNDS`); {}: no check (e.g. a test
@@ -174,6 +193,7 @@ class ModelConfig:
     text_alignment: bool = False
     targets: Tuple[TargetSpec, ...] = ()
     lesion_decision: LesionDecision = field(default_factory=LesionDecision)
+    organ_boundary: Optional[OrganBoundary] = None
     organ_bounds: Optional[Dict[str, Dict[str, Any]]] = None
     format_version: int = FORMAT_VERSION
 
@@ -215,6 +235,8 @@ class ModelConfig:
         d["preprocessing"] = PreprocessingConfig(**pre)
         d["prompts"] = PromptConfig(**d.get("prompts", {}))
         d["lesion_decision"] = LesionDecision(**d.get("lesion_decision", {}))
+        if d.get("organ_boundary") is not None:
+            d["organ_boundary"] = OrganBoundary(**d["organ_boundary"])
         for k in ("roi_size", "organ_roi_size"):
             if k in d:
                 d[k] = tuple(int(v) for v in d[k])

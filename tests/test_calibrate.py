@@ -46,14 +46,38 @@ def test_calibrate_rewrites_only_the_decision(samples, tmp_path, capsys):
     # no false lesion left on the healthy validation case, some lesions kept on the LiTS slab
     assert chosen["healthy_false_lesions"] == 0 and chosen["healthy_fp_ml_max"] <= 1.0 and chosen["lesion_recall_approx"] > 0
     assert dataclasses.replace(new.config, lesion_decision=shipped.config.lesion_decision) == shipped.config
+    assert new.config.organ_boundary == shipped.config.organ_boundary
     assert all(new.weights[k].equal(shipped.weights[k]) for k in shipped.weights)
     assert len(history) == len(shipped.metadata.get("recalibrations", [])) + 1
     assert {k: history[-1]["previous"][k] for k in keys} == decision(shipped) and history[-1]["true_lesions"] > 0
     card = (out / CARD).read_text()
-    assert "re-chosen by tags-train calibrate" in card and "Measured with the lesion decision before" in card
+    assert "re-chosen by tags-train calibrate" in card and "Measured before recalibration" in card
     assert "lesion decision: highest probability >= 0.99" in capsys.readouterr().out
     # one clear line for a bad case, nothing written
     assert main(["calibrate", str(MODEL), str(tmp_path / "x"), "--validation", f"{samples['lits117']}:nocase"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nocase" in err[0] and not (tmp_path / "x").exists()
     assert json.loads((out / "config.json").read_text())["format_version"] >= 3
+
+
+def test_calibrate_chooses_the_organ_boundary_alone(samples, tmp_path, capsys):
+    out = tmp_path / "boundary"
+    cases = [f"{samples['totalseg']}:totalseg_ct", f"{samples['lits117']}:lits117:0:0.6"]
+    assert main(["calibrate", str(MODEL), str(out), *sum((["--organ-boundary", c] for c in cases), [])]) == 0
+    shipped, new = load_model_folder(MODEL), load_model_folder(out)
+    chosen = new.metadata["recalibrations"][-1]["organ_boundary"]["chosen"]
+    assert dataclasses.replace(new.config, organ_boundary=shipped.config.organ_boundary) == shipped.config
+    if chosen["band_mm"] is None:
+        assert new.config.organ_boundary is None
+    else:
+        b = new.config.organ_boundary
+        assert (b.band_mm, b.hu_sigmas) == (chosen["band_mm"], chosen["hu_sigmas"]) and "Dice" in b.chosen_on
+    card = (out / CARD).read_text()
+    assert "## Organ boundary" in card and "re-chosen by tags-train calibrate" in card
+    printed = capsys.readouterr().out
+    assert "organ boundary:" in printed and "lesion decision:" not in printed
+    # a case without an organ label, or no cases at all: one line, nothing written
+    for bad in (["--organ-boundary", f"{samples['totalseg']}:aorta_abdomen"], []):
+        assert main(["calibrate", str(MODEL), str(tmp_path / "x"), *bad]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and not (tmp_path / "x").exists()

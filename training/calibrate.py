@@ -7,8 +7,8 @@ kept is the one with no false lesion of at least 0.1 ml and at most 1 ml of fals
 healthy validation cases that gives the best lesion F1 on the tumor validation cases; if none
 reaches that, the one with the least false volume on healthy cases.
 
-:func:`recalibrate` re-chooses the decision of an exported model folder (``tags-train
-calibrate``): the weights stay, config.json gets the new decision, the card says what changed and
+:func:`recalibrate` re-chooses the decision (and the organ boundary refinement, see
+:mod:`training.boundary_choice`) of an exported model folder (``tags-train calibrate``): the weights stay, config.json gets the new decision, the card says what changed and
 metadata.json keeps the previous decision, so a site can choose it on its own validation cases.
 """
 
@@ -185,48 +185,67 @@ def choose_lesion_decision(found: Dict, description: str) -> tuple[LesionDecisio
     return chosen, report
 
 
+def _described(cases: Sequence[ValidationCase]) -> str:
+    return "; ".join(f"{Path(c.dataset).name}:{c.name}" + (f" slices {c.z_from:g}-{c.z_to:g}" if c.z_from is not None
+                                                           else "") for c in cases)
+
+
 def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCase], *, target: Optional[str] = None,
                 metrics: Optional[Callable[[TagsPredictor], str]] = None, command: str = "",
-                overwrite: bool = False) -> tuple[Path, Dict]:
-    """Re-choose the lesion decision of the model folder ``model`` on ``cases`` and write the
-    model folder ``out`` (same weights): config.json with the new decision, the card's "Lesion
-    decision" section rewritten and its "Held-out metrics" replaced by what ``metrics`` returns
-    for the predictor with the new decision (markdown; without it the old section, marked as
-    measured with the previous decision), metadata.json's "recalibrations" extended with the
-    previous and the chosen decision. Returns (``out``, the choice's report)."""
+                overwrite: bool = False, organ_cases: Sequence[ValidationCase] = ()) -> tuple[Path, Dict]:
+    """Re-choose the organ boundary of the model folder ``model`` on ``organ_cases`` (labelled
+    livers, :mod:`training.boundary_choice`; skipped when there are none), then its lesion
+    decision on ``cases`` (skipped when there are none), and write the model folder ``out``
+    (same weights): config.json with the new choices, the card's "Organ boundary" and "Lesion
+    decision" sections rewritten and its "Held-out metrics" replaced by what ``metrics`` returns
+    for the predictor with them (markdown; without it the old section, marked as measured
+    before), metadata.json's "recalibrations" extended with the previous and the chosen
+    settings. Returns (``out``, {"lesion_decision": report or None, "organ_boundary": report or None})."""
     import dataclasses
     import datetime
 
     from tags.model_folder import AUTOMATIC_METADATA, CARD, load_model_folder, save_model_folder
 
-    from .export import _decision_text
+    from .boundary_choice import choose_organ_boundary, organ_masks
+    from .export import _decision_text, boundary_text
 
+    if not cases and not organ_cases:
+        raise ValueError("nothing to calibrate: give validation cases, organ boundary cases or both")
     if Path(out).exists() and not overwrite:  # before minutes of prediction, not after
         raise FileExistsError(f"model folder already exists: {out}")
     folder = load_model_folder(model)
     predictor = TagsPredictor.from_model_folder(model)
-    target = target or predictor.config.tumor_targets[0].name
-    described = "; ".join(f"{Path(c.dataset).name}:{c.name}" + (f" slices {c.z_from:g}-{c.z_to:g}" if c.z_from is not None
-                                                                  else "") for c in cases)
-    decision, report = choose_lesion_decision(collect_candidates(predictor, target, cases), described)
-    previous = folder.config.lesion_decision
-    predictor.config = dataclasses.replace(predictor.config, lesion_decision=decision)
-    card = (Path(model) / CARD).read_text()
-    card = _replace_section(card, "Lesion decision", _decision_text(decision) + f" (re-chosen by tags-train "
-                            f"calibrate; before: {_decision_text(previous)})")
+    config, card = folder.config, (Path(model) / CARD).read_text()
+    target = target or config.tumor_targets[0].name
+    record: Dict = {"date": datetime.date.today().isoformat(), "command": command, "target": target}
+    reports: Dict = {"organ_boundary": None, "lesion_decision": None}
+    if organ_cases:
+        organ = config.target(target).organ
+        boundary, reports["organ_boundary"] = choose_organ_boundary(
+            organ_masks(predictor, organ, organ_cases), _described(organ_cases))
+        card = _replace_section(card, "Organ boundary", boundary_text(boundary) + " (re-chosen by tags-train calibrate; "
+                                f"before: {boundary_text(config.organ_boundary)})")
+        record["organ_boundary"] = {"previous": config.organ_boundary and dataclasses.asdict(config.organ_boundary),
+                                    "chosen": reports["organ_boundary"]["chosen"]}
+        config = predictor.config = dataclasses.replace(config, organ_boundary=boundary)
+    if cases:
+        decision, report = choose_lesion_decision(collect_candidates(predictor, target, cases), _described(cases))
+        reports["lesion_decision"] = report
+        card = _replace_section(card, "Lesion decision", _decision_text(decision) + f" (re-chosen by tags-train "
+                                f"calibrate; before: {_decision_text(config.lesion_decision)})")
+        record.update(previous=dataclasses.asdict(config.lesion_decision), chosen=report["chosen"],
+                      candidates=report["candidates"], true_lesions=report["true_lesions"])
+        config = predictor.config = dataclasses.replace(config, lesion_decision=decision)
     card = _replace_section(card, "Held-out metrics", metrics(predictor) if metrics else (
-        "Measured with the lesion decision before recalibration; measure again with tags-train evaluate.\n\n"
+        "Measured before recalibration; measure again with tags-train evaluate.\n\n"
         + _section(card, "Held-out metrics")))
     meta = {k: v for k, v in folder.metadata.items() if k not in AUTOMATIC_METADATA}
-    meta["recalibrations"] = list(meta.get("recalibrations", [])) + [{
-        "date": datetime.date.today().isoformat(), "command": command, "target": target,
-        "previous": dataclasses.asdict(previous), "chosen": report["chosen"], "candidates": report["candidates"],
-        "true_lesions": report["true_lesions"]}]
+    meta["recalibrations"] = list(meta.get("recalibrations", [])) + [record]
     path = save_model_folder(
-        out, config=dataclasses.replace(folder.config, lesion_decision=decision), weights=folder.weights,
-        text_embeddings=folder.text_embeddings, base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"],
-        card=card, extra_metadata=meta, overwrite=overwrite)
-    return path, report
+        out, config=config, weights=folder.weights, text_embeddings=folder.text_embeddings,
+        base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card=card, extra_metadata=meta,
+        overwrite=overwrite)
+    return path, reports
 
 
 def _section(card: str, title: str) -> str:

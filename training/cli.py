@@ -98,16 +98,26 @@ def _calibrate(a: argparse.Namespace) -> int:
 
     from .calibrate import ValidationCase, recalibrate
 
-    cases = [ValidationCase.parse(v) for v in a.validation]
+    if not a.validation and not a.organ_boundary:
+        print("error: give --validation cases (lesion decision), --organ-boundary cases or both", file=sys.stderr)
+        return 2
+    cases = [ValidationCase.parse(v) for v in a.validation or []]
+    organ_cases = [ValidationCase.parse(v) for v in a.organ_boundary or []]
     markdown = Path(a.metrics).read_text() if a.metrics else None
     command = "tags-train calibrate " + " ".join(shlex.quote(v) for v in [a.model, a.out] + [
-        x for v in a.validation for x in ("--validation", v)])
-    folder, report = recalibrate(a.model, a.out, cases, target=a.target, command=command, overwrite=a.overwrite,
-                                 metrics=(lambda _predictor: markdown) if markdown else None)
-    chosen = report["chosen"]
-    print(f"lesion decision: highest probability >= {chosen['min_max_probability']:g}, volume >= "
-          f"{chosen['min_volume_ml']:g} ml, contrast >= {chosen['min_contrast_hu']} HU ({chosen['how']}; "
-          f"validation lesion F1 {chosen['lesion_f1']}, healthy false lesions {chosen['healthy_false_lesions']})")
+        x for v in a.validation or [] for x in ("--validation", v)] + [
+        x for v in a.organ_boundary or [] for x in ("--organ-boundary", v)])
+    folder, reports = recalibrate(a.model, a.out, cases, target=a.target, command=command, overwrite=a.overwrite,
+                                  metrics=(lambda _predictor: markdown) if markdown else None, organ_cases=organ_cases)
+    if reports["organ_boundary"]:
+        b = reports["organ_boundary"]
+        print(f"organ boundary: band {b['chosen']['band_mm']} mm, HU range {b['chosen']['hu_sigmas']} SD (mean organ "
+              f"Dice {b['chosen']['mean_dice']:.4f}, unrefined {b['unrefined_mean_dice']:.4f})")
+    if reports["lesion_decision"]:
+        chosen = reports["lesion_decision"]["chosen"]
+        print(f"lesion decision: highest probability >= {chosen['min_max_probability']:g}, volume >= "
+              f"{chosen['min_volume_ml']:g} ml, contrast >= {chosen['min_contrast_hu']} HU ({chosen['how']}; "
+              f"validation lesion F1 {chosen['lesion_f1']}, healthy false lesions {chosen['healthy_false_lesions']})")
     print(f"model folder: {folder}")
     return 0
 
@@ -275,13 +285,20 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
         _add_train_options(t)
     t.set_defaults(func=_train)
 
-    c2 = sub.add_parser("calibrate", help="re-choose a model folder's lesion decision on validation cases",
-                        description="Predict the validation cases without a lesion decision, choose the decision "
-                                    "with no false lesion on the healthy ones and the best lesion F1 on the others "
-                                    "(training/calibrate.py), and write the model folder OUT with it (same weights).")
+    c2 = sub.add_parser("calibrate", help="re-choose a model folder's lesion decision and organ boundary on "
+                                          "validation cases",
+                        description="With --organ-boundary: choose the organ boundary refinement with the best mean "
+                                    "organ Dice on those labelled cases (training/boundary_choice.py). With "
+                                    "--validation: predict those cases without a lesion decision, choose the "
+                                    "decision with no false lesion on the healthy ones and the best lesion F1 on the "
+                                    "others (training/calibrate.py). Write the model folder OUT with the choices "
+                                    "(same weights).")
     c2.add_argument("model", help="model folder")
     c2.add_argument("out", help="new model folder")
-    c2.add_argument("--validation", action="append", required=True, metavar="DATASET:CASE[:Z_FROM:Z_TO]",
+    c2.add_argument("--organ-boundary", action="append", metavar="DATASET:CASE[:Z_FROM:Z_TO]",
+                    help="a case with an organ label to choose the organ boundary refinement on (repeat; never a "
+                         "test case)")
+    c2.add_argument("--validation", action="append", metavar="DATASET:CASE[:Z_FROM:Z_TO]",
                     help="a validation case (repeat; a healthy one and one with tumors at least); the organ prompt "
                          "comes from the case's organ label, else from the model's organ pass")
     c2.add_argument("--target", default=None, help="tumor target (default: the model's first)")

@@ -23,6 +23,7 @@ from tags.config import ModelConfig
 from tags.model_folder import METADATA
 
 from .baseline import SUMMARY, baseline_predictor, train_baseline
+from .boundary_choice import choose_organ_boundary, organ_masks
 from .calibrate import ValidationCase, choose_lesion_decision, collect_candidates
 from .data import SamplingConfig
 from .evaluate import evaluate, write_report
@@ -116,6 +117,16 @@ def validation_cases(samples: Dict[str, Path]) -> List[ValidationCase]:
     ]
 
 
+ORGAN_BOUNDARY_DESCRIPTION = ("the TotalSegmentator example CT (a training case) and LiTS-117 slices 0-60 % (its "
+                              "training and validation slices)")
+
+
+def organ_boundary_cases(samples: Dict[str, Path]) -> List[ValidationCase]:
+    """The labelled livers of the non-test cases, where the organ boundary is chosen."""
+    return [ValidationCase(str(samples["totalseg"]), "totalseg_ct"),
+            ValidationCase(str(samples["lits117"]), "lits117", 0.0, Z_TEST)]
+
+
 TEST_TITLES = {
     "lits": "LiTS-117 slices 60-100 % (tumor prompt from the liver label, an oracle)",
     "healthy": "TotalSegmentator DICOM series, healthy liver (organ from the organ pass, as the application)",
@@ -184,6 +195,13 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
 
     predictors = {"tags": TagsPredictor.from_model_folder(tmp_model),
                   "baseline": baseline_predictor(out / "baseline")}
+    print("[demo] choosing the organ boundary on labelled non-test cases", flush=True)
+    boundaries, boundary_reports = {}, {}
+    for method, pred in predictors.items():
+        predicted = organ_masks(pred, "liver", organ_boundary_cases(samples))
+        boundaries[method], boundary_reports[method] = choose_organ_boundary(predicted, ORGAN_BOUNDARY_DESCRIPTION)
+        pred.config = dataclasses.replace(pred.config, organ_boundary=boundaries[method])
+        print(f"[demo] {method}: {boundary_reports[method]['chosen']}", flush=True)
     print("[demo] choosing the lesion decision on validation cases", flush=True)
     described = ("LiTS-117 slices 50-60 % (organ from its label) and the healthy TotalSegmentator aorta-report "
                  "abdomen (organ from the organ pass)")
@@ -195,6 +213,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         print(f"[demo] {method}: {calibration[method]['chosen']}", flush=True)
     (out / "eval").mkdir(parents=True, exist_ok=True)
     (out / "eval" / "lesion_decision.json").write_text(json.dumps(calibration, indent=2) + "\n")
+    (out / "eval" / "organ_boundary.json").write_text(json.dumps(boundary_reports, indent=2) + "\n")
     print("[demo] evaluating on the test cases", flush=True)
     lits = evaluate(predictors, samples["lits117"], z_from=Z_TEST, organ_source="label", progress=True)
     healthy = evaluate(predictors, samples["totalseg"], split="test", organ_source="model", progress=True)
@@ -206,6 +225,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         "totalseg_dicom_series healthy liver (held-out patient; organ from the model's organ pass)":
             healthy["summary"],
         "lesion_decision": {k: v["chosen"] for k, v in calibration.items()},
+        "organ_boundary": {k: v["chosen"] for k, v in boundary_reports.items()},
         "baseline": base,
         "tags_training_seconds": tags_seconds,
     }
@@ -228,7 +248,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
                 f"({base['architecture']}) {base['steps']} steps in the same time, on {machine['cpu']} "
                 f"({machine['threads']} threads, {machine['cpu_capability']}, {precision}). Command: `{command}`.")
     export_model(out / "run", out / "model", metrics=metrics, limits=LIMITS, overwrite=True,
-                 lesion_decision=decisions["tags"], metrics_markdown=markdown,
+                 lesion_decision=decisions["tags"], organ_boundary=boundaries["tags"], metrics_markdown=markdown,
                  extra_metadata={"built_by": command, **timing})
     import shutil
 

@@ -9,7 +9,7 @@ from typing import Dict, Optional
 
 import torch
 
-from tags.config import LesionDecision, ModelConfig
+from tags.config import LesionDecision, ModelConfig, OrganBoundary
 from tags.model_folder import load_delta, save_model_folder
 from tags.network import build_tags
 
@@ -29,6 +29,9 @@ CARD_TEMPLATE = """# TAGS model: {targets}
 ## Lesion decision
 {decision}
 
+## Organ boundary
+{boundary}
+
 ## Held-out metrics
 {metrics}
 
@@ -45,15 +48,24 @@ def _decision_text(d: LesionDecision) -> str:
             f"{contrast}. Chosen on: {d.chosen_on}.")
 
 
+def boundary_text(b: Optional[OrganBoundary]) -> str:
+    if b is None:
+        return "The organ pass's mask as it is (no refinement)."
+    return (f"The organ pass's mask is grown by the voxels within {b.band_mm:g} mm of it whose HU lies within "
+            f"{b.hu_sigmas:g} robust SD of the organ's interior HU. Chosen on: {b.chosen_on}.")
+
+
 def export_model(
     run: str | Path, out: str | Path, *, metrics: Optional[Dict] = None, limits: str = "", overwrite: bool = False,
     extra_metadata: Optional[Dict] = None, lesion_decision: Optional[LesionDecision] = None,
     metrics_markdown: Optional[str] = None, checkpoint: Optional[str] = None,
+    organ_boundary: Optional[OrganBoundary] = None,
 ) -> Path:
     """Write the model folder for the latest checkpoint of ``run`` (or the one named
     ``checkpoint``, e.g. ``"best"``: the best validated one).
 
     ``lesion_decision``: the decision chosen on validation cases (stored in config.json);
+    ``organ_boundary``: the organ boundary refinement chosen on labelled non-test cases (idem);
     ``metrics_markdown``: the card's metrics section (default: ``metrics`` as JSON).
     """
     run = Path(run)
@@ -61,6 +73,8 @@ def export_model(
     config = ModelConfig.from_dict(state["model_config"])
     if lesion_decision is not None:
         config = dataclasses.replace(config, lesion_decision=lesion_decision)
+    if organ_boundary is not None:
+        config = dataclasses.replace(config, organ_boundary=organ_boundary)
     tc = TrainConfig.from_dict(state["train_config"])
     net = build_tags(config, checkpoint=tc.backbone_checkpoint)
     if net.backbone_sha256 != state["base_checkpoint_sha256"]:
@@ -83,6 +97,7 @@ def export_model(
         organ_spacing=list(p.organ_spacing),
         metrics=metrics_markdown or (json.dumps(metrics, indent=2) if metrics else "Not evaluated."),
         decision=_decision_text(config.lesion_decision),
+        boundary=boundary_text(config.organ_boundary),
         limits=limits or "Not validated for clinical use.",
     )
     meta = {

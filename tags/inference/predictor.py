@@ -27,6 +27,7 @@ from ..geometry import Reorientation, spacing_from_affine, to_canonical
 from ..lesion_decision import apply_decision
 from ..model_folder import ModelFolderError, load_delta, load_model_folder
 from ..network import TagsNet, build_tags
+from ..organ_boundary import refine_boundary
 from ..plausibility import implausible_organ
 from ..preprocessing import BODY_HU, bounding_box, grid_shape, normalize_hu, resample
 from .window_model import TagsWindowModel, WindowModel
@@ -56,6 +57,8 @@ class TargetResult:
         roi: the canonical-grid box that was processed (None when nothing was).
         reason: why the organ counts as absent (None when status is "ok").
         windows: the model windows run for it (None when nothing was searched).
+        refined: an organ target's mask after the model's boundary refinement
+            (:mod:`tags.organ_boundary`), input orientation; None when the model has none.
     """
 
     target: TargetSpec
@@ -64,9 +67,14 @@ class TargetResult:
     roi: Optional[tuple] = None
     reason: Optional[str] = None
     windows: Optional[WindowRun] = None
+    refined: Optional[np.ndarray] = None
 
-    def mask(self, threshold: float = 0.5) -> np.ndarray:
-        return self.probability >= threshold
+    def mask(self, threshold: Optional[float] = None) -> np.ndarray:
+        """The voxels of the target: ``probability >= threshold``; by default (no threshold)
+        the refined organ mask where there is one, else ``probability >= 0.5``."""
+        if threshold is None and self.refined is not None:
+            return self.refined
+        return self.probability >= (0.5 if threshold is None else threshold)
 
 
 class TagsPredictor:
@@ -147,7 +155,9 @@ class TagsPredictor:
                 :func:`tags.preprocessing.prepare_ct`; default the whole volume.
 
         The mask of each organ keeps its largest connected component (found on the coarse
-        model grid, before the probabilities are resampled to the CT grid).
+        model grid, before the probabilities are resampled to the CT grid); a model with an
+        ``organ_boundary`` setting then grows it to the organ's edge on the CT grid
+        (``TargetResult.refined``, what ``mask()`` returns).
         """
         names = list(organs) if organs is not None else [t.name for t in self.config.organ_targets]
         canon, canon_affine, reo = to_canonical(np.asarray(volume_hu), affine)
@@ -159,7 +169,12 @@ class TagsPredictor:
                 raise ValueError(f"{name!r} is not an organ target")
             box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
             prob, windows = self._run_roi(canon, None, box, spacing, target, organ=True)
-            results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows)
+            refined = None
+            if self.config.organ_boundary is not None:
+                b = self.config.organ_boundary
+                refined = _restore(refine_boundary(prob >= 0.5, canon, spacing, band_mm=b.band_mm,
+                                                   hu_sigmas=b.hu_sigmas), reo)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows, refined=refined)
         return results
 
     def predict(

@@ -1,0 +1,85 @@
+"""Organ boundary refinement on real CT pixels (the TotalSegmentator example CT and its liver label):
+a liver mask shrunk as the coarse organ pass shrinks it grows back towards the label, only by
+organ-like voxels near the mask; the choice of its setting prefers none when nothing helps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tags.config import ModelConfig, OrganBoundary
+from tags.geometry import spacing_from_affine, to_canonical
+from tags.organ_boundary import refine_boundary
+from training.boundary_choice import choose_organ_boundary
+from training.registry_data import totalseg_sdist_dir
+from training.samples import TOTALSEG_LIVER, read_nifti
+
+
+@pytest.fixture(scope="module")
+def liver():
+    """(HU, liver label, spacing) of the TotalSegmentator example CT, canonical."""
+    ref = totalseg_sdist_dir()
+    ct, aff = read_nifti(ref / "example_ct.nii.gz")
+    seg, _ = read_nifti(ref / "example_seg_fast_force_split.nii.gz")
+    canon, caff, reo = to_canonical(ct.astype(np.float32), aff)
+    return np.ascontiguousarray(canon), np.ascontiguousarray(reo.apply(seg) == TOTALSEG_LIVER), spacing_from_affine(caff)
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def _shrunk(label):
+    """The label one voxel (3 mm) inside its surface in-plane, as a coarse organ mask misses it."""
+    return ndimage.binary_erosion(label, structure=np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+                                                               [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                                                               [[0, 0, 0], [0, 1, 0], [0, 0, 0]]], bool))
+
+
+def test_a_shrunk_liver_grows_back_with_organ_like_voxels_only(liver):
+    hu, label, spacing = liver
+    mask = _shrunk(label)
+    refined = refine_boundary(mask, hu, spacing, band_mm=3.0, hu_sigmas=2.5)
+    added = refined & ~mask
+    assert (refined >= mask).all(), "the refinement only adds voxels"
+    assert added.any() and _dice(refined, label) > _dice(mask, label) + 0.02
+    assert (added & label).sum() > 0.8 * added.sum(), "most added voxels are liver"
+    # every added voxel is within the band (one 3 mm voxel along each axis) of the mask
+    assert not (added & ~ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))).any()
+    # ...and organ-like: no fat, air or bone
+    assert hu[added].min() > -20 and hu[added].max() < 150
+    # a band narrower than the voxels adds nothing; an empty mask stays empty
+    assert (refine_boundary(mask, hu, spacing, band_mm=2.0, hu_sigmas=2.5) == mask).all()
+    assert not refine_boundary(np.zeros_like(mask), hu, spacing, band_mm=3.0, hu_sigmas=2.5).any()
+
+
+def test_a_hypodense_lesion_inside_the_mask_is_kept(liver):
+    hu, label, spacing = liver
+    dark = hu.copy()
+    lesion = np.zeros_like(label)
+    z, y, x = (int(np.median(a)) for a in np.nonzero(label))
+    lesion[z - 2:z + 2, y - 4:y + 4, x - 4:x + 4] = True
+    lesion &= label
+    dark[lesion] -= 60.0
+    refined = refine_boundary(label, dark, spacing, band_mm=5.0, hu_sigmas=2.0)
+    assert refined[lesion].all()
+
+
+def test_the_choice_keeps_no_refinement_unless_it_helps(liver):
+    hu, label, spacing = liver
+    shrunk = [{"case": "shrunk", "mask": _shrunk(label), "truth": label, "hu": hu, "spacing": spacing}]
+    chosen, report = choose_organ_boundary(shrunk, "the example CT")
+    assert isinstance(chosen, OrganBoundary) and chosen.band_mm >= 3.0
+    assert report["chosen"]["mean_dice"] > report["unrefined_mean_dice"] and "the example CT" in chosen.chosen_on
+    exact = [{**shrunk[0], "mask": label}]
+    chosen, report = choose_organ_boundary(exact, "the example CT")
+    assert chosen is None and report["chosen"]["band_mm"] is None and report["unrefined_mean_dice"] == 1.0
+
+
+def test_config_round_trip_and_bad_settings():
+    cfg = ModelConfig(organ_boundary=OrganBoundary(band_mm=4.0, hu_sigmas=2.0, chosen_on="x"))
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    assert ModelConfig.from_json(ModelConfig().to_json()).organ_boundary is None
+    with pytest.raises(ValueError, match="band_mm"):
+        OrganBoundary(band_mm=-1.0)
