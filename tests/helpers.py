@@ -245,3 +245,17 @@ def nnunet_copy(samples, root, labels: dict, label_map=None, validation: bool = 
         meta["validation"] = ["case_0001"]
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+def totalseg_example_liver():
+    """(HU, liver mask, spacing) of the TotalSegmentator example CT (a tumor-free liver with
+    TotalSegmentator's label), canonical, from the registry's source distribution."""
+    from tags.geometry import spacing_from_affine, to_canonical
+    from training.registry_data import totalseg_sdist_dir
+    from training.samples import TOTALSEG_LIVER
+
+    ref = totalseg_sdist_dir()
+    ct, aff = read_nifti(ref / "example_ct.nii.gz")
+    seg, _ = read_nifti(ref / "example_seg_fast_force_split.nii.gz")
+    canon, caff, reo = to_canonical(ct.astype(np.float32), aff)
+    return np.ascontiguousarray(canon), np.ascontiguousarray(reo.apply(seg) == TOTALSEG_LIVER), spacing_from_affine(caff)

@@ -9,21 +9,16 @@ import pytest
 from scipy import ndimage
 
 from tags.config import ModelConfig, OrganBoundary
-from tags.geometry import spacing_from_affine, to_canonical
 from tags.organ_boundary import refine_boundary
 from training.boundary_choice import choose_organ_boundary
-from training.registry_data import totalseg_sdist_dir
-from training.samples import TOTALSEG_LIVER, read_nifti
+
+from helpers import totalseg_example_liver
 
 
 @pytest.fixture(scope="module")
 def liver():
     """(HU, liver label, spacing) of the TotalSegmentator example CT, canonical."""
-    ref = totalseg_sdist_dir()
-    ct, aff = read_nifti(ref / "example_ct.nii.gz")
-    seg, _ = read_nifti(ref / "example_seg_fast_force_split.nii.gz")
-    canon, caff, reo = to_canonical(ct.astype(np.float32), aff)
-    return np.ascontiguousarray(canon), np.ascontiguousarray(reo.apply(seg) == TOTALSEG_LIVER), spacing_from_affine(caff)
+    return totalseg_example_liver()
 
 
 def _dice(a, b):

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tags.geometry import spacing_from_affine, to_canonical
-from training.registry_data import totalseg_sdist_dir
-from training.samples import TOTALSEG_LIVER, read_nifti
 from training.synthetic_tumors import SIZE_CLASSES, SynthesizeLiverTumors
+
+from helpers import totalseg_example_liver
 
 SPACING = (3.0, 3.0, 3.0)
 
@@ -17,11 +16,7 @@ SPACING = (3.0, 3.0, 3.0)
 @pytest.fixture(scope="module")
 def healthy():
     """(HU, liver, spacing) of the TotalSegmentator example CT, canonical, a tumor-free liver."""
-    ref = totalseg_sdist_dir()
-    ct, aff = read_nifti(ref / "example_ct.nii.gz")
-    seg, _ = read_nifti(ref / "example_seg_fast_force_split.nii.gz")
-    canon, caff, reo = to_canonical(ct.astype(np.float32), aff)
-    return np.ascontiguousarray(canon), np.ascontiguousarray(reo.apply(seg) == TOTALSEG_LIVER), spacing_from_affine(caff)
+    return totalseg_example_liver()
 
 
 def _run(healthy, seed, **kw):

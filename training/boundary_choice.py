@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 
 from tags.config import OrganBoundary
 from tags.geometry import spacing_from_affine
@@ -18,7 +20,7 @@ from tags.inference import TagsPredictor
 from tags.organ_boundary import refine_boundary
 from tags.preprocessing import prepare_ct
 
-from .calibrate import ValidationCase
+from .calibrate import ValidationCase, find_case
 from .data import target_masks
 from .evaluate import canonical_case
 
@@ -30,23 +32,19 @@ MIN_GAIN = 1e-4
 """A setting must beat the previous best mean Dice by this much to replace it."""
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
+def _dice(mask: np.ndarray, truth: np.ndarray) -> float:
+    """MONAI's Dice of two (D, H, W) bool masks (``truth`` is never empty here)."""
+    as_tensor = lambda m: torch.from_numpy(m)[None, None].float()  # noqa: E731
+    return float(compute_dice(as_tensor(mask), as_tensor(truth), include_background=True)[0, 0])
 
 
 def organ_masks(predictor: TagsPredictor, organ: str, cases: Sequence[ValidationCase]) -> List[Dict]:
     """Per case: {"case", "mask" (the organ pass's mask, unrefined), "truth", "hu", "spacing"},
     canonical grid. Every case must have a label for ``organ``."""
-    from .datasets import read_dataset
-
     out = []
     for vc in cases:
-        ds = read_dataset(vc.dataset)
-        found = [c for c in ds.cases + ds.validation_cases + ds.test_cases if c.name == vc.case]
-        if not found:
-            raise ValueError(f"case {vc.case!r} is not in {ds.root}")
-        img, aff, lab = canonical_case(found[0], vc.z_from, vc.z_to)
+        ds, case = find_case(vc)
+        img, aff, lab = canonical_case(case, vc.z_from, vc.z_to)
         truth = target_masks(lab, ds.targets).get(organ)
         if truth is None or not truth.any():
             raise ValueError(f"case {vc.name!r} of {ds.root} has no {organ} label to choose the organ boundary on")

@@ -84,18 +84,23 @@ class ValidationCase:
         return cls(parts[0], parts[1], *z)
 
 
-def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[ValidationCase]) -> Dict:
-    """Candidate lesions and true lesion counts of ``target`` on ``cases`` (no decision applied)."""
+def find_case(vc: ValidationCase):
+    """(the dataset, the case) ``vc`` names, in any split; a ValueError naming it if it is not there."""
     from .datasets import read_dataset
 
+    ds = read_dataset(vc.dataset)
+    found = [c for c in ds.cases + ds.validation_cases + ds.test_cases if c.name == vc.case]
+    if not found:
+        raise ValueError(f"validation case {vc.case!r} is not in {ds.root}")
+    return ds, found[0]
+
+
+def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[ValidationCase]) -> Dict:
+    """Candidate lesions and true lesion counts of ``target`` on ``cases`` (no decision applied)."""
     spec = predictor.config.target(target)
     out: Dict = {"candidates": [], "true_lesions": 0, "cases": []}
     for vc in cases:
-        ds = read_dataset(vc.dataset)
-        found_cases = [c for c in ds.cases + ds.validation_cases + ds.test_cases if c.name == vc.case]
-        if not found_cases:
-            raise ValueError(f"validation case {vc.case!r} is not in {ds.root}")
-        case = found_cases[0]
+        ds, case = find_case(vc)
         healthy = case.name in ds.tumor_free
         img, aff, lab = canonical_case(case, vc.z_from, vc.z_to, label_required=not healthy)
         if vc.spacing is not None:
