@@ -8,7 +8,8 @@ on a healthy portal-venous liver (0.98 x 0.98 x 2 mm CT) the voxels it missed fo
 neighbourhood) whose HU lies within ``hu_sigmas`` robust standard deviations of the organ's own
 HU (median and scaled MAD of the mask's interior, measured on this CT, so any contrast phase):
 the missed shell is parenchyma, the fat, air, bone and contrast-filled vessels around it are
-not. It only adds: a hypodense tumor inside the mask stays inside it. Settings live in the model
+not. Only voxels connected to the mask through such voxels are added, so the organ stays one
+piece. It only adds: a hypodense tumor inside the mask stays inside it. Settings live in the model
 folder (:class:`tags.config.OrganBoundary`); how they were chosen is in docs/accuracy.md.
 """
 
@@ -53,10 +54,18 @@ def refine_boundary(mask: np.ndarray, hu: np.ndarray, spacing: Sequence[float], 
     for axis, r in enumerate(radius):
         if r:
             near = ndimage.maximum_filter1d(near, size=2 * r + 1, axis=axis, mode="constant")
-    added = near & ~m & (np.abs(h.astype(np.float32) - centre) <= hu_sigmas * sigma)
+    grown = m | (near & (np.abs(h.astype(np.float32) - centre) <= hu_sigmas * sigma))
     out = mask.copy()
-    out[box] |= added
+    out[box] |= _attached(grown, m)
     return out
+
+
+def _attached(grown: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The 26-connected components of ``grown`` that hold a voxel of ``seed``: organ-like voxels
+    cut off from the mask (fat between two lobes' edges, a neighbour organ's rim) are not added."""
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3, 3), dtype=bool))
+    keep = np.unique(labels[seed])
+    return np.isin(labels, keep[keep > 0])
 
 
 def _grown_box(mask: np.ndarray, radius: Sequence[int]) -> Tuple[slice, ...]:

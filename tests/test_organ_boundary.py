@@ -49,6 +49,26 @@ def test_a_shrunk_liver_grows_back_with_organ_like_voxels_only(liver):
     assert not refine_boundary(np.zeros_like(mask), hu, spacing, band_mm=3.0, hu_sigmas=2.5).any()
 
 
+def test_the_organ_stays_one_piece(liver):
+    """Organ-like voxels in the band but cut off from the mask (another organ's rim, a vessel
+    wall) are not added: a one-component mask stays one component."""
+    hu, label, spacing = liver
+    labels, n = ndimage.label(_shrunk(label))
+    mask = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    full = np.ones((3, 3, 3), bool)
+    for band, sigmas in ((3.0, 2.5), (5.0, 2.0), (5.0, 3.0)):
+        refined = refine_boundary(mask, hu, spacing, band_mm=band, hu_sigmas=sigmas)
+        assert ndimage.label(refined, structure=full)[1] == 1, (band, sigmas)
+    # an organ-like island two voxels off the mask, separated from it by fat, stays out
+    ring = [ndimage.binary_dilation(mask, structure=full, iterations=k) for k in (2, 3)]
+    island, moat = ring[1] & ~ring[0], ring[0] & ~mask
+    staged = hu.copy()
+    staged[moat] = -100.0
+    staged[island] = float(np.median(hu[mask]))
+    refined = refine_boundary(mask, staged, spacing, band_mm=12.0, hu_sigmas=2.5)
+    assert not (refined & island).any() and (refined == mask).all()
+
+
 def test_a_hypodense_lesion_inside_the_mask_is_kept(liver):
     hu, label, spacing = liver
     dark = hu.copy()

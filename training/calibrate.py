@@ -32,7 +32,9 @@ from .data import target_masks
 from .evaluate import MIN_LESION_ML, canonical_case
 
 PROBABILITY_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
-VOLUME_GRID_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+VOLUME_GRID_ML = (MIN_LESION_ML, 0.25, 0.5, 1.0, 2.0)
+"""Volume thresholds tried (ml), from the smallest lesion the report lists (the application's
+default ``--min-lesion-ml``) up: the SEG never carries a tumor speck the SR does not list."""
 CONTRAST_GRID_HU = (None,) + tuple(float(hu) for hu in range(10, 65, 5))
 """Contrast thresholds tried (HU darker than the parenchyma), 5 HU apart: a coarser grid (10 HU)
 left the choice between a cut just above the healthy validation CT's most contrasted false
