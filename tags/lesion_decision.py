@@ -1,9 +1,13 @@
 """Lesion decision: which connected components of a tumor probability map are reported.
 
 Each 26-connected component of ``probability >= 0.5`` gets a score, its highest probability,
-its volume and its contrast to the organ's parenchyma (HU). :class:`tags.config.LesionDecision` (in the model folder's config.json, chosen on
-validation cases by :func:`training.calibrate.choose_lesion_decision`) keeps the components that
-reach both thresholds; the predictor removes the others before any output is written.
+its volume and its contrast to the organ's parenchyma (HU). :class:`tags.config.LesionDecision`
+(in the model folder's config.json, chosen on validation cases by
+:func:`training.calibrate.choose_lesion_decision`) keeps the components that reach its
+thresholds; the predictor removes the others before any output is written. Whatever the
+thresholds, a component without a voxel in the organ mask is not a lesion of that organ (the
+tumor pass's window reaches past the organ: a gallbladder or a bowel loop beside the liver can
+look like a hypodense tumor).
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ VOXEL_THRESHOLD = 0.5
 @dataclass(frozen=True)
 class Component:
     """One candidate lesion: highest and mean probability, volume, contrast to the organ (HU,
-    positive: darker than the parenchyma; None without HU and organ), its label in the map."""
+    positive: darker than the parenchyma; None without HU and organ), its label in the map, and
+    whether any of its voxels lies in the organ mask (None without an organ mask)."""
 
     label: int
     max_probability: float
     mean_probability: float
     volume_ml: float
     contrast_hu: Optional[float] = None
+    in_organ: Optional[bool] = None
 
 
 def components(
@@ -46,18 +52,23 @@ def components(
     peak = ndimage.maximum(probability, labels, index)
     mean = ndimage.mean(probability, labels, index)
     size = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    contrast = [None] * n
+    contrast, inside = [None] * n, [None] * n
+    if organ is not None:
+        inside = [bool(v) for v in np.bincount(labels[organ], minlength=n + 1)[1:] > 0]
     if hu is not None and organ is not None:
         parenchyma = organ & ~candidate
         if parenchyma.any():
             ref = float(np.median(hu[parenchyma]))
             contrast = [ref - float(v) for v in ndimage.median(hu, labels, index)]
-    comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml, c)
-             for i, p, m, s, c in zip(index, peak, mean, size, contrast)]
+    comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml, c, o)
+             for i, p, m, s, c, o in zip(index, peak, mean, size, contrast, inside)]
     return labels, comps
 
 
 def keeps(c: Component, decision: LesionDecision) -> bool:
+    """Whether ``decision`` keeps ``c``; never a component outside the organ mask."""
+    if c.in_organ is False:
+        return False
     if c.max_probability < decision.min_max_probability or c.volume_ml < decision.min_volume_ml:
         return False
     if decision.min_contrast_hu is not None and c.contrast_hu is not None:
@@ -70,7 +81,8 @@ def apply_decision(
     hu: Optional[np.ndarray] = None, organ: Optional[np.ndarray] = None,
 ) -> int:
     """Zero the components ``decision`` rejects, in place; returns how many were removed.
-    ``hu`` and ``organ`` (same grid) are needed for the contrast criterion."""
+    ``hu`` and ``organ`` (same grid) are needed for the contrast criterion; with ``organ`` the
+    components outside it are removed too. The default decision keeps everything."""
     if decision.min_max_probability <= VOXEL_THRESHOLD and decision.min_volume_ml <= 0 and decision.min_contrast_hu is None:
         return 0
     labels, comps = components(probability, voxel_ml, hu, organ)

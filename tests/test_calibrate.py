@@ -52,7 +52,8 @@ def test_calibrate_rewrites_only_the_decision(samples, tmp_path, capsys):
     assert {k: history[-1]["previous"][k] for k in keys} == decision(shipped) and history[-1]["true_lesions"] > 0
     card = (out / CARD).read_text()
     assert "re-chosen by tags-train calibrate" in card and "Measured before recalibration" in card
-    assert "lesion decision: highest probability >= 0.99" in capsys.readouterr().out
+    assert (f"lesion decision: highest probability >= {chosen['min_max_probability']:g}, volume >= "
+            f"{chosen['min_volume_ml']:g} ml") in capsys.readouterr().out
     # one clear line for a bad case, nothing written
     assert main(["calibrate", str(MODEL), str(tmp_path / "x"), "--validation", f"{samples['lits117']}:nocase"]) != 0
     err = capsys.readouterr().err.strip().splitlines()

@@ -66,3 +66,19 @@ def test_lesion_decision_removes_weak_and_small_components():
     p = prob.copy()
     assert apply_decision(p, LesionDecision(min_max_probability=0.9, min_volume_ml=0.01), voxel_ml) == 2
     assert (p[2:8, 2:10, 2:10] == 0.97).all() and p[12:].max() == 0.0
+    # with an organ mask: a strong component that does not touch the organ is not its lesion,
+    # one that reaches past the organ's edge (one voxel inside) is kept
+    organ = np.zeros(prob.shape, bool)
+    organ[0:20, 0:30, 0:30] = True
+    organ[2:8, 2:10, 2:9] = False
+    p = prob.copy()
+    p[5, 32:40, 32:35] = 0.99  # outside the organ, 24 voxels
+    p[10, 26:34, 26:29] = 0.98  # 24 voxels, 16 of them past the organ's edge
+    _, comps = components(p, voxel_ml, organ=organ)
+    assert sorted((round(c.max_probability, 2), c.in_organ) for c in comps) == [
+        (0.6, True), (0.97, True), (0.98, True), (0.99, False), (0.99, False)]
+    decided = p.copy()
+    assert apply_decision(decided, LesionDecision(min_max_probability=0.9, min_volume_ml=0.01), voxel_ml,
+                          organ=organ) == 3
+    assert (decided[2:8, 2:10, 2:10] == 0.97).all() and (decided[10, 26:34, 26:29] == 0.98).all()
+    assert decided[5, 32:40, 32:35].max() == 0.0

@@ -186,6 +186,44 @@ def test_export_then_predict(samples, tmp_path, capsys):
     assert main(["export", str(run), str(out)]) == 2  # exists: refused
 
 
+def test_fine_tuning_starts_from_a_model_folder(samples, tmp_path, capsys):
+    """--init: the run starts from the folder's weights and settings (at learning rate 0 it ends
+    with them), drops its organ boundary and lesion decision, and refuses a dataset with a
+    target the folder does not have."""
+    run = tmp_path / "run"
+    assert main(["train", str(samples["lits117"]), "--out", str(run), "--steps", "1", "--precision", "fp32",
+                 *TINY_CLI]) == 0
+    base = tmp_path / "base"
+    assert main(["export", str(run), str(base)]) == 0
+    from tags.config import LesionDecision, OrganBoundary
+    from tags.model_folder import load_model_folder, save_model_folder
+
+    folder = load_model_folder(base)
+    decided = tmp_path / "decided"
+    save_model_folder(decided, config=dataclasses.replace(folder.config, organ_boundary=OrganBoundary(),
+                                                          lesion_decision=LesionDecision(min_volume_ml=1.0)),
+                      weights=folder.weights, text_embeddings=folder.text_embeddings,
+                      base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card="x")
+    tuned = tmp_path / "tuned"
+    assert main(["train", str(samples["lits117"]), "--out", str(tuned), "--steps", "1", "--lr", "0",
+                 "--precision", "fp32", "--init", str(decided), "--no-progress"]) == 0
+    weights, _, state = load_checkpoint(tuned)
+    assert set(weights) == set(folder.weights)
+    assert all(torch.equal(weights[k], folder.weights[k]) for k in weights)
+    config = ModelConfig.from_dict(state["model_config"])
+    assert config.roi_size == TINY_MODEL.roi_size  # the folder's settings, not the command line's defaults
+    assert config.organ_boundary is None and config.lesion_decision == LesionDecision()
+    assert main(["export", str(tuned), str(tmp_path / "tuned-model")]) == 0
+    assert f"fine-tuned: the run started from the weights of the model folder {decided}" in (
+        tmp_path / "tuned-model" / CARD).read_text()
+    other = nnunet_copy(samples, tmp_path / "Dataset009_Other", {"background": 0, "kidney": 1},
+                        label_map=lambda lab: (lab > 0).astype(lab.dtype))
+    capsys.readouterr()
+    assert main(["train", str(other), "--out", str(tmp_path / "bad"), "--steps", "1", "--init", str(decided),
+                 "--no-progress"]) == 2
+    assert "kidney" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("folder, labels", [
     ("Dataset003_Liver", {"background": 0, "liver": 1, "cancer": 2}),  # nnU-Net's MSD converter
     ("Dataset220_KiTS2023", {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2}),  # regions

@@ -50,6 +50,7 @@ class Candidate:
     volume_ml: float
     true: bool
     contrast_hu: Optional[float] = None
+    in_organ: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
         for c in comps:
             overlap = bool(tumor[labels == c.label].any())
             out["candidates"].append(Candidate(vc.name, healthy, c.max_probability, c.volume_ml, overlap,
-                                               c.contrast_hu))
+                                               c.contrast_hu, c.in_organ))
         out["true_lesions"] += int(ndimage.label(tumor, CONNECTIVITY)[1])
         out["cases"].append({"case": vc.name, "healthy": healthy, "status": result.status,
                              "reason": result.reason, "candidates": len(comps)})

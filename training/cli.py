@@ -49,7 +49,7 @@ def _train(a: argparse.Namespace) -> int:
         dist_timeout_minutes=a.dist_timeout, workers=a.workers, cache_dir=a.cache_dir, z_split=z_split,
         validate_every=a.validate_every, patience=a.patience, activation_checkpointing=a.activation_checkpointing,
         clip_folder=a.clip_folder,
-        backbone_checkpoint=a.backbone_checkpoint, progress=not a.no_progress,
+        backbone_checkpoint=a.backbone_checkpoint, init=a.init, progress=not a.no_progress,
         model=replace(
             model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
             roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi), train_mask_decoder=a.train_mask_decoder,
@@ -207,6 +207,10 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--backbone", choices=["litemedsam", "sam_vit_b"], default=m.backbone, help="base SAM")
     t.add_argument("--backbone-checkpoint", default=d.backbone_checkpoint,
                    help="base checkpoint file (sam_vit_b needs it)")
+    t.add_argument("--init", metavar="MODEL_FOLDER", default=None,
+                   help="fine-tune: start from this model folder's weights (its model settings, targets "
+                        "and text embeddings replace the model options; choose its organ boundary and "
+                        "lesion decision again with tags-train calibrate)")
     t.add_argument("--encoder-size", type=int, default=m.encoder_size, metavar="SIDE",
                    help="encoder input side in pixels (default: the backbone's native side, 256 for "
                         "LiteMedSAM; the demo model uses 128, a quarter of the cost)")

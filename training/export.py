@@ -91,7 +91,8 @@ def export_model(
         target_lines="; ".join(f"{t.name} ({t.kind}: \"{t.sentence}\")" for t in config.targets),
         steps=state["step"],
         world=state.get("world_size", 1),
-        datasets=", ".join(Path(d).name for d in tc.datasets),
+        datasets=", ".join(Path(d).name for d in tc.datasets) + (
+            f" (fine-tuned: the run started from the weights of the model folder {tc.init})" if tc.init else ""),
         window=list(p.hu_window),
         spacing=list(p.spacing),
         organ_spacing=list(p.organ_spacing),
@@ -106,6 +107,7 @@ def export_model(
             "world_size": state.get("world_size", 1),
             "datasets": [Path(d).name for d in tc.datasets],
             "z_split": tc.z_split,
+            "init": tc.init,
             "train_config": state["train_config"],
         },
         "metrics": metrics or {},

@@ -70,6 +70,10 @@ class TrainConfig:
     ``warmup``: steps of linear learning-rate warm-up before the cosine decay (:func:`warmup_cosine`).
     ``batch_size``: samples per step and rank; samples of the same target and crop shape run as
     one network batch (activation memory grows with it), the others one after the other.
+    ``init``: a model folder whose weights start the run (fine-tuning): its model settings,
+    targets and text embeddings are used instead of ``model``'s, its organ boundary and lesion
+    decision are dropped (choose them again for the new weights: ``tags-train calibrate``).
+    A resumed run continues from its checkpoint instead.
     """
 
     datasets: List[str]
@@ -97,6 +101,7 @@ class TrainConfig:
     crop_size: Optional[Tuple[int, int, int]] = None
     clip_folder: Optional[str] = None
     backbone_checkpoint: Optional[str] = None
+    init: Optional[str] = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -263,6 +268,9 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
         state = checkpoint[2]
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
+    elif cfg.init:
+        initial = _initial_folder(cfg)
+        model_cfg, text = initial.config, dict(initial.text_embeddings)
     else:
         encoder = build_text_encoder(cfg.model.text_encoder, cfg.clip_folder)
         model_cfg = model_config_for(cfg, encoder.dim)
@@ -277,10 +285,44 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
         checkpoint_activations(net)
     if checkpoint is not None:
         net.load_state_dict(checkpoint[0], strict=False)
+    elif cfg.init:
+        _load_initial(net, initial)
     elif ctx.rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / TRAIN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
     return cfg, net.to(ctx.device), {k: v.to(ctx.device) for k, v in text.items()}, checkpoint
+
+
+def _initial_folder(cfg: TrainConfig):
+    """The model folder ``cfg.init`` with its organ boundary and lesion decision dropped; every
+    target of the datasets must be one of its targets."""
+    import dataclasses
+
+    from tags.config import LesionDecision
+    from tags.model_folder import load_model_folder
+
+    folder = load_model_folder(cfg.init)
+    names = {t.name for t in folder.config.targets}
+    wanted = {t.name for t in model_config_for(cfg, folder.config.text_dim).targets}
+    if not wanted <= names:
+        raise ValueError(f"--init {cfg.init}: the datasets have targets {sorted(wanted - names)} "
+                         f"the model folder does not (it has {sorted(names)})")
+    if folder.config.text_alignment and not all(PHRASES + t.name in folder.text_embeddings
+                                                for t in folder.config.tumor_targets):
+        raise ValueError(f"--init {cfg.init}: text alignment needs the phrase embeddings, the model folder has none")
+    config = dataclasses.replace(folder.config, lesion_decision=LesionDecision(), organ_boundary=None)
+    return dataclasses.replace(folder, config=config)
+
+
+def _load_initial(net: TagsNet, folder) -> None:
+    """The initial model folder's weights into ``net``, after checking its base checkpoint."""
+    from tags.model_folder import ModelFolderError, load_delta
+
+    expected = folder.metadata["base_checkpoint"]["sha256"]
+    if expected != net.backbone_sha256:
+        raise ModelFolderError(f"--init {folder.path} expects base checkpoint sha256 {expected}, "
+                               f"the installed {folder.config.backbone} checkpoint has {net.backbone_sha256}")
+    load_delta(net, folder.weights, where=str(folder.path))
 
 
 def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_after: Optional[int]) -> Path:
