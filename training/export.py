@@ -71,10 +71,8 @@ def export_model(
     run = Path(run)
     weights, _, state = load_checkpoint(run, checkpoint)
     config = ModelConfig.from_dict(state["model_config"])
-    if lesion_decision is not None:
-        config = dataclasses.replace(config, lesion_decision=lesion_decision)
-    if organ_boundary is not None:
-        config = dataclasses.replace(config, organ_boundary=organ_boundary)
+    chosen = {"lesion_decision": lesion_decision, "organ_boundary": organ_boundary}
+    config = dataclasses.replace(config, **{k: v for k, v in chosen.items() if v is not None})
     tc = TrainConfig.from_dict(state["train_config"])
     net = build_tags(config, checkpoint=tc.backbone_checkpoint)
     if net.backbone_sha256 != state["base_checkpoint_sha256"]:
@@ -84,8 +82,7 @@ def export_model(
     p = config.preprocessing
     card = CARD_TEMPLATE.format(
         targets=", ".join(t.name for t in config.targets),
-        backbone=config.backbone,
-        sha=net.backbone_sha256,
+        backbone=config.backbone, sha=net.backbone_sha256,
         slab=config.adapter.slab_size,
         text_encoder=config.text_encoder,
         target_lines="; ".join(f"{t.name} ({t.kind}: \"{t.sentence}\")" for t in config.targets),

@@ -37,6 +37,7 @@ from .checkpoints import BEST, has_checkpoint, load_checkpoint, restore_optimize
 from .cache import cached_training_cases, preprocess
 from .data import Sample, SamplingConfig
 from .loader import StepSamples, group_batch, step_loader
+from .fine_tune import initial_folder, load_initial
 from .monitor import RunLog, has_validation_cases, validation_score
 from .datasets import Dataset, read_dataset
 from .distributed import DistContext, barrier, gather_rows, init_distributed, mean_over_ranks, rank0_decides, shutdown
@@ -269,7 +270,7 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     elif cfg.init:
-        initial = _initial_folder(cfg)
+        initial = initial_folder(cfg.init, model_config_for(cfg, 0).targets, PHRASES)
         model_cfg, text = initial.config, dict(initial.text_embeddings)
     else:
         encoder = build_text_encoder(cfg.model.text_encoder, cfg.clip_folder)
@@ -286,43 +287,11 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
     if checkpoint is not None:
         net.load_state_dict(checkpoint[0], strict=False)
     elif cfg.init:
-        _load_initial(net, initial)
+        load_initial(net, initial)
     elif ctx.rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / TRAIN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
     return cfg, net.to(ctx.device), {k: v.to(ctx.device) for k, v in text.items()}, checkpoint
-
-
-def _initial_folder(cfg: TrainConfig):
-    """The model folder ``cfg.init`` with its organ boundary and lesion decision dropped; every
-    target of the datasets must be one of its targets."""
-    import dataclasses
-
-    from tags.config import LesionDecision
-    from tags.model_folder import load_model_folder
-
-    folder = load_model_folder(cfg.init)
-    names = {t.name for t in folder.config.targets}
-    wanted = {t.name for t in model_config_for(cfg, folder.config.text_dim).targets}
-    if not wanted <= names:
-        raise ValueError(f"--init {cfg.init}: the datasets have targets {sorted(wanted - names)} "
-                         f"the model folder does not (it has {sorted(names)})")
-    if folder.config.text_alignment and not all(PHRASES + t.name in folder.text_embeddings
-                                                for t in folder.config.tumor_targets):
-        raise ValueError(f"--init {cfg.init}: text alignment needs the phrase embeddings, the model folder has none")
-    config = dataclasses.replace(folder.config, lesion_decision=LesionDecision(), organ_boundary=None)
-    return dataclasses.replace(folder, config=config)
-
-
-def _load_initial(net: TagsNet, folder) -> None:
-    """The initial model folder's weights into ``net``, after checking its base checkpoint."""
-    from tags.model_folder import ModelFolderError, load_delta
-
-    expected = folder.metadata["base_checkpoint"]["sha256"]
-    if expected != net.backbone_sha256:
-        raise ModelFolderError(f"--init {folder.path} expects base checkpoint sha256 {expected}, "
-                               f"the installed {folder.config.backbone} checkpoint has {net.backbone_sha256}")
-    load_delta(net, folder.weights, where=str(folder.path))
 
 
 def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_after: Optional[int]) -> Path:
