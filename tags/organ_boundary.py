@@ -15,7 +15,7 @@ folder (:class:`tags.config.OrganBoundary`); how they were chosen is in docs/acc
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -27,7 +27,7 @@ MAX_SAMPLES = 1_000_000
 
 
 def refine_boundary(mask: np.ndarray, hu: np.ndarray, spacing: Sequence[float], *, band_mm: float,
-                    hu_sigmas: float) -> np.ndarray:
+                    hu_sigmas: float, hu_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
     """``mask`` (D, H, W) bool, plus the voxels within ``band_mm`` of it whose HU is organ-like.
 
     Args:
@@ -38,8 +38,12 @@ def refine_boundary(mask: np.ndarray, hu: np.ndarray, spacing: Sequence[float], 
             an axis whose voxels are larger than ``band_mm`` gets none).
         hu_sigmas: the HU range accepted, in robust standard deviations around the interior's
             median HU.
+        hu_range: the organ's plausible median HU (e.g. ``ORGAN_BOUNDS``' "hu"): a mask whose
+            interior lies outside it is not the organ (a vessel's contrast-filled blood called
+            "liver") and is not grown.
 
-    Returns a new bool array; ``mask`` is returned unchanged when it is empty or has no interior.
+    Returns a new bool array; ``mask`` is returned unchanged when it is empty, has no interior
+    or its interior's median HU lies outside ``hu_range``.
     """
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
@@ -48,7 +52,7 @@ def refine_boundary(mask: np.ndarray, hu: np.ndarray, spacing: Sequence[float], 
     box = _grown_box(mask, radius)
     m, h = mask[box], hu[box]
     centre, sigma = _interior_hu(m, h)
-    if centre is None:
+    if centre is None or (hu_range is not None and not hu_range[0] <= centre <= hu_range[1]):
         return mask
     near = m
     for axis, r in enumerate(radius):

@@ -69,6 +69,22 @@ def test_the_organ_stays_one_piece(liver):
     assert not (refined & island).any() and (refined == mask).all()
 
 
+def test_a_mask_of_contrast_filled_blood_is_not_grown(liver):
+    """A "liver" mask whose interior is not liver-like (a vessel's contrast-filled blood, as the
+    organ pass marks on a chest CT) would grow into more blood: outside the organ's plausible
+    median HU it stays as it is."""
+    hu, label, spacing = liver
+    mask = _shrunk(label)
+    bright = hu.copy()
+    bright[ndimage.binary_dilation(label, iterations=2)] += 400.0  # the mask and its band, vessel-bright
+    grown = refine_boundary(mask, bright, spacing, band_mm=5.0, hu_sigmas=2.5)
+    assert (grown & ~mask).any()  # without the organ's HU range: grown, as for any organ
+    kept = refine_boundary(mask, bright, spacing, band_mm=5.0, hu_sigmas=2.5, hu_range=(-60.0, 200.0))
+    assert (kept == mask).all()
+    assert (refine_boundary(mask, hu, spacing, band_mm=5.0, hu_sigmas=2.5, hu_range=(-60.0, 200.0)) ==
+            refine_boundary(mask, hu, spacing, band_mm=5.0, hu_sigmas=2.5)).all()  # a liver-like one is grown
+
+
 def test_a_hypodense_lesion_inside_the_mask_is_kept(liver):
     hu, label, spacing = liver
     dark = hu.copy()
