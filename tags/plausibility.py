@@ -33,6 +33,12 @@ SIDE_MARGIN = 0.05
 its side of the centre line."""
 
 
+def organ_bounds(name: str, bounds_table: Optional[Dict[str, Dict]] = None) -> Optional[Dict]:
+    """The bounds of organ ``name`` in ``bounds_table`` (default :data:`ORGAN_BOUNDS`; {} has
+    none), or None."""
+    return (ORGAN_BOUNDS if bounds_table is None else bounds_table).get(name)
+
+
 def implausible_organ(
     name: str, mask: np.ndarray, hu: np.ndarray, affine: np.ndarray, body_box: Optional[Sequence[slice]] = None,
     bounds_table: Optional[Dict[str, Dict]] = None,
@@ -49,7 +55,7 @@ def implausible_organ(
     """
     if not mask.any():
         return "the organ mask is empty"
-    bounds = (ORGAN_BOUNDS if bounds_table is None else bounds_table).get(name)
+    bounds = organ_bounds(name, bounds_table)
     if bounds is None:
         return None
     voxel_ml = float(np.prod(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))) / 1000.0

@@ -208,6 +208,8 @@ def test_fine_tuning_starts_from_a_model_folder(samples, tmp_path, capsys):
     assert main(["train", str(samples["lits117"]), "--out", str(tuned), "--steps", "1", "--lr", "0",
                  "--precision", "fp32", "--init", str(decided), "--no-progress"]) == 0
     weights, _, state = load_checkpoint(tuned)
+    recorded = TrainConfig.from_dict(json.loads((tuned / TRAIN_CONFIG).read_text()))
+    assert recorded.init == str(decided) and recorded.model == ModelConfig.from_dict(state["model_config"])
     assert set(weights) == set(folder.weights)
     assert all(torch.equal(weights[k], folder.weights[k]) for k in weights)
     config = ModelConfig.from_dict(state["model_config"])

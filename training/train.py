@@ -18,13 +18,13 @@ import time
 import types
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from tags.config import ModelConfig
+from tags.config import ModelConfig, TargetSpec
 from tags.device import autocast, default_precision
 from tags.inference.surgery import channels_last_convs
 from tags.adapters import encoder_blocks
@@ -157,13 +157,18 @@ def _model_from_flat_keys(d: Dict[str, Any]) -> ModelConfig:
     return replace(base, **model)
 
 
-def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
-    """``cfg.model`` with the targets of ``cfg.datasets`` and the text encoder's width."""
+def dataset_targets(datasets: Sequence[str]) -> Tuple[TargetSpec, ...]:
+    """The targets of the dataset folders ``datasets``, each name once, in order of appearance."""
     targets = {}
-    for d in cfg.datasets:
+    for d in datasets:
         for name, t in read_dataset(d).targets.items():
             targets.setdefault(name, t.spec)
-    return replace(cfg.model, text_dim=text_dim, targets=tuple(targets.values()))
+    return tuple(targets.values())
+
+
+def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
+    """``cfg.model`` with the targets of ``cfg.datasets`` and the text encoder's width."""
+    return replace(cfg.model, text_dim=text_dim, targets=dataset_targets(cfg.datasets))
 
 
 def training_precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -270,7 +275,7 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     elif cfg.init:
-        initial = initial_folder(cfg.init, model_config_for(cfg, 0).targets, PHRASES)
+        initial = initial_folder(cfg.init, dataset_targets(cfg.datasets), PHRASES)
         model_cfg, text = initial.config, dict(initial.text_embeddings)
     else:
         encoder = build_text_encoder(cfg.model.text_encoder, cfg.clip_folder)
@@ -286,11 +291,12 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
         checkpoint_activations(net)
     if checkpoint is not None:
         net.load_state_dict(checkpoint[0], strict=False)
-    elif cfg.init:
-        load_initial(net, initial)
-    elif ctx.rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / TRAIN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
+    else:
+        if cfg.init:
+            load_initial(net, initial)
+        if ctx.rank == 0:
+            run.mkdir(parents=True, exist_ok=True)
+            (run / TRAIN_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2))
     return cfg, net.to(ctx.device), {k: v.to(ctx.device) for k, v in text.items()}, checkpoint
 
 

@@ -28,7 +28,7 @@ from ..lesion_decision import apply_decision
 from ..model_folder import ModelFolderError, load_delta, load_model_folder
 from ..network import TagsNet, build_tags
 from ..organ_boundary import refine_boundary
-from ..plausibility import ORGAN_BOUNDS, implausible_organ
+from ..plausibility import implausible_organ, organ_bounds
 from ..preprocessing import BODY_HU, bounding_box, grid_shape, normalize_hu, resample
 from .window_model import TagsWindowModel, WindowModel
 from .windows import WindowPolicy, plan_windows
@@ -172,8 +172,7 @@ class TagsPredictor:
             refined = None
             if self.config.organ_boundary is not None:
                 b = self.config.organ_boundary
-                table = ORGAN_BOUNDS if self.config.organ_bounds is None else self.config.organ_bounds
-                bounds = table.get(name, {})
+                bounds = organ_bounds(name, self.config.organ_bounds) or {}
                 refined = _restore(refine_boundary(prob >= 0.5, canon, spacing, band_mm=b.band_mm,
                                                    hu_sigmas=b.hu_sigmas, hu_range=bounds.get("hu")), reo)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows, refined=refined)
