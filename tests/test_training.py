@@ -224,6 +224,7 @@ def test_fine_tuning_starts_from_a_model_folder(samples, tmp_path, capsys):
     assert main(["train", str(other), "--out", str(tmp_path / "bad"), "--steps", "1", "--init", str(decided),
                  "--no-progress"]) == 2
     assert "kidney" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before the cache or the run folder is written
 
 
 @pytest.mark.parametrize("folder, labels", [

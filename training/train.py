@@ -28,6 +28,7 @@ from tags.config import ModelConfig, TargetSpec
 from tags.device import autocast, default_precision
 from tags.inference.surgery import channels_last_convs
 from tags.adapters import encoder_blocks
+from tags.model_folder import ModelFolder
 from tags.network import TagsNet, build_tags
 from tags.prompts import SlicePrompts
 from tags.alignment import alignment_loss, phrase_embeddings
@@ -252,11 +253,16 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     datasets = [read_dataset(d) for d in cfg.datasets]
+    initial = None
+    if cfg.init and not has_checkpoint(cfg.out):
+        # checked, and its model settings taken, before anything is written (the cache's grids)
+        initial = initial_folder(cfg.init, dataset_targets(cfg.datasets), PHRASES)
+        cfg = replace(cfg, model=initial.config)
     preprocess(datasets, cfg.model, cache_folder(cfg), cfg.z_split, progress=cfg.progress and rank == 0,
                rank=rank, world=world)
     ctx = init_distributed(cfg.dist_timeout_minutes)
     try:
-        return _train(cfg, datasets, ctx, stop_after)
+        return _train(cfg, datasets, ctx, stop_after, initial)
     finally:
         shutdown(ctx)
 
@@ -266,8 +272,10 @@ def cache_folder(cfg: TrainConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
 
 
-def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Dict, Optional[Tuple]]:
-    """(resolved config, network on the device, text embeddings, checkpoint or None)."""
+def _start(cfg: TrainConfig, ctx: DistContext,
+           initial: Optional[ModelFolder]) -> Tuple[TrainConfig, TagsNet, Dict, Optional[Tuple]]:
+    """(resolved config, network on the device, text embeddings, checkpoint or None); ``initial``:
+    the ``--init`` model folder when it was read already."""
     run = Path(cfg.out)
     checkpoint = load_checkpoint(run) if rank0_decides(ctx.rank == 0 and has_checkpoint(run), ctx) else None
     if checkpoint is not None:
@@ -275,7 +283,7 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     elif cfg.init:
-        initial = initial_folder(cfg.init, dataset_targets(cfg.datasets), PHRASES)
+        initial = initial or initial_folder(cfg.init, dataset_targets(cfg.datasets), PHRASES)
         model_cfg, text = initial.config, dict(initial.text_embeddings)
     else:
         encoder = build_text_encoder(cfg.model.text_encoder, cfg.clip_folder)
@@ -300,11 +308,12 @@ def _start(cfg: TrainConfig, ctx: DistContext) -> Tuple[TrainConfig, TagsNet, Di
     return cfg, net.to(ctx.device), {k: v.to(ctx.device) for k, v in text.items()}, checkpoint
 
 
-def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_after: Optional[int]) -> Path:
+def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_after: Optional[int],
+           initial: Optional[ModelFolder] = None) -> Path:
     cfg = replace(cfg, precision=training_precision(cfg, ctx.device))
     run = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    cfg, net, text, checkpoint = _start(cfg, ctx)
+    cfg, net, text, checkpoint = _start(cfg, ctx, initial)
     model_cfg = cfg.model
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
