@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/ablation_text_alignment.py --demo build/demo [--out build/ablation]
 
-Reads the demo build's run (its step count and samples), trains the same recipe with
+Reads the demo build's runs (their step count and samples), trains the same two-phase recipe with
 ``text_alignment=False`` for the same number of steps and seed, chooses its lesion decision on
 the same validation cases, evaluates it on the same test cases and prints both models side by
 side (JSON in OUT/ablation.json). The TAGS model with alignment is the demo build's own
@@ -29,20 +29,17 @@ def main() -> int:
     a = ap.parse_args()
     from tags.inference import TagsPredictor
     from training.calibrate import choose_lesion_decision, collect_candidates
-    from training.demo import Z_TEST, demo_config, metrics_table, validation_cases
+    from training.demo import RUNS, Z_TEST, metrics_table, train_tags, trained_steps, validation_cases
     from training.evaluate import evaluate
     from training.export import export_model
-    from training.checkpoints import checkpoint_state
-    from training.train import train
 
     demo, out = Path(a.demo), Path(a.out)
     samples = {"lits117": demo / "samples" / "Dataset501_LiTS117", "totalseg": demo / "samples" / "Dataset502_TotalSegLiver"}
-    steps = checkpoint_state(demo / "run")["step"]
-    cfg = demo_config(samples, out / "run", steps, text_alignment=False)
+    steps = trained_steps(demo)
     t0 = time.time()
-    train(cfg)
+    train_tags(samples, out, steps, text_alignment=False)
     seconds = time.time() - t0
-    export_model(out / "run", out / "model", overwrite=True)
+    export_model(out / RUNS[-1], out / "model", overwrite=True)
     predictors = {"with alignment": TagsPredictor.from_model_folder(demo / "model"),
                   "without alignment": TagsPredictor.from_model_folder(out / "model")}
     described = "the demo's validation cases"

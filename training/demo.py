@@ -60,13 +60,24 @@ SAMPLING = SamplingConfig(
     organ_fraction=0.35, negative_fraction=0.15, synthetic_fraction=0.25, organ_negative_fraction=0.2,
     phase_probability=0.6,
 )
-"""The demo recipe: of the tumor steps 25 % synthetic tumors on healthy livers, 15 % healthy
-livers as they are, 60 % real LiTS tumors; a fifth of the organ steps centred outside the liver;
-60 % of the crops with the liver moved to another contrast phase (median 40-140 HU)."""
+"""The demo recipe's first phase: of the tumor steps 25 % synthetic tumors on healthy livers, 15 %
+healthy livers as they are, 60 % real LiTS tumors; a fifth of the organ steps centred outside the
+liver; 60 % of the crops with the liver moved to another contrast phase (median 40-140 HU)."""
+
+ORGAN_PHASE = dataclasses.replace(SAMPLING, organ_fraction=0.5, organ_negative_fraction=0.5)
+"""The second phase (fine-tuning the first phase's weights): half of the steps on the organ and
+half of those centred outside it (thorax, pelvis). Trained on the first phase alone, the organ
+pass called the heart, the aorta and the pulmonary vessels of a thoraco-abdominal CT "liver"."""
+ORGAN_PHASE_SHARE = 0.36
+"""Share of the TAGS training steps in the second phase."""
+ORGAN_PHASE_LR = 3e-4
+ORGAN_PHASE_SEED = 7
+"""The second phase's learning rate and seed (a seed of its own: other crops than the first phase's)."""
 
 
 def demo_config(samples: Dict[str, Path], run: Path, steps: int, text_alignment: bool = True) -> TrainConfig:
-    """The demo recipe; what it does not set (slab size, organ window, grids, ...) is the default."""
+    """The demo recipe's first phase; what it does not set (slab size, organ window, grids, ...)
+    is the default. The runs of one build folder share its preprocessed cases (``run``/../cache)."""
     return TrainConfig(
         datasets=[str(samples["lits117"]), str(samples["totalseg"])],
         out=str(run),
@@ -77,7 +88,32 @@ def demo_config(samples: Dict[str, Path], run: Path, steps: int, text_alignment:
         sampling=SAMPLING,
         checkpoint_every=25,
         z_split={"LiTS117": Z_TRAIN},
+        cache_dir=str(run.parent / "cache"),
     )
+
+
+def organ_phase_config(samples: Dict[str, Path], run: Path, steps: int, init: Path,
+                       text_alignment: bool = True) -> TrainConfig:
+    """The recipe's second phase: :data:`ORGAN_PHASE` sampling from the model folder ``init``
+    (the first phase's weights, exported)."""
+    return dataclasses.replace(demo_config(samples, run, steps, text_alignment), sampling=ORGAN_PHASE, lr=ORGAN_PHASE_LR,
+                               warmup=20, seed=ORGAN_PHASE_SEED, init=str(init))
+
+
+def train_tags(samples: Dict[str, Path], out: Path, steps: int, text_alignment: bool = True) -> TrainConfig:
+    """Both phases of the recipe, ``steps`` in all: ``out``/run, exported to ``out``/run.model,
+    then ``out``/run-organ from it. Returns the second phase's config (its run holds the weights)."""
+    organ_steps = max(1, round(steps * ORGAN_PHASE_SHARE))
+    train(demo_config(samples, out / RUNS[0], steps - organ_steps, text_alignment))
+    export_model(out / RUNS[0], out / "run.model", overwrite=True)
+    second = organ_phase_config(samples, out / RUNS[1], organ_steps, out / "run.model", text_alignment)
+    train(second)
+    return second
+
+
+def trained_steps(out: Path) -> int:
+    """TAGS training steps of the finished build in ``out``, both phases."""
+    return sum(int(checkpoint_state(out / run)["step"]) for run in RUNS)
 
 
 def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
@@ -97,6 +133,15 @@ def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
 def _training_seconds(run: Path) -> float:
     """Seconds from the start of the run in ``run`` to its last logged checkpoint."""
     return json.loads((run / METRICS).read_text().splitlines()[-1])["seconds"]
+
+
+RUNS = ("run", "run-organ")
+"""The recipe's two training runs in a build folder, in order."""
+
+
+def tags_seconds(out: Path) -> float:
+    """TAGS training seconds of the build in ``out``, both phases."""
+    return sum(_training_seconds(out / run) for run in RUNS)
 
 
 HEALTHY_VALIDATION_GRIDS = ((1.25, 0.7, 0.7), (2.5, 0.8, 0.8))
@@ -171,26 +216,24 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         else build_samples(samples_dir, overwrite=True)
     )
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
-    trained = has_checkpoint(out / "run") and (out / "baseline" / SUMMARY).is_file()
+    final = out / RUNS[-1]
+    trained = has_checkpoint(final) and (out / "baseline" / SUMMARY).is_file()
     if reuse_training and trained:
-        steps = int(checkpoint_state(out / "run")["step"])
-        cfg = demo_config(samples, out / "run", steps)
-        tags_seconds = _training_seconds(out / "run")
+        steps, seconds = trained_steps(out), tags_seconds(out)
         base = json.loads((out / "baseline" / SUMMARY).read_text())
-        print(f"[demo] reusing the trained TAGS run ({steps} steps) and baseline in {out}", flush=True)
+        print(f"[demo] reusing the trained TAGS runs ({steps} steps) and baseline in {out}", flush=True)
     else:
         per_step = seconds_per_step(samples, out / "probe")
         steps = max(10, int(minutes * 60 * TRAIN_SHARE / per_step))
-        cfg = demo_config(samples, out / "run", steps)
         print(f"[demo] a step takes {per_step:.1f} s: training TAGS for {steps} steps "
-              f"(about {steps * per_step / 60:.0f} min)", flush=True)
-        train(cfg)
-        tags_seconds = _training_seconds(out / "run")
-        model_cfg = ModelConfig.from_dict(checkpoint_state(out / "run")["model_config"])
-        print(f"[demo] training the DynUNet baseline for the same {tags_seconds:.0f} s", flush=True)
-        base = train_baseline(cfg, model_cfg, tags_seconds, out / "baseline")
+              f"(about {steps * per_step / 60:.0f} min, the last {ORGAN_PHASE_SHARE:.0%} organ-weighted)", flush=True)
+        cfg = train_tags(samples, out, steps)
+        seconds = tags_seconds(out)
+        model_cfg = ModelConfig.from_dict(checkpoint_state(final)["model_config"])
+        print(f"[demo] training the DynUNet baseline for the same {seconds:.0f} s", flush=True)
+        base = train_baseline(cfg, model_cfg, seconds, out / "baseline")
     tmp_model = out / "model.unevaluated"
-    export_model(out / "run", tmp_model, overwrite=True)
+    export_model(final, tmp_model, overwrite=True)
     from tags.inference import TagsPredictor
 
     predictors = {"tags": TagsPredictor.from_model_folder(tmp_model),
@@ -227,13 +270,13 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         "lesion_decision": {k: v["chosen"] for k, v in calibration.items()},
         "organ_boundary": {k: v["chosen"] for k, v in boundary_reports.items()},
         "baseline": base,
-        "tags_training_seconds": tags_seconds,
+        "tags_training_seconds": seconds,
     }
     command = "tags-train demo " + shlex.quote(str(out)) + f" --minutes {minutes:g}"
     from tags.device import machine_info
 
-    precision = json.loads((out / "run" / TRAIN_CONFIG).read_text())["precision"]
-    timing = {"tags_training_seconds": tags_seconds, "baseline_seconds": base.get("seconds"),
+    precision = json.loads((final / TRAIN_CONFIG).read_text())["precision"]
+    timing = {"tags_training_seconds": seconds, "baseline_seconds": base.get("seconds"),
               "machine": {**machine_info(), "training_precision": precision}}
     if reuse_training and trained:
         previous = out / "model" / METADATA
@@ -244,10 +287,11 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     else:
         timing["build_seconds"] = round(time.time() - t0, 1)
     machine = timing["machine"]
-    markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {tags_seconds:.0f} s; the baseline "
+    markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {seconds:.0f} s (the last "
+                f"{int(checkpoint_state(final)['step'])} weighted to the organ and its surroundings); the baseline "
                 f"({base['architecture']}) {base['steps']} steps in the same time, on {machine['cpu']} "
                 f"({machine['threads']} threads, {machine['cpu_capability']}, {precision}). Command: `{command}`.")
-    export_model(out / "run", out / "model", metrics=metrics, limits=LIMITS, overwrite=True,
+    export_model(final, out / "model", metrics=metrics, limits=LIMITS, overwrite=True,
                  lesion_decision=decisions["tags"], organ_boundary=boundaries["tags"], metrics_markdown=markdown,
                  extra_metadata={"built_by": command, **timing})
     import shutil
