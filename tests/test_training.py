@@ -68,7 +68,12 @@ def test_resume_continues_from_the_saved_step(samples, tmp_path):
     part = tmp_path / "part"
     train(TrainConfig(out=str(part), **common), stop_after=1)
     assert load_checkpoint(part)[2]["step"] == 1
-    train(TrainConfig(out=str(part), **common))  # resumes
+    entries = sorted(p.name for p in (part / "cache").iterdir() if p.is_dir())
+    # resumes; with other grids on the command line, a resumed run keeps (and caches) its own
+    other_grids = dataclasses.replace(TINY_MODEL, preprocessing=dataclasses.replace(
+        TINY_MODEL.preprocessing, spacing=(2.0, 2.0, 2.0)))
+    train(TrainConfig(out=str(part), **{**common, "model": other_grids}))
+    assert sorted(p.name for p in (part / "cache").iterdir() if p.is_dir()) == entries
     w_full, _, s_full = load_checkpoint(full)
     w_part, _, s_part = load_checkpoint(part)
     assert s_full["step"] == s_part["step"] == 2

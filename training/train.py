@@ -34,7 +34,7 @@ from tags.prompts import SlicePrompts
 from tags.alignment import alignment_loss, phrase_embeddings
 from tags.text import build_text_encoder, embed_targets
 
-from .checkpoints import BEST, has_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
+from .checkpoints import BEST, checkpoint_state, has_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
 from .cache import cached_training_cases, preprocess
 from .data import Sample, SamplingConfig
 from .loader import StepSamples, group_batch, step_loader
@@ -254,8 +254,11 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     datasets = [read_dataset(d) for d in cfg.datasets]
     initial = None
-    if cfg.init and not has_checkpoint(cfg.out):
-        # checked, and its model settings taken, before anything is written (the cache's grids)
+    # the model settings the cache's grids come from: a resumed run's own, else --init's (checked
+    # before anything is written), else the command line's
+    if has_checkpoint(cfg.out):
+        cfg = replace(cfg, model=ModelConfig.from_dict(checkpoint_state(cfg.out)["model_config"]))
+    elif cfg.init:
         initial = initial_folder(cfg.init, dataset_targets(cfg.datasets), PHRASES)
         cfg = replace(cfg, model=initial.config)
     preprocess(datasets, cfg.model, cache_folder(cfg), cfg.z_split, progress=cfg.progress and rank == 0,
