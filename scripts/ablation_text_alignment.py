@@ -29,15 +29,16 @@ def main() -> int:
     a = ap.parse_args()
     from tags.inference import TagsPredictor
     from training.calibrate import choose_lesion_decision, collect_candidates
-    from training.demo import RUNS, Z_TEST, metrics_table, train_tags, trained_steps, validation_cases
+    from training.demo import RUNS, Z_TEST, metrics_table, train_tags, trained_phase_steps, validation_cases
     from training.evaluate import evaluate
     from training.export import export_model
 
     demo, out = Path(a.demo), Path(a.out)
     samples = {"lits117": demo / "samples" / "Dataset501_LiTS117", "totalseg": demo / "samples" / "Dataset502_TotalSegLiver"}
-    steps = trained_steps(demo)
+    phases = trained_phase_steps(demo)
+    steps = sum(phases)
     t0 = time.time()
-    train_tags(samples, out, steps, text_alignment=False)
+    train_tags(samples, out, phases, text_alignment=False)
     seconds = time.time() - t0
     export_model(out / RUNS[-1], out / "model", overwrite=True)
     predictors = {"with alignment": TagsPredictor.from_model_folder(demo / "model"),

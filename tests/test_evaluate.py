@@ -50,7 +50,7 @@ def test_empty_cases():
     json.dumps(m)  # JSON-safe (no inf/nan)
 
 
-def test_evaluate_tags_beside_baseline(tmp_path):
+def test_evaluate_tags_beside_baseline(tmp_path, monkeypatch):
     from tags.config import ModelConfig
     from tags.inference import TagsPredictor
     from training.baseline import baseline_predictor, train_baseline
@@ -69,6 +69,16 @@ def test_evaluate_tags_beside_baseline(tmp_path):
     mc = ModelConfig.from_dict(load_checkpoint(tmp_path / "run")[2]["model_config"])
     summary = train_baseline(cfg, mc, 60, tmp_path / "baseline", max_steps=1)
     assert summary["steps"] == 1
+    # TAGS' phases for the baseline: from a fraction of its time on, another sampling
+    import training.baseline as baseline_module
+
+    drawn, draw = [], baseline_module.draw_sample
+    monkeypatch.setattr(baseline_module, "draw_sample",
+                        lambda *a, sampling, **k: drawn.append(sampling.organ_fraction) or draw(*a, sampling=sampling, **k))
+    organ_only = dataclasses.replace(cfg.sampling, organ_fraction=1.0)
+    train_baseline(cfg, mc, 60, tmp_path / "phases", max_steps=2, schedule=((0.0, organ_only), (2.0, cfg.sampling)))
+    train_baseline(cfg, mc, 60, tmp_path / "phases", max_steps=1)
+    assert drawn == [1.0, 1.0, cfg.sampling.organ_fraction] and cfg.sampling.organ_fraction < 1.0
     export_model(tmp_path / "run", tmp_path / "model")
     preds = {"tags": TagsPredictor.from_model_folder(tmp_path / "model"),
              "baseline": baseline_predictor(tmp_path / "baseline")}

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from tags.device import autocast, select_device
 from tags.inference import TagsPredictor
 from tags.model_folder import CONFIG, WEIGHTS
 
-from .data import augment_intensity, draw_sample, load_training_cases
+from .data import SamplingConfig, augment_intensity, draw_sample, load_training_cases
 from .datasets import read_dataset
 from .train import TrainConfig, loss_scaler, optimizer_step, training_precision, warmup_cosine
 
@@ -96,11 +96,13 @@ def _pad8(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: str | Path,
-                   max_steps: Optional[int] = None) -> Dict:
+                   max_steps: Optional[int] = None, schedule: Sequence[Tuple[float, SamplingConfig]] = ()) -> Dict:
     """Train the baseline for ``seconds`` of wall time (the TAGS run's budget); write ``out``.
 
     The learning rate decays along a half cosine (:func:`training.train.warmup_cosine`, no
-    warm-up) over the fraction of the time budget spent.
+    warm-up) over the fraction of the time budget spent. ``schedule``: (fraction of the budget,
+    sampling) pairs in order: from that fraction on the crops are drawn with that sampling
+    instead of ``cfg.sampling`` (TAGS trained in phases with different sampling).
     """
     torch.manual_seed(cfg.seed)
     device = select_device(None)  # the device TAGS trains on, for a fair same-budget comparison
@@ -120,7 +122,8 @@ def train_baseline(cfg: TrainConfig, model: ModelConfig, seconds: float, out: st
         for g in opt.param_groups:
             g["lr"] = LR * warmup_cosine(frac, warmup=0, total=1)
         rng = np.random.default_rng([cfg.seed, 7, step])
-        sampling = dataclasses.replace(cfg.sampling, prompt_drop=0.0, box_jitter=0.0)
+        phase = [sampling for start, sampling in schedule if frac >= start]
+        sampling = dataclasses.replace(phase[-1] if phase else cfg.sampling, prompt_drop=0.0, box_jitter=0.0)
         s = draw_sample(cases, model.targets, model, rng, sampling=sampling, img_size=256, mask_size=256,
                         crop_size=cfg.crop_size)
         organ = s.organ if s.organ is not None else torch.zeros_like(s.image)

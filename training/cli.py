@@ -346,7 +346,7 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     m.add_argument("out", help="work folder")
     m.add_argument("--minutes", type=float, default=60.0, help="approximate total budget (default 60)")
     m.add_argument("--reuse-training", action="store_true",
-                   help="OUT already holds a finished run and baseline: only decide, evaluate and export again")
+                   help="OUT already holds both finished TAGS runs and the baseline: only decide, evaluate and export again")
     m.set_defaults(func=_demo)
     return p
 

@@ -17,7 +17,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from tags.config import ModelConfig
 from tags.model_folder import METADATA
@@ -100,20 +100,48 @@ def organ_phase_config(samples: Dict[str, Path], run: Path, steps: int, init: Pa
                                warmup=20, seed=ORGAN_PHASE_SEED, init=str(init))
 
 
-def train_tags(samples: Dict[str, Path], out: Path, steps: int, text_alignment: bool = True) -> TrainConfig:
-    """Both phases of the recipe, ``steps`` in all: ``out``/run, exported to ``out``/run.model,
-    then ``out``/run-organ from it. Returns the second phase's config (its run holds the weights)."""
-    organ_steps = max(1, round(steps * ORGAN_PHASE_SHARE))
-    train(demo_config(samples, out / RUNS[0], steps - organ_steps, text_alignment))
-    export_model(out / RUNS[0], out / "run.model", overwrite=True)
-    second = organ_phase_config(samples, out / RUNS[1], organ_steps, out / "run.model", text_alignment)
+def phase_steps(steps: int) -> Tuple[int, int]:
+    """(first phase, organ phase) steps of a build of ``steps`` TAGS steps in all."""
+    organ = max(1, round(steps * ORGAN_PHASE_SHARE))
+    return steps - organ, organ
+
+
+def planned_steps(out: Path) -> Optional[Tuple[int, int]]:
+    """The two phases' steps of an interrupted build in ``out`` as its runs were started (so that
+    running the build again finishes the same plan), or None when no run was started."""
+    first, second = (checkpoint_state(out / run) for run in RUNS)
+    if first is None:
+        return None
+    planned = first["train_config"]["steps"]
+    return planned, second["train_config"]["steps"] if second else phase_steps(round(
+        planned / (1 - ORGAN_PHASE_SHARE)))[1]
+
+
+def train_tags(samples: Dict[str, Path], out: Path, steps: Tuple[int, int],
+               text_alignment: bool = True) -> Tuple[TrainConfig, TrainConfig]:
+    """Both phases of the recipe, ``steps`` = (first, organ phase): ``out``/run, exported to
+    ``out``/run.model, then ``out``/run-organ from it; an interrupted build resumes. Returns both
+    phases' configs."""
+    first = demo_config(samples, out / RUNS[0], steps[0], text_alignment)
+    train(first)
+    if not has_checkpoint(out / RUNS[1]):  # a started second phase keeps the weights it began from
+        export_model(out / RUNS[0], out / "run.model", overwrite=True)
+    second = organ_phase_config(samples, out / RUNS[1], steps[1], out / "run.model", text_alignment)
     train(second)
-    return second
+    return first, second
+
+
+def trained_phase_steps(out: Path) -> Tuple[int, int]:
+    """Steps trained by each phase of the build in ``out``; a ValueError if it has not both runs."""
+    states = [checkpoint_state(out / run) for run in RUNS]
+    if not all(states):
+        raise ValueError(f"{out} holds no two-phase demo build (training runs {' and '.join(RUNS)})")
+    return tuple(int(state["step"]) for state in states)
 
 
 def trained_steps(out: Path) -> int:
-    """TAGS training steps of the finished build in ``out``, both phases."""
-    return sum(int(checkpoint_state(out / run)["step"]) for run in RUNS)
+    """TAGS training steps of the build in ``out``, both phases."""
+    return sum(trained_phase_steps(out))
 
 
 def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
@@ -142,6 +170,17 @@ RUNS = ("run", "run-organ")
 def tags_seconds(out: Path) -> float:
     """TAGS training seconds of the build in ``out``, both phases."""
     return sum(_training_seconds(out / run) for run in RUNS)
+
+
+def train_same_budget_baseline(first: TrainConfig, out: Path) -> Dict:
+    """The DynUNet baseline in ``out``/baseline for the seconds TAGS trained, on the same samples,
+    drawn as TAGS drew them: the first phase's sampling, then :data:`ORGAN_PHASE` for the share
+    of the time TAGS spent in its organ phase."""
+    phases = [_training_seconds(out / run) for run in RUNS]
+    model_cfg = ModelConfig.from_dict(checkpoint_state(out / RUNS[-1])["model_config"])
+    print(f"[demo] training the DynUNet baseline for the same {sum(phases):.0f} s", flush=True)
+    return train_baseline(first, model_cfg, sum(phases), out / "baseline",
+                          schedule=((phases[0] / sum(phases), ORGAN_PHASE),))
 
 
 HEALTHY_VALIDATION_GRIDS = ((1.25, 0.7, 0.7), (2.5, 0.8, 0.8))
@@ -201,14 +240,43 @@ def metrics_table(reports: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
+def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
+                       reuse_training: bool) -> Tuple[int, float, Dict]:
+    """(TAGS steps, TAGS seconds, baseline summary) of the build in ``out``: trained now (a new
+    plan, or the plan of an interrupted build), or read back (``reuse_training``)."""
+    if reuse_training:
+        steps, seconds = trained_steps(out), tags_seconds(out)
+        base = json.loads((out / "baseline" / SUMMARY).read_text())
+        print(f"[demo] reusing the trained TAGS runs ({steps} steps) and baseline in {out}", flush=True)
+    else:
+        plan = planned_steps(out)
+        if plan is None:
+            per_step = seconds_per_step(samples, out / "probe")
+            plan = phase_steps(max(10, int(minutes * 60 * TRAIN_SHARE / per_step)))
+            print(f"[demo] a step takes {per_step:.1f} s: training TAGS for {sum(plan)} steps "
+                  f"(about {sum(plan) * per_step / 60:.0f} min, the last {plan[1]} organ-weighted)", flush=True)
+        else:
+            print(f"[demo] finishing the build started in {out}: {plan[0]} + {plan[1]} TAGS steps", flush=True)
+        first, _ = train_tags(samples, out, plan)
+        steps, seconds = trained_steps(out), tags_seconds(out)
+        base = train_same_budget_baseline(first, out)
+    return steps, seconds, base
+
+
 def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, reuse_training: bool = False) -> Path:
     """Build the demo model folder at ``out``/model within about ``minutes`` on this machine.
 
-    ``reuse_training``: when ``out`` already holds a finished TAGS run and baseline, only choose
-    the lesion decisions, evaluate and export again (after a change to those steps).
+    A build interrupted while training is finished by running it again (the plan it started
+    with, not a new probe). ``reuse_training``: when ``out`` already holds both finished TAGS
+    runs and the baseline, only choose the organ boundary and lesion decisions, evaluate and
+    export again (after a change to those steps).
     """
     out = Path(out)
     t0 = time.time()
+    final = out / RUNS[-1]
+    if reuse_training and not (has_checkpoint(final) and (out / "baseline" / SUMMARY).is_file()):
+        raise ValueError(f"--reuse-training: {out} holds no finished two-phase build ({' and '.join(RUNS)} "
+                         "with a baseline beside them)")
     samples_dir = out / "samples"
     samples = (
         {"lits117": samples_dir / "Dataset501_LiTS117", "totalseg": samples_dir / "Dataset502_TotalSegLiver"}
@@ -216,22 +284,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         else build_samples(samples_dir, overwrite=True)
     )
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
-    final = out / RUNS[-1]
-    trained = has_checkpoint(final) and (out / "baseline" / SUMMARY).is_file()
-    if reuse_training and trained:
-        steps, seconds = trained_steps(out), tags_seconds(out)
-        base = json.loads((out / "baseline" / SUMMARY).read_text())
-        print(f"[demo] reusing the trained TAGS runs ({steps} steps) and baseline in {out}", flush=True)
-    else:
-        per_step = seconds_per_step(samples, out / "probe")
-        steps = max(10, int(minutes * 60 * TRAIN_SHARE / per_step))
-        print(f"[demo] a step takes {per_step:.1f} s: training TAGS for {steps} steps "
-              f"(about {steps * per_step / 60:.0f} min, the last {ORGAN_PHASE_SHARE:.0%} organ-weighted)", flush=True)
-        cfg = train_tags(samples, out, steps)
-        seconds = tags_seconds(out)
-        model_cfg = ModelConfig.from_dict(checkpoint_state(final)["model_config"])
-        print(f"[demo] training the DynUNet baseline for the same {seconds:.0f} s", flush=True)
-        base = train_baseline(cfg, model_cfg, seconds, out / "baseline")
+    steps, seconds, base = _tags_and_baseline(samples, out, minutes, reuse_training)
     tmp_model = out / "model.unevaluated"
     export_model(final, tmp_model, overwrite=True)
     from tags.inference import TagsPredictor
@@ -278,7 +331,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     precision = json.loads((final / TRAIN_CONFIG).read_text())["precision"]
     timing = {"tags_training_seconds": seconds, "baseline_seconds": base.get("seconds"),
               "machine": {**machine_info(), "training_precision": precision}}
-    if reuse_training and trained:
+    if reuse_training:
         previous = out / "model" / METADATA
         if previous.is_file() and "build_seconds" in (built := json.loads(previous.read_text())):
             timing["build_seconds"] = built["build_seconds"]
@@ -287,11 +340,13 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     else:
         timing["build_seconds"] = round(time.time() - t0, 1)
     machine = timing["machine"]
-    markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {seconds:.0f} s (the last "
-                f"{int(checkpoint_state(final)['step'])} weighted to the organ and its surroundings); the baseline "
+    phases = trained_phase_steps(out)
+    history = (f"two phases: {phases[0]} steps of the demo recipe, then {phases[1]} steps fine-tuned from them "
+               "weighted to the organ and its surroundings")
+    markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {seconds:.0f} s ({history}); the baseline "
                 f"({base['architecture']}) {base['steps']} steps in the same time, on {machine['cpu']} "
                 f"({machine['threads']} threads, {machine['cpu_capability']}, {precision}). Command: `{command}`.")
-    export_model(final, out / "model", metrics=metrics, limits=LIMITS, overwrite=True,
+    export_model(final, out / "model", metrics=metrics, limits=LIMITS, overwrite=True, steps=steps, history=history,
                  lesion_decision=decisions["tags"], organ_boundary=boundaries["tags"], metrics_markdown=markdown,
                  extra_metadata={"built_by": command, **timing})
     import shutil

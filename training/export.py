@@ -59,14 +59,16 @@ def export_model(
     run: str | Path, out: str | Path, *, metrics: Optional[Dict] = None, limits: str = "", overwrite: bool = False,
     extra_metadata: Optional[Dict] = None, lesion_decision: Optional[LesionDecision] = None,
     metrics_markdown: Optional[str] = None, checkpoint: Optional[str] = None,
-    organ_boundary: Optional[OrganBoundary] = None,
+    organ_boundary: Optional[OrganBoundary] = None, steps: Optional[int] = None, history: Optional[str] = None,
 ) -> Path:
     """Write the model folder for the latest checkpoint of ``run`` (or the one named
     ``checkpoint``, e.g. ``"best"``: the best validated one).
 
     ``lesion_decision``: the decision chosen on validation cases (stored in config.json);
     ``organ_boundary``: the organ boundary refinement chosen on labelled non-test cases (idem);
-    ``metrics_markdown``: the card's metrics section (default: ``metrics`` as JSON).
+    ``metrics_markdown``: the card's metrics section (default: ``metrics`` as JSON);
+    ``steps``, ``history``: the training steps and how they were run, for a model trained in more
+    than one run (default: the run's own steps and its ``--init`` folder).
     """
     run = Path(run)
     weights, _, state = load_checkpoint(run, checkpoint)
@@ -86,9 +88,10 @@ def export_model(
         slab=config.adapter.slab_size,
         text_encoder=config.text_encoder,
         target_lines="; ".join(f"{t.name} ({t.kind}: \"{t.sentence}\")" for t in config.targets),
-        steps=state["step"],
+        steps=steps or state["step"],
         world=state.get("world_size", 1),
         datasets=", ".join(Path(d).name for d in tc.datasets) + (
+            f" ({history})" if history else
             f" (fine-tuned: the run started from the weights of the model folder {tc.init})" if tc.init else ""),
         window=list(p.hu_window),
         spacing=list(p.spacing),
@@ -100,7 +103,8 @@ def export_model(
     )
     meta = {
         "training": {
-            "steps": state["step"],
+            "steps": steps or state["step"],
+            **({"history": history} if history else {}),
             "world_size": state.get("world_size", 1),
             "datasets": [Path(d).name for d in tc.datasets],
             "z_split": tc.z_split,
