@@ -271,7 +271,9 @@ def test_ohif_shows_the_seg_on_the_right_pixels(cases, browser, case):
     # OHIF shows each value with 2 decimals and its unit
     assert all(v[0].endswith(" mL") and v[1].endswith(" mm") and v[2].endswith(" mm") for v in read), read
     shown = sorted(tuple(float(x.split()[0]) for x in v) for v in read)
-    written = sorted((x["volume_ml"], x["long_axis_mm"], x["short_axis_mm"]) for x in lesions)
+    # in the order of the values as shown (two lesions of 0.270 and 0.273 ml both show 0.27)
+    written = sorted(((x["volume_ml"], x["long_axis_mm"], x["short_axis_mm"]) for x in lesions),
+                     key=lambda v: tuple(round(x, 2) for x in v))
     assert len(shown) == len(written) and np.allclose(shown, written, atol=0.006), (shown, written)
     assert view["index"] >= 0 and view["current"] == view["index"], view
     x, y, w, h = (int(round(v)) for v in view["rect"])
