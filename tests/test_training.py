@@ -290,3 +290,39 @@ def test_torchrun_two_cpu_processes_agree_validate_and_resume_after_a_kill(sampl
     w_full, w_part = load_checkpoint(full)[0], load_checkpoint(part)[0]
     assert load_checkpoint(part)[2]["step"] == 4
     assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
+
+
+def test_organ_samples_of_a_healthy_liver_get_synthetic_tumors_and_keep_their_organ_label(samples, monkeypatch):
+    from training import synthetic_tumors
+    from training.data import ORGAN_SYNTHETIC_CLASSES
+    from tags.preprocessing import normalize_hu
+
+    cfg = TrainConfig(datasets=[str(samples["lits117"]), str(samples["totalseg"])], out="unused", **TINY)
+    mcfg = model_config_for(cfg, text_dim=384)
+    cases = load_training_cases([read_dataset(samples[k]) for k in ("lits117", "totalseg")], mcfg)
+    calls, call = [], synthetic_tumors.SynthesizeLiverTumors.__call__
+
+    def recorded(self, image, liver, spacing, *args, **kwargs):
+        out = call(self, image, liver, spacing, *args, **kwargs)
+        calls.append((self.choices, np.array(image), np.array(liver), out[0], list(self.tumors)))
+        return out
+
+    monkeypatch.setattr(synthetic_tumors.SynthesizeLiverTumors, "__call__", recorded)
+    sampling = SamplingConfig(organ_fraction=1.0, organ_synthetic_fraction=1.0, phase_probability=0.0)
+    rng = np.random.default_rng(0)
+    seen = {"healthy": 0, "tumor case": 0}
+    for _ in range(12):
+        n = len(calls)
+        s = draw_sample(cases, mcfg.targets, mcfg, rng, sampling=sampling, img_size=128, mask_size=256)
+        assert s.target.name == "liver"
+        if len(calls) == n:  # the LiTS case labels tumors: its liver is left as it is
+            seen["tumor case"] += 1
+            continue
+        seen["healthy"] += 1
+        choices, before, liver, after, tumors = calls[-1]
+        assert choices == ORGAN_SYNTHETIC_CLASSES and tumors
+        changed = after != before
+        assert changed.any() and not (changed & ~liver).any()
+        assert np.array_equal(s.label[0].numpy() > 0.5, liver)  # the organ label is unchanged
+        assert torch.allclose(s.image[0], torch.from_numpy(normalize_hu(after, mcfg.preprocessing.hu_window)))
+    assert seen["healthy"] and seen["tumor case"], seen

@@ -59,6 +59,7 @@ def _train(a: argparse.Namespace) -> int:
         sampling=SamplingConfig(
             organ_fraction=a.organ_fraction, negative_fraction=a.negative_fraction,
             synthetic_fraction=a.synthetic_fraction, organ_negative_fraction=a.organ_negative_fraction,
+            organ_synthetic_fraction=a.organ_synthetic_fraction,
             phase_probability=a.phase_probability, phase_hu=tuple(a.phase_hu),
         ),
         alignment_weight=a.alignment_weight,
@@ -232,6 +233,8 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                    help="share of tumor steps with synthetic tumors inserted into healthy organs")
     t.add_argument("--organ-negative-fraction", type=float, default=s.organ_negative_fraction,
                    help="share of organ steps centred on the body outside the organ")
+    t.add_argument("--organ-synthetic-fraction", type=float, default=s.organ_synthetic_fraction,
+                   help="share of organ steps on a tumor-free organ that get synthetic tumors (organ label kept)")
     t.add_argument("--phase-probability", type=float, default=s.phase_probability,
                    help="share of crops whose organ is moved to another contrast phase "
                         f"(default {s.phase_probability:g})")

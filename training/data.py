@@ -203,6 +203,9 @@ class SamplingConfig:
             (:class:`training.synthetic_tumors.SynthesizeLiverTumors`); the rest are real tumors.
         organ_negative_fraction: organ samples centred on body voxels outside the organ (the
             thorax above a liver, the pelvis below it), label what little organ lies in the crop.
+        organ_synthetic_fraction: organ samples of a tumor-free organ with synthetic tumors
+            (:data:`ORGAN_SYNTHETIC_CLASSES`) inserted, the organ label unchanged: a tumor is
+            part of its organ, so the organ pass learns to keep a liver full of tumors whole.
         prompt_drop, box_jitter: prompt augmentation (:func:`augment_prompts`).
         phase_probability, phase_hu: contrast-phase augmentation (:func:`shift_organ_hu`): with
             this probability the organ's median HU in the crop is moved to a value drawn from
@@ -215,10 +218,16 @@ class SamplingConfig:
     negative_fraction: float = 0.0
     synthetic_fraction: float = 0.0
     organ_negative_fraction: float = 0.0
+    organ_synthetic_fraction: float = 0.0
     prompt_drop: float = 0.2
     box_jitter: float = 0.05
     phase_probability: float = 0.0
     phase_hu: Tuple[float, float] = (40.0, 140.0)
+
+
+ORGAN_SYNTHETIC_CLASSES = ("medium", "large")
+"""Synthetic tumor size classes of organ samples: tiny and small ones are a voxel or two on the
+coarse organ grid."""
 
 
 def shift_organ_hu(image_hu: np.ndarray, organ: np.ndarray, target_hu: float, spacing: Sequence[float]) -> np.ndarray:
@@ -242,6 +251,15 @@ def _random_voxel(flat: np.ndarray, shape: Sequence[int], rng: np.random.Generat
     return np.array(np.unravel_index(int(flat[rng.integers(len(flat))]), tuple(shape)))
 
 
+def _tumor_free_organ(gc: GridCase, organ: str, tumors: Sequence[TargetSpec]) -> bool:
+    """``gc`` labels ``organ`` and no tumor in it (listed as tumor-free, or every tumor target of
+    the organ it labels is empty)."""
+    if not len(gc.label_voxels(organ)):
+        return False
+    return gc.tumor_free or not any(len(gc.label_voxels(t.name)) for t in tumors
+                                    if t.organ == organ and t.name in gc.labels)
+
+
 def draw_sample(
     cases: List[Dict[str, GridCase]], targets: Sequence[TargetSpec], model: ModelConfig, rng: np.random.Generator,
     *, sampling: SamplingConfig, img_size: int, mask_size: int, crop_size: Optional[Sequence[int]] = None,
@@ -261,17 +279,20 @@ def draw_sample(
     labelled = [c[grid] for c in cases if t.name in c[grid].labels and (use_organ or t.organ in c[grid].labels)]
     if not labelled:
         raise ValueError(f"no training case labels the target {t.name!r}")
-    synthetic = False
+    synthetic = organ_synthetic = False
     if use_organ:
         gc = _pick(labelled, rng)
         label = gc.labels[t.name]
         organ = None
         if rng.random() < sampling.organ_negative_fraction and len(gc.body_voxels_outside(t.name)):
             centre = _random_voxel(gc.body_voxels_outside(t.name), gc.image.shape, rng)
-        elif len(gc.label_voxels(t.name)) and rng.random() < 0.7:
-            centre = _random_voxel(gc.label_voxels(t.name), gc.image.shape, rng)
         else:
-            centre = np.array([rng.integers(n) for n in gc.image.shape])
+            organ_synthetic = (sampling.organ_synthetic_fraction > 0 and _tumor_free_organ(gc, t.name, tumors)
+                               and rng.random() < sampling.organ_synthetic_fraction)
+            if len(gc.label_voxels(t.name)) and (organ_synthetic or rng.random() < 0.7):
+                centre = _random_voxel(gc.label_voxels(t.name), gc.image.shape, rng)
+            else:
+                centre = np.array([rng.integers(n) for n in gc.image.shape])
     else:
         # Healthy: listed as tumor-free, or labelling the tumor target with no tumor voxel.
         healthy = [c for c in labelled
@@ -292,12 +313,14 @@ def draw_sample(
     region = crops[2] if organ is not None else (crops[1] if use_organ else None)
     if region is not None and region.any() and rng.random() < sampling.phase_probability:
         image_hu = shift_organ_hu(image_hu, region > 0.5, rng.uniform(*sampling.phase_hu), gc.spacing)
-    if synthetic:
+    if synthetic or organ_synthetic:
         from .synthetic_tumors import SynthesizeLiverTumors
 
-        synth = SynthesizeLiverTumors(prob=1.0)
+        synth = SynthesizeLiverTumors(prob=1.0, **({"choices": ORGAN_SYNTHETIC_CLASSES} if organ_synthetic else {}))
         synth.set_random_state(seed=int(rng.integers(2**31)))
-        image_hu, label_crop = synth(image_hu, crops[2], gc.spacing)
+        image_hu, tumor_crop = synth(image_hu, crops[2] if synthetic else label_crop > 0.5, gc.spacing)
+        if synthetic:
+            label_crop = tumor_crop
     prompts = None
     if organ is not None:
         p = derive_prompts(crops[2], gc.spacing, img_size=img_size, mask_size=mask_size,

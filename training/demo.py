@@ -58,11 +58,13 @@ LIMITS = (
 
 SAMPLING = SamplingConfig(
     organ_fraction=0.35, negative_fraction=0.15, synthetic_fraction=0.25, organ_negative_fraction=0.2,
-    phase_probability=0.6,
+    organ_synthetic_fraction=0.5, phase_probability=0.6,
 )
 """The demo recipe's first phase: of the tumor steps 25 % synthetic tumors on healthy livers, 15 %
 healthy livers as they are, 60 % real LiTS tumors; a fifth of the organ steps centred outside the
-liver; 60 % of the crops with the liver moved to another contrast phase (median 40-140 HU)."""
+liver, and half of those on a healthy liver with synthetic medium and large tumors inserted (the
+organ pass of a model trained without them left large tumors and the liver around them out of a
+LiTS liver); 60 % of the crops with the liver moved to another contrast phase (median 40-140 HU)."""
 
 ORGAN_PHASE = dataclasses.replace(SAMPLING, organ_fraction=0.5, organ_negative_fraction=0.5)
 """The second phase (fine-tuning the first phase's weights): half of the steps on the organ and
