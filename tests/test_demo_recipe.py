@@ -8,7 +8,7 @@ import torch
 
 from training.checkpoints import save_checkpoint
 from training.cli import main
-from training.demo import RUNS, phase_steps, planned_steps, trained_phase_steps
+from training.demo import RUNS, phase_steps, planned_steps, record_plan, trained_phase_steps
 
 
 def _started(run, step: int, steps: int) -> None:
@@ -29,6 +29,16 @@ def test_an_interrupted_build_keeps_its_plan(tmp_path):
     _started(tmp_path / RUNS[1], 20, 150)  # killed in the second phase, planned otherwise
     assert planned_steps(tmp_path) == (first, 150)
     assert trained_phase_steps(tmp_path) == (first, 20)
+
+
+def test_a_recorded_plan_is_kept_exactly(tmp_path):
+    """The plan a build wrote is what a second run finishes, also where deriving the organ
+    phase from the first phase's steps would round to another count (6 + 4 -> 6 + 3)."""
+    plan = phase_steps(10)
+    _started(tmp_path / RUNS[0], 6, plan[0])
+    assert planned_steps(tmp_path) == (6, 3)  # derived: a folder without a recorded plan
+    record_plan(tmp_path, plan)
+    assert planned_steps(tmp_path) == plan == (6, 4)
 
 
 def test_reuse_training_refuses_a_folder_without_a_finished_build(tmp_path, capsys):

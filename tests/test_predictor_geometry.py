@@ -269,6 +269,20 @@ def test_fitted_sides_keep_the_trained_scale_exactly():
     assert plan((16, 40, 40), None) == (16, 32, 32), "an encoder of fixed size keeps the trained side"
 
 
+def test_a_thin_roi_gets_a_window_just_deep_enough_when_allowed():
+    """min_depth: a 10-slice ROI gets one 12-slice window (a multiple of the 4-slice slab)
+    instead of a trained 32-slice one, never shallower than min_depth; deeper ROIs are tiled as
+    before."""
+    plan = lambda shape, policy: plan_windows(shape, (32, 32, 32), policy, slab_size=4,  # noqa: E731
+                                              encoder_side=None)
+    assert plan((10, 32, 32), WindowPolicy())[0] == (32, 32, 32)
+    assert plan((10, 32, 32), WindowPolicy(min_depth=4)) == ((12, 32, 32), (0.0, 0.25, 0.25))
+    assert plan((3, 32, 32), WindowPolicy(min_depth=8))[0] == (8, 32, 32)
+    assert plan((70, 32, 32), WindowPolicy(min_depth=4)) == plan((70, 32, 32), WindowPolicy())
+    with pytest.raises(ValueError, match="min_depth"):
+        WindowPolicy(min_depth=0)
+
+
 def test_window_sides_are_checked():
     for bad in ((96, 64), (0, 64), (64,), (32.5, 64)):
         with pytest.raises(ValueError, match="window sides"):
@@ -285,6 +299,8 @@ def test_default_sides_scale_with_the_trained_side():
     pred = TagsPredictor(EchoOrganModel(demo, encoder_side=128), device="cpu")
     assert (pred.tumor_windows.sides, pred.organ_windows.sides) == ((64, 256), (128, 256))
     assert (pred.tumor_windows.square, pred.organ_windows.square) == (False, True)
+    # a thin series: organ windows as shallow as a slab allows, tumor windows of the trained depth
+    assert (pred.tumor_windows.min_depth, pred.organ_windows.min_depth) == (None, demo.adapter.slab_size)
     other = small_config(roi_size=(8, 48, 48), organ_roi_size=(8, 96, 96))
     assert (WindowPolicy.tumor(other).sides, WindowPolicy.organ(other).sides) == ((24, 96), (96, 192))
     pred = TagsPredictor(EchoOrganModel(other), device="cpu", tumor_windows=WindowPolicy(sides=(32, 64)))

@@ -62,12 +62,28 @@ def test_loss_decreases_on_a_real_crop(samples):
     assert losses[-1] < losses[0] - 0.02
 
 
-def test_resume_continues_from_the_saved_step(samples, tmp_path):
+def test_resume_continues_from_the_saved_step(samples, tmp_path, monkeypatch):
     common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=1, precision="fp32", **TINY)
     full = train(TrainConfig(out=str(tmp_path / "full"), **common))
     part = tmp_path / "part"
-    train(TrainConfig(out=str(part), **common), stop_after=1)
+    import time as real_time
+    from training import train as train_module
+
+    class SlowClock:  # the first part's step seems to take 1000 s
+        calls = 0
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+        def time(self):
+            SlowClock.calls += 1
+            return real_time.time() + (1000.0 if SlowClock.calls > 1 else 0.0)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "time", SlowClock())
+        train(TrainConfig(out=str(part), **common), stop_after=1)
     assert load_checkpoint(part)[2]["step"] == 1
+    assert load_checkpoint(part)[2]["seconds"] >= 1000.0
     entries = sorted(p.name for p in (part / "cache").iterdir() if p.is_dir())
     # resumes; with other grids on the command line, a resumed run keeps (and caches) its own
     other_grids = dataclasses.replace(TINY_MODEL, preprocessing=dataclasses.replace(
@@ -82,6 +98,8 @@ def test_resume_continues_from_the_saved_step(samples, tmp_path):
     assert len(checkpoint_files(part)) == 2  # keep_checkpoints: the two newest of two
     lines = [json.loads(x) for x in (part / METRICS).read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
+    # the training time goes on from the checkpoint's: the baseline of a resumed demo build gets all of it
+    assert s_part["seconds"] == lines[1]["seconds"] >= lines[0]["seconds"] >= 1000.0
     cfg = TrainConfig(out=str(part), **common)  # the logged rate is the one of the step just taken
     assert [x["lr"] for x in lines] == [cfg.lr * warmup_cosine(s, cfg.warmup, cfg.steps) for s in (0, 1)]
     # The run folder's options read back as given, the model resolved (targets, text width).

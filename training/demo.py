@@ -58,13 +58,11 @@ LIMITS = (
 
 SAMPLING = SamplingConfig(
     organ_fraction=0.35, negative_fraction=0.15, synthetic_fraction=0.25, organ_negative_fraction=0.2,
-    organ_synthetic_fraction=0.5, phase_probability=0.6,
+    phase_probability=0.6,
 )
 """The demo recipe's first phase: of the tumor steps 25 % synthetic tumors on healthy livers, 15 %
 healthy livers as they are, 60 % real LiTS tumors; a fifth of the organ steps centred outside the
-liver, and half of those on a healthy liver with synthetic medium and large tumors inserted (the
-organ pass of a model trained without them left large tumors and the liver around them out of a
-LiTS liver); 60 % of the crops with the liver moved to another contrast phase (median 40-140 HU)."""
+liver; 60 % of the crops with the liver moved to another contrast phase (median 40-140 HU)."""
 
 ORGAN_PHASE = dataclasses.replace(SAMPLING, organ_fraction=0.5, organ_negative_fraction=0.5)
 """The second phase (fine-tuning the first phase's weights): half of the steps on the organ and
@@ -108,9 +106,24 @@ def phase_steps(steps: int) -> Tuple[int, int]:
     return steps - organ, organ
 
 
+PLAN = "plan.json"
+"""The build's TAGS steps per phase, written when it plans them (before any training)."""
+
+
+def record_plan(out: Path, steps: Tuple[int, int]) -> None:
+    """Write the build's plan (``steps`` per phase) to ``out``/:data:`PLAN`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLAN).write_text(json.dumps({"steps": [int(v) for v in steps]}) + "\n")
+
+
 def planned_steps(out: Path) -> Optional[Tuple[int, int]]:
-    """The two phases' steps of an interrupted build in ``out`` as its runs were started (so that
-    running the build again finishes the same plan), or None when no run was started."""
+    """The two phases' steps of an interrupted build in ``out`` as it planned them (so that
+    running the build again finishes the same plan), or None when it has not planned yet. A
+    build folder from before :data:`PLAN` existed: the steps its runs were started with, the
+    organ phase's derived from the first's when it had not started (possibly one step off)."""
+    if (out / PLAN).is_file():
+        first, second = json.loads((out / PLAN).read_text())["steps"]
+        return int(first), int(second)
     first, second = (checkpoint_state(out / run) for run in RUNS)
     if first is None:
         return None
@@ -139,11 +152,6 @@ def trained_phase_steps(out: Path) -> Tuple[int, int]:
     if not all(states):
         raise ValueError(f"{out} holds no two-phase demo build (training runs {' and '.join(RUNS)})")
     return tuple(int(state["step"]) for state in states)
-
-
-def trained_steps(out: Path) -> int:
-    """TAGS training steps of the build in ``out``, both phases."""
-    return sum(trained_phase_steps(out))
 
 
 def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
@@ -243,26 +251,27 @@ def metrics_table(reports: Dict[str, Dict]) -> str:
 
 
 def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
-                       reuse_training: bool) -> Tuple[int, float, Dict]:
-    """(TAGS steps, TAGS seconds, baseline summary) of the build in ``out``: trained now (a new
-    plan, or the plan of an interrupted build), or read back (``reuse_training``)."""
+                       reuse_training: bool) -> Tuple[Tuple[int, int], float, Dict]:
+    """(TAGS steps of each phase, TAGS seconds, baseline summary) of the build in ``out``: trained
+    now (a new plan, or the plan of an interrupted build), or read back (``reuse_training``)."""
     if reuse_training:
-        steps, seconds = trained_steps(out), tags_seconds(out)
+        phases, seconds = trained_phase_steps(out), tags_seconds(out)
         base = json.loads((out / "baseline" / SUMMARY).read_text())
-        print(f"[demo] reusing the trained TAGS runs ({steps} steps) and baseline in {out}", flush=True)
+        print(f"[demo] reusing the trained TAGS runs ({sum(phases)} steps) and baseline in {out}", flush=True)
     else:
         plan = planned_steps(out)
         if plan is None:
             per_step = seconds_per_step(samples, out / "probe")
             plan = phase_steps(max(10, int(minutes * 60 * TRAIN_SHARE / per_step)))
+            record_plan(out, plan)
             print(f"[demo] a step takes {per_step:.1f} s: training TAGS for {sum(plan)} steps "
                   f"(about {sum(plan) * per_step / 60:.0f} min, the last {plan[1]} organ-weighted)", flush=True)
         else:
             print(f"[demo] finishing the build started in {out}: {plan[0]} + {plan[1]} TAGS steps", flush=True)
         first, _ = train_tags(samples, out, plan)
-        steps, seconds = trained_steps(out), tags_seconds(out)
+        phases, seconds = trained_phase_steps(out), tags_seconds(out)
         base = train_same_budget_baseline(first, out)
-    return steps, seconds, base
+    return phases, seconds, base
 
 
 def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, reuse_training: bool = False) -> Path:
@@ -286,7 +295,8 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         else build_samples(samples_dir, overwrite=True)
     )
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
-    steps, seconds, base = _tags_and_baseline(samples, out, minutes, reuse_training)
+    phases, seconds, base = _tags_and_baseline(samples, out, minutes, reuse_training)
+    steps = sum(phases)
     tmp_model = out / "model.unevaluated"
     export_model(final, tmp_model, overwrite=True)
     from tags.inference import TagsPredictor
@@ -342,7 +352,6 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     else:
         timing["build_seconds"] = round(time.time() - t0, 1)
     machine = timing["machine"]
-    phases = trained_phase_steps(out)
     history = (f"two phases: {phases[0]} steps of the demo recipe, then {phases[1]} steps fine-tuned from them "
                "weighted to the organ and its surroundings")
     markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {seconds:.0f} s ({history}); the baseline "

@@ -46,7 +46,9 @@ from .distributed import DistContext, barrier, gather_rows, init_distributed, me
 TRAIN_CONFIG = "train_config.json"
 """The run's :class:`TrainConfig` as JSON (precision and model resolved), written when it starts."""
 METRICS = "metrics.jsonl"
-"""One line per checkpoint interval: step, mean loss, learning rate, seconds since the start."""
+"""One line per checkpoint interval: step, mean loss, learning rate and seconds: the training time
+behind that checkpoint's weights, summed over resumes (steps lost to an interruption after the
+last checkpoint are trained again and counted once)."""
 TRAIN_PRECISIONS = ("bf16", "fp16", "fp32")
 """Training precisions: bf16 autocast, fp16 autocast with loss scaling (CUDA only), fp32."""
 PHRASES = "phrases/"
@@ -378,7 +380,9 @@ class _Reporter:
         if resumed.get("loss_scaler"):
             self.scaler.load_state_dict(resumed["loss_scaler"])
         self.losses: List[torch.Tensor] = []
-        self.t0 = time.time()
+        # seconds of training behind the resumed weights (steps lost to an interruption after
+        # the last checkpoint are trained again, so their time is not counted twice)
+        self.t0 = time.time() - float(resumed.get("seconds", 0.0))
 
     def after_step(self, done: int, end: int, sample) -> bool:
         """Report after step ``done``; True when training stops early (every rank agrees)."""
@@ -389,11 +393,12 @@ class _Reporter:
             loss = mean_over_ranks(float(torch.stack(self.losses).float().mean()), self.ctx)  # one sync
             self.losses = []
             if self.ctx.rank == 0:
+                state = self._state(done)
                 self._write({"step": done, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
-                             "seconds": round(time.time() - self.t0, 1)})
+                             "seconds": state["seconds"]})
                 self.log.training(done, loss, self.opt.param_groups[0]["lr"])
                 self.log.preview(done, sample.image, sample.label)
-                save_checkpoint(self.run, self.net.delta_state_dict(), self.opt.state_dict(), self._state(done),
+                save_checkpoint(self.run, self.net.delta_state_dict(), self.opt.state_dict(), state,
                                 keep_last=self.cfg.keep_checkpoints)
             barrier(self.ctx)
         return stop
@@ -415,7 +420,8 @@ class _Reporter:
         return self.cfg.patience > 0 and self.best["stale"] >= self.cfg.patience
 
     def _state(self, done: int) -> Dict:
-        return {**self.meta, "step": done, "validation_state": dict(self.best), "loss_scaler": self.scaler.state_dict()}
+        return {**self.meta, "step": done, "seconds": round(time.time() - self.t0, 1),
+                "validation_state": dict(self.best), "loss_scaler": self.scaler.state_dict()}
 
     def _write(self, line: Dict) -> None:
         with (self.run / METRICS).open("a") as fh:
