@@ -49,9 +49,13 @@ def components(
     if n == 0:
         return labels, []
     index = np.arange(1, n + 1)
-    peak = ndimage.maximum(probability, labels, index)
-    mean = ndimage.mean(probability, labels, index)
-    size = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    # per-component statistics over the candidate voxels only (scipy.ndimage's maximum and
+    # median walk the whole grid: 2 s of a 512 x 512 x 200 CT's tumor ROI); the same values
+    lab = labels[candidate]
+    prob = probability[candidate]
+    size = np.bincount(lab, minlength=n + 1)[1:]
+    peak = _sorted_by_component(prob, lab)[np.cumsum(size) - 1]
+    mean = np.bincount(lab, weights=prob, minlength=n + 1)[1:] / size
     contrast, inside = [None] * n, [None] * n
     if organ is not None:
         inside = [bool(v) for v in np.bincount(labels[organ], minlength=n + 1)[1:] > 0]
@@ -59,10 +63,23 @@ def components(
         parenchyma = organ & ~candidate
         if parenchyma.any():
             ref = float(np.median(hu[parenchyma]))
-            contrast = [ref - float(v) for v in ndimage.median(hu, labels, index)]
+            contrast = [ref - float(v) for v in _component_medians(hu[candidate], lab, size)]
     comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml, c, o)
              for i, p, m, s, c, o in zip(index, peak, mean, size, contrast, inside)]
     return labels, comps
+
+
+def _sorted_by_component(values: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """``values`` ordered by component label, ascending within each component."""
+    return values[np.lexsort((values, lab))]
+
+
+def _component_medians(values: np.ndarray, lab: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Median of ``values`` per component 1..n (``lab`` its label per value, ``size`` the
+    counts): the mean of the two middle values of an even count, as ``ndimage.median``."""
+    ordered = _sorted_by_component(values, lab)
+    start = np.cumsum(size) - size
+    return (ordered[start + (size - 1) // 2] + ordered[start + size // 2]) / 2.0
 
 
 def keeps(c: Component, decision: LesionDecision) -> bool:

@@ -67,3 +67,31 @@ def test_single_pixel_and_line():
     line[2, 1:11] = True
     la, sa = axial_axes(line, (1.0, 0.5))
     assert la == pytest.approx(5.0) and sa == pytest.approx(1.0)
+
+
+def test_component_scores_equal_scipys_on_real_ct(lits117):
+    """The lesion decision's per-component scores (computed over the candidate voxels only)
+    equal scipy.ndimage's over the whole grid: highest and mean probability, and the contrast
+    from each component's median HU (odd and even sizes), on LiTS-117's HU with a smooth random
+    probability map of many components."""
+    from scipy import ndimage
+
+    from tags.lesion_decision import CONNECTIVITY, VOXEL_THRESHOLD, components
+
+    hu, label = lits117
+    hu = hu.astype(np.float32)
+    rng = np.random.default_rng(0)
+    prob = ndimage.gaussian_filter(rng.random(hu.shape, dtype=np.float32), 2.0)
+    prob = ((prob - prob.min()) / (prob.max() - prob.min())).astype(np.float32)
+    organ = label >= 1
+    labels, comps = components(prob, 0.001, hu, organ)
+    ref_labels, n = ndimage.label(prob >= VOXEL_THRESHOLD, structure=CONNECTIVITY)
+    index = np.arange(1, n + 1)
+    sizes = np.bincount(ref_labels.ravel())[1:]
+    assert n > 50 and len(set(sizes % 2)) == 2  # many components, odd and even sizes
+    assert np.array_equal(labels, ref_labels) and [c.label for c in comps] == list(index)
+    assert [c.max_probability for c in comps] == [float(v) for v in ndimage.maximum(prob, ref_labels, index)]
+    np.testing.assert_allclose([c.mean_probability for c in comps], ndimage.mean(prob, ref_labels, index), rtol=1e-12)
+    assert [c.volume_ml for c in comps] == [float(s) * 0.001 for s in sizes]
+    ref = float(np.median(hu[organ & (ref_labels == 0)]))
+    assert [c.contrast_hu for c in comps] == [ref - float(v) for v in ndimage.median(hu, ref_labels, index)]
