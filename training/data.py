@@ -295,8 +295,7 @@ def draw_sample(
                 centre = np.array([rng.integers(n) for n in gc.image.shape])
     else:
         # Healthy: listed as tumor-free, or labelling the tumor target with no tumor voxel.
-        healthy = [c for c in labelled
-                   if len(c.label_voxels(t.organ)) and (c.tumor_free or not len(c.label_voxels(t.name)))]
+        healthy = [c for c in labelled if _tumor_free_organ(c, t.organ, [t])]
         real = [c for c in labelled if len(c.label_voxels(t.name))] or labelled
         r = rng.random()
         synthetic = bool(healthy) and r < sampling.synthetic_fraction

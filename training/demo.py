@@ -169,7 +169,8 @@ def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
 
 
 def _training_seconds(run: Path) -> float:
-    """Seconds from the start of the run in ``run`` to its last logged checkpoint."""
+    """Training seconds behind the last logged checkpoint of the run in ``run`` (resumes
+    included, see :data:`training.train.METRICS`)."""
     return json.loads((run / METRICS).read_text().splitlines()[-1])["seconds"]
 
 
@@ -177,16 +178,16 @@ RUNS = ("run", "run-organ")
 """The recipe's two training runs in a build folder, in order."""
 
 
-def tags_seconds(out: Path) -> float:
-    """TAGS training seconds of the build in ``out``, both phases."""
-    return sum(_training_seconds(out / run) for run in RUNS)
+def phase_seconds(out: Path) -> Tuple[float, float]:
+    """TAGS training seconds of each phase of the build in ``out``."""
+    return tuple(_training_seconds(out / run) for run in RUNS)
 
 
-def train_same_budget_baseline(first: TrainConfig, out: Path) -> Dict:
-    """The DynUNet baseline in ``out``/baseline for the seconds TAGS trained, on the same samples,
-    drawn as TAGS drew them: the first phase's sampling, then :data:`ORGAN_PHASE` for the share
-    of the time TAGS spent in its organ phase."""
-    phases = [_training_seconds(out / run) for run in RUNS]
+def train_same_budget_baseline(first: TrainConfig, out: Path, phases: Tuple[float, float]) -> Dict:
+    """The DynUNet baseline in ``out``/baseline for the seconds TAGS trained (``phases``: each
+    phase's, :func:`phase_seconds`), on the same samples, drawn as TAGS drew them: the first
+    phase's sampling, then :data:`ORGAN_PHASE` for the share of the time TAGS spent in its organ
+    phase."""
     model_cfg = ModelConfig.from_dict(checkpoint_state(out / RUNS[-1])["model_config"])
     print(f"[demo] training the DynUNet baseline for the same {sum(phases):.0f} s", flush=True)
     return train_baseline(first, model_cfg, sum(phases), out / "baseline",
@@ -255,7 +256,7 @@ def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
     """(TAGS steps of each phase, TAGS seconds, baseline summary) of the build in ``out``: trained
     now (a new plan, or the plan of an interrupted build), or read back (``reuse_training``)."""
     if reuse_training:
-        phases, seconds = trained_phase_steps(out), tags_seconds(out)
+        phases, seconds = trained_phase_steps(out), sum(phase_seconds(out))
         base = json.loads((out / "baseline" / SUMMARY).read_text())
         print(f"[demo] reusing the trained TAGS runs ({sum(phases)} steps) and baseline in {out}", flush=True)
     else:
@@ -269,8 +270,9 @@ def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
         else:
             print(f"[demo] finishing the build started in {out}: {plan[0]} + {plan[1]} TAGS steps", flush=True)
         first, _ = train_tags(samples, out, plan)
-        phases, seconds = trained_phase_steps(out), tags_seconds(out)
-        base = train_same_budget_baseline(first, out)
+        phases, by_phase = trained_phase_steps(out), phase_seconds(out)
+        seconds = sum(by_phase)
+        base = train_same_budget_baseline(first, out, by_phase)
     return phases, seconds, base
 
 
