@@ -108,6 +108,24 @@ def test_resume_continues_from_the_saved_step(samples, tmp_path, monkeypatch):
     assert dataclasses.replace(recorded, model=TINY_MODEL) == cfg
 
 
+def test_the_slab_convolution_trains_only_when_asked(samples, tmp_path):
+    """Frozen by default (no backward through the frozen encoder); --train-slab-mix trains it, and a
+    resumed run keeps the choice its checkpoint was made with."""
+    common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=1, precision="fp32", **TINY)
+    key = "image_encoder.slab.mix.weight"
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), **common))
+    assert not load_checkpoint(plain)[0][key].any()  # its zero initialisation
+    mixed = tmp_path / "mixed"
+    train(TrainConfig(out=str(mixed), train_slab_mix=True, **common), stop_after=1)
+    after_one = load_checkpoint(mixed)[0][key].clone()
+    assert after_one.any()
+    train(TrainConfig(out=str(mixed), **common))  # resumed without the flag: still trained
+    assert not torch.equal(load_checkpoint(mixed)[0][key], after_one)
+    assert json.loads((plain / TRAIN_CONFIG).read_text())["train_slab_mix"] is False
+    older = {k: v for k, v in TrainConfig(out="x", **common).to_dict().items() if k != "train_slab_mix"}
+    assert TrainConfig.from_dict(older).train_slab_mix  # run folders from before the option trained it
+
+
 def test_workers_and_a_shared_cache_train_the_same_weights(samples, tmp_path):
     """Two loader workers and a cache shared with another run give the weights of the serial run."""
     common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=2, precision="fp32", **TINY)

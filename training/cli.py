@@ -48,7 +48,7 @@ def _train(a: argparse.Namespace) -> int:
         checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
         dist_timeout_minutes=a.dist_timeout, workers=a.workers, cache_dir=a.cache_dir, z_split=z_split,
         validate_every=a.validate_every, patience=a.patience, activation_checkpointing=a.activation_checkpointing,
-        clip_folder=a.clip_folder,
+        train_slab_mix=a.train_slab_mix, clip_folder=a.clip_folder,
         backbone_checkpoint=a.backbone_checkpoint, init=a.init, progress=not a.no_progress,
         model=replace(
             model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
@@ -196,6 +196,9 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                    help="stop after this many validations without improvement (default 0: never)")
     t.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute the encoder blocks' activations in backward (less memory, slower; for sam_vit_b)")
+    t.add_argument("--train-slab-mix", action="store_true",
+                   help="also train the encoder input's slab convolution (about 2x the step time and 3x the "
+                        "memory: its gradient runs back through the whole frozen encoder)")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")
     t.add_argument("--dist-timeout", type=float, default=d.dist_timeout_minutes, metavar="MINUTES",

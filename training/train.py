@@ -74,6 +74,13 @@ class TrainConfig:
     ``warmup``: steps of linear learning-rate warm-up before the cosine decay (:func:`warmup_cosine`).
     ``batch_size``: samples per step and rank; samples of the same target and crop shape run as
     one network batch (activation memory grows with it), the others one after the other.
+    ``train_slab_mix``: train the encoder input's slab convolution
+    (:class:`tags.encoder.SlabEmbedding`; off: it keeps its initial or loaded weights). Its
+    gradient is the only one that runs back through the frozen encoder's first stages, whose
+    activations (full encoder resolution, 256 channels) must then be kept for backward: on the
+    default 64 x 128 x 128 window a step took about 2x the time and 3x the memory
+    (docs/performance.md), for a convolution the demo model had trained to weights below 0.012.
+    A resumed run keeps its checkpoint's choice (its optimiser state holds these weights or not).
     ``init``: a model folder whose weights start the run (fine-tuning): its model settings,
     targets and text embeddings are used instead of ``model``'s, its organ boundary and lesion
     decision are dropped (choose them again for the new weights: ``tags-train calibrate``).
@@ -97,6 +104,7 @@ class TrainConfig:
     workers: int = 0
     cache_dir: Optional[str] = None
     activation_checkpointing: bool = False
+    train_slab_mix: bool = False
     validate_every: int = 0
     patience: int = 0
     dist_timeout_minutes: float = 30.0
@@ -127,6 +135,7 @@ class TrainConfig:
         ...), and before :class:`~training.data.SamplingConfig` so were ``organ_fraction``,
         ``prompt_drop`` and ``box_jitter``."""
         d = dict(d)
+        d.setdefault("train_slab_mix", True)  # run folders from before the option trained it
         if "model" in d:
             model = ModelConfig.from_dict(d.pop("model"))
         else:
@@ -285,6 +294,7 @@ def _start(cfg: TrainConfig, ctx: DistContext,
     checkpoint = load_checkpoint(run) if rank0_decides(ctx.rank == 0 and has_checkpoint(run), ctx) else None
     if checkpoint is not None:
         state = checkpoint[2]
+        cfg = replace(cfg, train_slab_mix=TrainConfig.from_dict(state["train_config"]).train_slab_mix)
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     elif cfg.init:
@@ -299,6 +309,8 @@ def _start(cfg: TrainConfig, ctx: DistContext,
                 text[PHRASES + t.name] = phrase_embeddings(encoder, t.organ)
     cfg = replace(cfg, model=model_cfg)  # recorded as resolved (targets, text width; a resumed run's own)
     net = build_tags(model_cfg, checkpoint=cfg.backbone_checkpoint)
+    if not cfg.train_slab_mix:
+        net.image_encoder.slab.requires_grad_(False)  # no backward through the frozen encoder (see TrainConfig)
     channels_last_convs(net, frozen_only=True)  # as at inference: demo step 4.0 -> 3.3 s (docs/performance.md)
     if cfg.activation_checkpointing:
         checkpoint_activations(net)
