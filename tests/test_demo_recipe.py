@@ -46,3 +46,28 @@ def test_reuse_training_refuses_a_folder_without_a_finished_build(tmp_path, caps
     assert main(["demo", str(tmp_path), "--reuse-training"]) != 0
     assert "no finished two-phase build" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == [RUNS[0]]  # nothing written
+
+
+def test_the_step_probe_leaves_out_the_first_step(tmp_path, monkeypatch):
+    """The probe's seconds per step are those of steps 2.. (the first also allocates memory), from
+    the run's own log; the probe run is removed."""
+    import json
+
+    from training import demo
+    from training.train import METRICS
+
+    seen = {}
+
+    def fake_train(cfg, stop_after=None):
+        seen.update(checkpoint_every=cfg.checkpoint_every, stop_after=stop_after)
+        run = tmp_path / "probe"
+        run.mkdir()
+        seconds = [9.0 + 2.0 * i for i in range(stop_after)]  # a 9 s first step, then 2 s each
+        (run / METRICS).write_text("".join(json.dumps({"step": i + 1, "seconds": s}) + "\n"
+                                           for i, s in enumerate(seconds)))
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    monkeypatch.setattr(demo, "demo_config", lambda samples, run, steps: demo.TrainConfig(datasets=[], out=str(run)))
+    assert demo.seconds_per_step({}, tmp_path / "probe") == pytest.approx(2.0)
+    assert seen == {"checkpoint_every": 1, "stop_after": demo.PROBE_STEPS}
+    assert not (tmp_path / "probe").exists()
