@@ -8,8 +8,10 @@ DATASET folders come from scripts/simulate_dataset.py. Every run is `tags-train 
 `torchrun --nproc_per_node 2 -m training.cli train`, gloo) in its own process group with
 checkpoints every step; the time to the first step is from process start to the first
 checkpoint file, steps per second from the metrics.jsonl lines after the first step, peak RSS
-the largest resident set of the process and its children (os.wait4). Writes OUT/bench_training.json
-and prints a table. Numbers, not assertions.
+the largest resident set of the process and its children (os.wait4). The data path alone (the
+training run's sample stream, no network: cache opened, samples drawn and augmented) is timed
+with 0 and 2 loader workers in a process of its own. Writes OUT/bench_training.json and prints a
+table. Numbers, not assertions.
 """
 
 from __future__ import annotations
@@ -63,6 +65,36 @@ def run_train(dataset: Path, out: Path, cache: Path, *, steps: int, workers: int
             "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
+def loader_rate(dataset: Path, cache: Path, *, workers: int, steps: int, encoder_size: int) -> Dict:
+    """Samples per second of the training sample stream alone (a child process; peak RSS is its own)."""
+    code = (
+        "import json, sys, time, resource\n"
+        "from dataclasses import replace\n"
+        "from tags.config import ModelConfig\n"
+        "from tags.network import build_tags\n"
+        "from training.cache import cached_training_cases\n"
+        "from training.data import SamplingConfig\n"
+        "from training.datasets import read_dataset\n"
+        "from training.loader import StepSamples, step_loader\n"
+        "from training.train import TrainConfig, model_config_for\n"
+        "ds, cache, workers, steps, enc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])\n"
+        "cfg = TrainConfig(datasets=[ds], out='', model=replace(ModelConfig(), encoder_size=enc))\n"
+        "model = model_config_for(cfg, 384)\n"
+        "net = build_tags(model, pretrained=False)\n"
+        "t0 = time.time(); cases = cached_training_cases([read_dataset(ds)], model, cache); opened = time.time() - t0\n"
+        "samples = StepSamples(cases, model, SamplingConfig(), seed=0, rank=0, steps=steps, img_size=net.img_size,\n"
+        "                      mask_size=net.prompt_encoder.mask_input_size[0])\n"
+        "it = iter(step_loader(samples, 0, steps, workers=workers)); next(it)  # workers started, first batch\n"
+        "t0 = time.time(); n = sum(1 for _ in it); s = time.time() - t0\n"
+        "print(json.dumps({'cache_open_s': round(opened, 2), 'samples_per_s': round(n / s, 2),\n"
+        "                  'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))\n"
+    )
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", code, str(dataset), str(cache), str(workers), str(steps),
+                          str(encoder_size)], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure(dataset: Path, out: Path, steps: int, encoder_size: int) -> Dict:
     cache = out / f"cache-{dataset.name}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -72,6 +104,8 @@ def measure(dataset: Path, out: Path, steps: int, encoder_size: int) -> Dict:
     res["warm_1proc_w0"] = run_train(dataset, out / "run", cache, workers=0, nproc=1, **kw)
     res["warm_1proc_w2"] = run_train(dataset, out / "run", cache, workers=2, nproc=1, **kw)
     res["warm_2proc_w0"] = run_train(dataset, out / "run", cache, workers=0, nproc=2, **kw)
+    res["loader_only"] = {f"w{w}": loader_rate(dataset, cache, workers=w, steps=4 * steps, encoder_size=encoder_size)
+                          for w in (0, 2)}
     return res
 
 
@@ -97,7 +131,10 @@ def main(argv=None) -> int:
                        f"{'wall s':>7s}"]
     for name, res in report["datasets"].items():
         for k, v in res.items():
-            if isinstance(v, dict):
+            if k == "loader_only":
+                rows.append(f"{name:28s} loader alone: " + ", ".join(
+                    f"{w} workers {r['samples_per_s']} samples/s ({r['peak_rss_mb']} MB)" for w, r in v.items()))
+            elif isinstance(v, dict):
                 rows.append(f"{name:28s} {k:16s} {v['seconds_to_first_step']:12.1f} {v['steps_per_s']:8.3f} "
                             f"{v['peak_rss_mb']:11d} {v['wall_s']:7.1f}")
     print("\n".join(rows))
