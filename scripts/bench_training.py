@@ -66,7 +66,8 @@ def run_train(dataset: Path, out: Path, cache: Path, *, steps: int, workers: int
 
 
 def loader_rate(dataset: Path, cache: Path, *, workers: int, steps: int, encoder_size: int) -> Dict:
-    """Samples per second of the training sample stream alone (a child process; peak RSS is its own)."""
+    """Samples per second of the training sample stream alone (a child process; its peak RSS is the
+    main process's, without the workers')."""
     code = (
         "import json, sys, time, resource\n"
         "from dataclasses import replace\n"
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         for k, v in res.items():
             if k == "loader_only":
                 rows.append(f"{name:28s} loader alone: " + ", ".join(
-                    f"{w} workers {r['samples_per_s']} samples/s ({r['peak_rss_mb']} MB)" for w, r in v.items()))
+                    f"{w[1:]} workers {r['samples_per_s']} samples/s ({r['peak_rss_mb']} MB)" for w, r in v.items()))
             elif isinstance(v, dict):
                 rows.append(f"{name:28s} {k:16s} {v['seconds_to_first_step']:12.1f} {v['steps_per_s']:8.3f} "
                             f"{v['peak_rss_mb']:11d} {v['wall_s']:7.1f}")

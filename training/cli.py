@@ -197,7 +197,7 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute the encoder blocks' activations in backward (less memory, slower; for sam_vit_b)")
     t.add_argument("--train-slab-mix", action="store_true",
-                   help="also train the encoder input's slab convolution (about 2x the step time and 3x the "
+                   help="also train the encoder input's slab convolution (about 1.5-2x the step time and 2.5x the "
                         "memory: its gradient runs back through the whole frozen encoder)")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")

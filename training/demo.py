@@ -159,7 +159,7 @@ def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
     """Seconds per TAGS training step of the demo recipe on this machine: the mean of steps 2 to
     :data:`PROBE_STEPS` of a throw-away run in ``probe`` (removed afterwards). The first step
     also allocates the process's memory and costs about twice a later one; counted in, it made
-    the plan 12 % shorter than the budget (2026-12-04)."""
+    the plan 13 % shorter than the budget (2026-12-04)."""
     import shutil
 
     shutil.rmtree(probe, ignore_errors=True)

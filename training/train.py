@@ -78,7 +78,7 @@ class TrainConfig:
     (:class:`tags.encoder.SlabEmbedding`; off: it keeps its initial or loaded weights). Its
     gradient is the only one that runs back through the frozen encoder's first stages, whose
     activations (full encoder resolution, 256 channels) must then be kept for backward: on the
-    default 64 x 128 x 128 window a step took about 2x the time and 3x the memory
+    default 64 x 128 x 128 window a step took about 1.5-2x the time and 2.5x the memory
     (docs/performance.md), for a convolution the demo model had trained to weights below 0.012.
     A resumed run keeps its checkpoint's choice (its optimiser state holds these weights or not).
     ``init``: a model folder whose weights start the run (fine-tuning): its model settings,
