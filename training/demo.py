@@ -165,15 +165,20 @@ def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
     shutil.rmtree(probe, ignore_errors=True)
     cfg = dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), progress=False, checkpoint_every=1)
     train(cfg, stop_after=PROBE_STEPS)
-    lines = [json.loads(x)["seconds"] for x in (probe / METRICS).read_text().splitlines()]
+    seconds = _logged_seconds(probe)
     shutil.rmtree(probe, ignore_errors=True)
-    return (lines[-1] - lines[0]) / (len(lines) - 1)
+    return (seconds[-1] - seconds[0]) / (len(seconds) - 1)
+
+
+def _logged_seconds(run: Path) -> List[float]:
+    """Training seconds behind each logged checkpoint of the run in ``run``, in order (resumes
+    included, see :data:`training.train.METRICS`)."""
+    return [json.loads(x)["seconds"] for x in (run / METRICS).read_text().splitlines()]
 
 
 def _training_seconds(run: Path) -> float:
-    """Training seconds behind the last logged checkpoint of the run in ``run`` (resumes
-    included, see :data:`training.train.METRICS`)."""
-    return json.loads((run / METRICS).read_text().splitlines()[-1])["seconds"]
+    """Training seconds behind the last logged checkpoint of the run in ``run``."""
+    return _logged_seconds(run)[-1]
 
 
 RUNS = ("run", "run-organ")
