@@ -88,6 +88,10 @@ def test_cli_defaults_come_from_the_dataclasses(monkeypatch):
     assert cfg.model == ModelConfig(encoder_size=128, adapter=AdapterConfig(slab_size=2), roi_size=(8, 32, 32),
                                     text_alignment=True, train_mask_decoder=True)
     assert cfg.sampling.phase_hu == (50.0, 90.0)
+    cfg = _train_args(monkeypatch, ["ds", "--out", "run", "--spacing", "2", "1", "1", "--organ-spacing", "5", "4", "4",
+                                    "--anti-alias"])
+    assert cfg.model.preprocessing == PreprocessingConfig(spacing=(2.0, 1.0, 1.0), organ_spacing=(5.0, 4.0, 4.0),
+                                                          anti_alias=True)
 
 
 def test_other_commands_do_not_build_the_train_options():
@@ -119,7 +123,8 @@ def test_reads_the_flat_train_config_of_older_run_folders():
     cfg = TrainConfig.from_dict(old)
     assert cfg.model == ModelConfig(encoder_size=128, adapter=AdapterConfig(slab_size=2), roi_size=(32, 128, 128),
                                     organ_roi_size=(16, 96, 96),
-                                    preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0)))
+                                    preprocessing=PreprocessingConfig(spacing=(1.0, 1.0, 1.0),
+                                                                      organ_spacing=(4.0, 3.0, 3.0)))
     assert cfg.sampling == SamplingConfig(organ_fraction=0.45)
     assert (cfg.steps, cfg.warmup, cfg.z_split, cfg.precision) == (300, 10, {"LiTS117": 0.5}, "fp32")
     newer = dict(old, sampling=dataclasses.asdict(SamplingConfig(synthetic_fraction=0.25)), text_alignment=True,

@@ -54,7 +54,7 @@ def _train(a: argparse.Namespace) -> int:
             model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
             roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi), train_mask_decoder=a.train_mask_decoder,
             text_encoder=a.text_encoder, text_alignment=a.text_alignment,
-            preprocessing=replace(model.preprocessing, anti_alias=a.anti_alias),
+            preprocessing=_preprocessing(a, model.preprocessing),
         ),
         sampling=SamplingConfig(
             organ_fraction=a.organ_fraction, negative_fraction=a.negative_fraction,
@@ -66,6 +66,12 @@ def _train(a: argparse.Namespace) -> int:
     )
     print(f"run folder: {train(cfg)}")
     return 0
+
+
+def _preprocessing(a: argparse.Namespace, pre):
+    """``pre`` (a PreprocessingConfig) with the grid and anti-aliasing options of ``a``."""
+    grids = {k: tuple(float(v) for v in getattr(a, k)) for k in ("spacing", "organ_spacing") if getattr(a, k)}
+    return replace(pre, anti_alias=a.anti_alias, **grids)
 
 
 def _z_split(items: Optional[List[str]]) -> Dict[str, float]:
@@ -88,7 +94,7 @@ def _preprocess(a: argparse.Namespace) -> int:
 
     datasets = [check_dataset(d) for d in a.datasets]
     model = _train_defaults().model
-    model = replace(model, preprocessing=replace(model.preprocessing, anti_alias=a.anti_alias))
+    model = replace(model, preprocessing=_preprocessing(a, model.preprocessing))
     folders = preprocess(datasets, model, a.cache_dir, _z_split(a.z_split), progress=not a.no_progress)
     print(f"{len(folders)} case(s) preprocessed in {a.cache_dir}")
     return 0
@@ -224,6 +230,11 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                    help="tumor window on the model grid")
     t.add_argument("--organ-roi", type=int, nargs=3, default=list(m.organ_roi_size), metavar=("D", "H", "W"),
                    help="organ window on the coarse grid")
+    t.add_argument("--spacing", type=float, nargs=3, default=list(m.preprocessing.spacing), metavar=("Z", "Y", "X"),
+                   help="tumor grid in mm (default %s)" % " ".join(f"{v:g}" for v in m.preprocessing.spacing))
+    t.add_argument("--organ-spacing", type=float, nargs=3, default=list(m.preprocessing.organ_spacing),
+                   metavar=("Z", "Y", "X"),
+                   help="organ pass grid in mm (default %s)" % " ".join(f"{v:g}" for v in m.preprocessing.organ_spacing))
     t.add_argument("--train-mask-decoder", action="store_true", help="fine-tune SAM's mask decoder too")
     t.add_argument("--anti-alias", action="store_true",
                    help="Gaussian pre-filter where the CT is downsampled to a model grid (stored in the model "
@@ -279,6 +290,9 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     pp.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
                     help="as train --z-split (the cache is keyed by it)")
     pp.add_argument("--anti-alias", action="store_true", help="as train --anti-alias (the cache is keyed by it)")
+    pp.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="as train --spacing (keyed too)")
+    pp.add_argument("--organ-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                    help="as train --organ-spacing (keyed too)")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
     pp.set_defaults(func=_preprocess)
 
