@@ -91,9 +91,8 @@ class PreprocessingConfig:
             LiteMedSAM/MedSAM convention for CT).
         spacing: model grid spacing (z, y, x) in mm for tumor targets.
         organ_spacing: coarse grid spacing (z, y, x) in mm for the organ pass. 6 mm between
-            slices: an organ as large as the liver keeps its shape at that depth, the boundary
-            refinement works at the CT's own resolution, and the organ pass costs two thirds of
-            what 4 mm cost (one window of 48 instead of 72 slices for a 287 mm abdomen).
+            slices costs two thirds of the organ pass; the demo model built on it was worse
+            (docs/accuracy.md, "Organ grid").
         margin_mm: margin added around the organ bounding box before cropping the ROI.
         anti_alias: the CT is Gaussian-filtered along every axis it is downsampled on before
             it is resampled to a model grid (:func:`tags.preprocessing.resample`), in training
@@ -102,7 +101,7 @@ class PreprocessingConfig:
 
     hu_window: Tuple[float, float] = (-160.0, 240.0)
     spacing: Tuple[float, float, float] = (1.5, 1.5, 1.5)
-    organ_spacing: Tuple[float, float, float] = (6.0, 3.0, 3.0)
+    organ_spacing: Tuple[float, float, float] = (4.0, 3.0, 3.0)
     margin_mm: float = 10.0
     anti_alias: bool = False
 

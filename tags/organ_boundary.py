@@ -1,6 +1,6 @@
 """Organ boundary refinement: the coarse organ pass's mask grown to the organ's edge on the CT grid.
 
-The organ pass runs on a coarse grid (6 x 3 x 3 mm by default) and its probabilities are resampled
+The organ pass runs on a coarse grid (4 x 3 x 3 mm by default) and its probabilities are resampled
 to the CT's grid, so its mask can place the organ's surface only to within about a coarse voxel:
 on a healthy portal-venous liver (0.98 x 0.98 x 2 mm CT) the voxels it missed formed a shell
 1-5 mm inside the true surface (median depth 2.2 mm), several times the voxels it added outside.

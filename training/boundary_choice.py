@@ -25,9 +25,8 @@ from .data import target_masks
 from .evaluate import canonical_case
 
 BAND_GRID_MM = (2.0, 3.0, 4.0, 5.0)
-"""Bands tried: up to a little more than the default organ grid's in-plane voxel side (3 mm), the
-distance within which the coarse mask cannot place the surface across a slice; between slices the
-resampled probabilities interpolate 6 mm."""
+"""Bands tried: up to a little more than the default organ grid's largest voxel side (4 mm), the
+distance within which the coarse mask cannot place the surface."""
 SIGMA_GRID = (2.0, 2.5, 3.0)
 MIN_GAIN = 1e-4
 """A setting must beat the previous best mean Dice by this much to replace it."""
