@@ -65,33 +65,45 @@ def run_train(dataset: Path, out: Path, cache: Path, *, steps: int, workers: int
             "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
+LOADER_CHILD = "--loader-child"
+"""First argument of this script run as the child that times the sample stream (:func:`sample_stream`)."""
+
+
+def sample_stream(dataset: str, cache: str, workers: int, steps: int, encoder_size: int) -> Dict:
+    """Samples per second of the training sample stream alone, in this process: the cache opened,
+    ``steps`` samples drawn and augmented with ``workers`` loader workers (after the first batch),
+    and this process's peak RSS (without the workers')."""
+    import resource
+    from dataclasses import replace
+
+    from tags.config import ModelConfig
+    from tags.network import build_tags
+    from training.cache import cached_training_cases
+    from training.data import SamplingConfig
+    from training.datasets import read_dataset
+    from training.loader import StepSamples, step_loader
+    from training.train import TrainConfig, model_config_for
+
+    cfg = TrainConfig(datasets=[dataset], out="", model=replace(ModelConfig(), encoder_size=encoder_size))
+    model = model_config_for(cfg, 384)
+    net = build_tags(model, pretrained=False)
+    t0 = time.time()
+    cases = cached_training_cases([read_dataset(dataset)], model, cache)
+    opened = time.time() - t0
+    samples = StepSamples(cases, model, SamplingConfig(), seed=0, rank=0, steps=steps, img_size=net.img_size,
+                          mask_size=net.prompt_encoder.mask_input_size[0])
+    it = iter(step_loader(samples, 0, steps, workers=workers))
+    next(it)  # workers started, first batch
+    t0 = time.time()
+    n = sum(1 for _ in it)
+    return {"cache_open_s": round(opened, 2), "samples_per_s": round(n / (time.time() - t0), 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def loader_rate(dataset: Path, cache: Path, *, workers: int, steps: int, encoder_size: int) -> Dict:
-    """Samples per second of the training sample stream alone (a child process; its peak RSS is the
-    main process's, without the workers')."""
-    code = (
-        "import json, sys, time, resource\n"
-        "from dataclasses import replace\n"
-        "from tags.config import ModelConfig\n"
-        "from tags.network import build_tags\n"
-        "from training.cache import cached_training_cases\n"
-        "from training.data import SamplingConfig\n"
-        "from training.datasets import read_dataset\n"
-        "from training.loader import StepSamples, step_loader\n"
-        "from training.train import TrainConfig, model_config_for\n"
-        "ds, cache, workers, steps, enc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])\n"
-        "cfg = TrainConfig(datasets=[ds], out='', model=replace(ModelConfig(), encoder_size=enc))\n"
-        "model = model_config_for(cfg, 384)\n"
-        "net = build_tags(model, pretrained=False)\n"
-        "t0 = time.time(); cases = cached_training_cases([read_dataset(ds)], model, cache); opened = time.time() - t0\n"
-        "samples = StepSamples(cases, model, SamplingConfig(), seed=0, rank=0, steps=steps, img_size=net.img_size,\n"
-        "                      mask_size=net.prompt_encoder.mask_input_size[0])\n"
-        "it = iter(step_loader(samples, 0, steps, workers=workers)); next(it)  # workers started, first batch\n"
-        "t0 = time.time(); n = sum(1 for _ in it); s = time.time() - t0\n"
-        "print(json.dumps({'cache_open_s': round(opened, 2), 'samples_per_s': round(n / s, 2),\n"
-        "                  'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))\n"
-    )
+    """:func:`sample_stream` in a child process of its own (a fresh heap for its peak RSS)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    out = subprocess.run([sys.executable, "-c", code, str(dataset), str(cache), str(workers), str(steps),
+    out = subprocess.run([sys.executable, __file__, LOADER_CHILD, str(dataset), str(cache), str(workers), str(steps),
                           str(encoder_size)], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -111,6 +123,11 @@ def measure(dataset: Path, out: Path, steps: int, encoder_size: int) -> Dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [LOADER_CHILD]:
+        dataset, cache, workers, steps, encoder_size = argv[1:]
+        print(json.dumps(sample_stream(dataset, cache, int(workers), int(steps), int(encoder_size))))
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("datasets", nargs="+")
     p.add_argument("--out", default=str(REPO / "build" / "bench-training"))

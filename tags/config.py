@@ -92,7 +92,7 @@ class PreprocessingConfig:
         spacing: model grid spacing (z, y, x) in mm for tumor targets.
         organ_spacing: coarse grid spacing (z, y, x) in mm for the organ pass. 6 mm between
             slices costs two thirds of the organ pass; the demo model built on it was worse
-            (docs/accuracy.md, "Organ grid").
+            (docs/accuracy.md, "Organ grid and the spread between builds").
         margin_mm: margin added around the organ bounding box before cropping the ROI.
         anti_alias: the CT is Gaussian-filtered along every axis it is downsampled on before
             it is resampled to a model grid (:func:`tags.preprocessing.resample`), in training

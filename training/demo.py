@@ -42,7 +42,7 @@ PROBE_STEPS = 8
 """Training steps timed before the run to turn the minute budget into a step count: a step
 costs about 2.2 s under bf16 autocast on a 2-core AMD EPYC with AVX512-BF16 and about 4.6 s in
 fp32 (CPUs without native bf16; 2026-12-04), so a fixed step count would not fit one budget
-everywhere."""
+on every CPU."""
 TRAIN_SHARE = 0.44
 """Share of the budget for TAGS; the baseline gets the same wall time, the rest is the probe,
 loading, the lesion decision and evaluation (about 4 minutes)."""
@@ -156,7 +156,7 @@ def trained_phase_steps(out: Path) -> Tuple[int, int]:
 
 
 def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
-    """Seconds per TAGS training step of the demo recipe on this machine: the mean of steps 2 to
+    """Seconds per TAGS training step of the demo recipe on the machine it runs on: the mean of steps 2 to
     :data:`PROBE_STEPS` of a throw-away run in ``probe`` (removed afterwards). The first step
     also allocates the process's memory and costs about twice a later one; counted in, it made
     the plan 13 % shorter than the budget (2026-12-04)."""
