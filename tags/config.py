@@ -105,6 +105,12 @@ class PreprocessingConfig:
     margin_mm: float = 10.0
     anti_alias: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("spacing", "organ_spacing"):
+            grid = getattr(self, name)
+            if len(grid) != 3 or not all(v > 0 for v in grid):
+                raise ValueError(f"{name} needs three spacings (z, y, x) in mm above 0, not {list(grid)}")
+
 
 @dataclass(frozen=True)
 class PromptConfig:

@@ -71,7 +71,7 @@ def _train_args(monkeypatch, argv):
     return seen[0]
 
 
-def test_cli_defaults_come_from_the_dataclasses(monkeypatch):
+def test_cli_defaults_come_from_the_dataclasses(monkeypatch, capsys):
     args = cli.build_parser().parse_args(["train", "ds", "--out", "run"])
     # The numbers the command line printed and used before its defaults were read from the dataclasses.
     assert (args.steps, args.lr, args.seed, args.checkpoint_every, args.slab, args.roi, args.organ_roi) == (
@@ -92,6 +92,11 @@ def test_cli_defaults_come_from_the_dataclasses(monkeypatch):
                                     "--anti-alias"])
     assert cfg.model.preprocessing == PreprocessingConfig(spacing=(2.0, 1.0, 1.0), organ_spacing=(5.0, 4.0, 4.0),
                                                           anti_alias=True)
+    for option in ("--spacing", "--organ-spacing"):  # a grid of zero or negative spacing: one message, exit 2
+        assert cli.main(["train", "ds", "--out", "run", option, "0", "3", "3"]) == 2
+        assert "spacing needs three spacings (z, y, x) in mm above 0, not [0.0, 3.0, 3.0]" in capsys.readouterr().err
+        assert cli.main(["preprocess", "ds", "--cache-dir", "cache", option, "-1", "3", "3"]) == 2
+        assert "spacing needs three spacings (z, y, x) in mm above 0, not [-1.0, 3.0, 3.0]" in capsys.readouterr().err
 
 
 def test_other_commands_do_not_build_the_train_options():

@@ -92,9 +92,9 @@ def _preprocess(a: argparse.Namespace) -> int:
     from .cache import preprocess
     from .datasets import check_dataset
 
-    datasets = [check_dataset(d) for d in a.datasets]
     model = _train_defaults().model
     model = replace(model, preprocessing=_preprocessing(a, model.preprocessing))
+    datasets = [check_dataset(d) for d in a.datasets]
     folders = preprocess(datasets, model, a.cache_dir, _z_split(a.z_split), progress=not a.no_progress)
     print(f"{len(folders)} case(s) preprocessed in {a.cache_dir}")
     return 0
