@@ -48,9 +48,10 @@ def test_reuse_training_refuses_a_folder_without_a_finished_build(tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == [RUNS[0]]  # nothing written
 
 
-def test_the_step_probe_leaves_out_the_first_step(tmp_path, monkeypatch):
-    """The probe's seconds per step are those of steps 2.. (the first also allocates memory), from
-    the run's own log; the probe run is removed."""
+def test_the_step_probe_times_the_steps_after_its_first_checkpoint(tmp_path, monkeypatch):
+    """The probe's seconds per step are those after its first checkpoint (the first steps also
+    allocate memory; one checkpoint falls inside the timed steps, not one per step), from the
+    run's own log, with the sampling asked for; the probe run is removed."""
     import json
 
     from training import demo
@@ -59,15 +60,26 @@ def test_the_step_probe_leaves_out_the_first_step(tmp_path, monkeypatch):
     seen = {}
 
     def fake_train(cfg, stop_after=None):
-        seen.update(checkpoint_every=cfg.checkpoint_every, stop_after=stop_after)
+        seen.update(checkpoint_every=cfg.checkpoint_every, stop_after=stop_after, sampling=cfg.sampling)
         run = tmp_path / "probe"
         run.mkdir()
         seconds = [9.0 + 2.0 * i for i in range(stop_after)]  # a 9 s first step, then 2 s each
-        (run / METRICS).write_text("".join(json.dumps({"step": i + 1, "seconds": s}) + "\n"
-                                           for i, s in enumerate(seconds)))
+        logged = [i for i in range(1, stop_after + 1) if i % cfg.checkpoint_every == 0 or i == stop_after]
+        (run / METRICS).write_text("".join(json.dumps({"step": i, "seconds": seconds[i - 1]}) + "\n" for i in logged))
 
     monkeypatch.setattr(demo, "train", fake_train)
     monkeypatch.setattr(demo, "demo_config", lambda samples, run, steps: demo.TrainConfig(datasets=[], out=str(run)))
-    assert demo.seconds_per_step({}, tmp_path / "probe") == pytest.approx(2.0)
-    assert seen == {"checkpoint_every": 1, "stop_after": demo.PROBE_STEPS}
+    assert demo.seconds_per_step({}, tmp_path / "probe", demo.ORGAN_PHASE) == pytest.approx(2.0)
+    assert seen == {"checkpoint_every": demo.PROBE_CHECKPOINT_EVERY, "stop_after": demo.PROBE_STEPS,
+                    "sampling": demo.ORGAN_PHASE}
+    assert 0 < demo.PROBE_CHECKPOINT_EVERY < demo.PROBE_STEPS
     assert not (tmp_path / "probe").exists()
+
+
+def test_the_plan_fills_the_budget_with_each_phase_at_its_own_cost():
+    from training import demo
+
+    steps = demo.planned_total_steps(1000.0, (2.0, 1.0))
+    organ = round(steps * demo.ORGAN_PHASE_SHARE)
+    assert 990.0 <= (steps - organ) * 2.0 + organ * 1.0 <= 1002.0
+    assert demo.planned_total_steps(1.0, (2.0, 2.0)) == 10

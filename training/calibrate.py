@@ -31,7 +31,11 @@ from tags.preprocessing import prepare_ct
 from .data import target_masks
 from .evaluate import MIN_LESION_ML, canonical_case
 
-PROBABILITY_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+PROBABILITY_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
+"""Highest-probability thresholds tried. The grid reaches 0.9995 (a logit of 7.6): with 0.99 at
+its top, two builds of the demo recipe both chose 0.99, the grid's edge, while their true
+validation lesions of 0.1 ml or more peaked at 0.995-0.99999 and the healthy validation
+abdomen's false candidates at 0.994-0.998."""
 VOLUME_GRID_ML = (MIN_LESION_ML, 0.25, 0.5, 1.0, 2.0)
 """Volume thresholds tried (ml), from the smallest lesion the report lists (the application's
 default ``--min-lesion-ml``) up: the SEG never carries a tumor speck the SR does not list."""

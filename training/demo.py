@@ -39,10 +39,16 @@ Z_VALIDATION = (0.5, 0.6)
 Z_TEST = 0.6
 """LiTS-117 slices from this fraction on are the held-out tumor test (the part earlier demo builds tested too)."""
 PROBE_STEPS = 8
-"""Training steps timed before the run to turn the minute budget into a step count: a step
-costs about 2.2 s under bf16 autocast on a 2-core AMD EPYC with AVX512-BF16 and about 4.6 s in
-fp32 (CPUs without native bf16; 2026-12-04), so a fixed step count would not fit one budget
-on every CPU."""
+"""Training steps of each phase's probe run, timed to turn the minute budget into a step count:
+a step costs about 2.2 s under bf16 autocast on a 2-core AMD EPYC with AVX512-BF16 and about
+4.6 s in fp32 (CPUs without native bf16; 2026-12-04), so a fixed step count would not fit one
+budget on every CPU. The probe times steps :data:`PROBE_CHECKPOINT_EVERY` + 1 to
+:data:`PROBE_STEPS`: the first steps also allocate the process's memory (the first costs about
+twice a later one)."""
+PROBE_CHECKPOINT_EVERY = 4
+"""Checkpoint interval of a probe run: one checkpoint and preview inside the timed steps, as a
+real run (every 25 steps) has one in 25. A probe that logged every step spent a checkpoint per
+step and planned 13-19 % fewer steps than the budget held (three builds, 2026-12-04)."""
 TRAIN_SHARE = 0.44
 """Share of the budget for TAGS; the baseline gets the same wall time, the rest is the probe,
 loading, the lesion decision and evaluation (about 4 minutes)."""
@@ -155,19 +161,26 @@ def trained_phase_steps(out: Path) -> Tuple[int, int]:
     return tuple(int(state["step"]) for state in states)
 
 
-def seconds_per_step(samples: Dict[str, Path], probe: Path) -> float:
-    """Seconds per TAGS training step of the demo recipe on the machine it runs on: the mean of steps 2 to
-    :data:`PROBE_STEPS` of a throw-away run in ``probe`` (removed afterwards). The first step
-    also allocates the process's memory and costs about twice a later one; counted in, it made
-    the plan 13 % shorter than the budget (2026-12-04)."""
+def seconds_per_step(samples: Dict[str, Path], probe: Path, sampling: SamplingConfig = SAMPLING) -> float:
+    """Seconds per TAGS training step of the demo recipe with ``sampling`` on the machine it runs
+    on: steps :data:`PROBE_CHECKPOINT_EVERY` + 1 to :data:`PROBE_STEPS` of a throw-away run in
+    ``probe`` (removed afterwards), read from the run's own log."""
     import shutil
 
     shutil.rmtree(probe, ignore_errors=True)
-    cfg = dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), progress=False, checkpoint_every=1)
+    cfg = dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), progress=False, sampling=sampling,
+                              checkpoint_every=PROBE_CHECKPOINT_EVERY)
     train(cfg, stop_after=PROBE_STEPS)
     seconds = _logged_seconds(probe)
     shutil.rmtree(probe, ignore_errors=True)
-    return (seconds[-1] - seconds[0]) / (len(seconds) - 1)
+    return (seconds[-1] - seconds[0]) / (PROBE_STEPS - PROBE_CHECKPOINT_EVERY)
+
+
+def planned_total_steps(budget_seconds: float, per_step: Tuple[float, float]) -> int:
+    """TAGS steps that fill ``budget_seconds`` when :data:`ORGAN_PHASE_SHARE` of them cost
+    ``per_step[1]`` seconds (the organ phase) and the others ``per_step[0]`` (at least 10)."""
+    mean = (1.0 - ORGAN_PHASE_SHARE) * per_step[0] + ORGAN_PHASE_SHARE * per_step[1]
+    return max(10, int(budget_seconds / mean))
 
 
 def _logged_seconds(run: Path) -> List[float]:
@@ -269,11 +282,12 @@ def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
     else:
         plan = planned_steps(out)
         if plan is None:
-            per_step = seconds_per_step(samples, out / "probe")
-            plan = phase_steps(max(10, int(minutes * 60 * TRAIN_SHARE / per_step)))
+            per_step = (seconds_per_step(samples, out / "probe"), seconds_per_step(samples, out / "probe", ORGAN_PHASE))
+            plan = phase_steps(planned_total_steps(minutes * 60 * TRAIN_SHARE, per_step))
             record_plan(out, plan)
-            print(f"[demo] a step takes {per_step:.1f} s: training TAGS for {sum(plan)} steps "
-                  f"(about {sum(plan) * per_step / 60:.0f} min, the last {plan[1]} organ-weighted)", flush=True)
+            print(f"[demo] a step takes {per_step[0]:.2f} s ({per_step[1]:.2f} s organ-weighted): training TAGS for "
+                  f"{sum(plan)} steps (about {(plan[0] * per_step[0] + plan[1] * per_step[1]) / 60:.0f} min, the "
+                  f"last {plan[1]} organ-weighted)", flush=True)
         else:
             print(f"[demo] finishing the build started in {out}: {plan[0]} + {plan[1]} TAGS steps", flush=True)
         first, _ = train_tags(samples, out, plan)
