@@ -82,3 +82,17 @@ def test_calibrate_chooses_the_organ_boundary_alone(samples, tmp_path, capsys):
         assert main(["calibrate", str(MODEL), str(tmp_path / "x"), *bad]) != 0
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and not (tmp_path / "x").exists()
+
+
+def test_the_decision_separates_confident_lesions_above_0_99():
+    """True lesions that peak at 0.9999 and healthy false candidates at 0.995, equally contrasted:
+    only a highest-probability threshold above 0.995 keeps every lesion and no false one, and the
+    choice finds it (a grid that stopped at 0.99 could not)."""
+    from training.calibrate import Candidate, choose_lesion_decision
+
+    found = {"true_lesions": 4, "cases": [],
+             "candidates": [Candidate("lits", False, 0.9999, 1.0, True, 45.0, True) for _ in range(4)]
+             + [Candidate("healthy", True, 0.995, 1.0, False, 45.0, True)]}
+    decision, report = choose_lesion_decision(found, "synthetic candidates")
+    assert decision.min_max_probability > 0.995
+    assert report["chosen"]["healthy_false_lesions"] == 0 and report["chosen"]["lesion_recall_approx"] == 1.0
