@@ -46,9 +46,10 @@ budget on every CPU. The probe times steps :data:`PROBE_CHECKPOINT_EVERY` + 1 to
 :data:`PROBE_STEPS`: the first steps also allocate the process's memory (the first costs about
 twice a later one)."""
 PROBE_CHECKPOINT_EVERY = 4
-"""Checkpoint interval of a probe run: one checkpoint and preview inside the timed steps, as a
-real run (every 25 steps) has one in 25. A probe that logged every step spent a checkpoint per
-step and planned 13-19 % fewer steps than the budget held (three builds, 2026-12-04)."""
+"""Checkpoint interval of a probe run: one checkpoint and preview among the timed steps (a real
+run has one in 25), not one per step. A plan made before training still leaves budget unused
+when the machine's speed drifts during the build (82 % used in the shipped build; docs/accuracy.md,
+"The step probe and the budget")."""
 TRAIN_SHARE = 0.44
 """Share of the budget for TAGS; the baseline gets the same wall time, the rest is the probe,
 loading, the lesion decision and evaluation (about 4 minutes)."""
