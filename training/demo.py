@@ -215,10 +215,12 @@ def train_same_budget_baseline(first: TrainConfig, out: Path, phases: Tuple[floa
                           schedule=((phases[0] / sum(phases), ORGAN_PHASE),))
 
 
-HEALTHY_VALIDATION_GRIDS = ((1.25, 0.7, 0.7), (2.5, 0.8, 0.8))
-"""(z, y, x) mm grids the healthy validation abdomen is also resampled to (thin- and
-thick-slice clinical series): a lesion decision that leaves it clean at its own 1.5 mm grid
-alone still let the same patient, stored at 0.68 x 0.68 x 1.43 mm, show three false lesions."""
+HEALTHY_VALIDATION_GRIDS = ((1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (5.0, 0.8, 0.8))
+"""(z, y, x) mm grids the healthy validation abdomen is also resampled to (thin-slice, thick-slice
+and 5 mm clinical series): a lesion decision that leaves it clean at its own 1.5 mm grid alone
+still let the same patient, stored at 0.68 x 0.68 x 1.43 mm, show three false lesions. On the
+5 mm grid the shipped model's most contrasted confident false candidate (2.3 ml, 43.9 HU darker
+than the liver, highest probability 0.9947) passes a decision of >= 0.99 and 40 HU."""
 
 
 def validation_cases(samples: Dict[str, Path]) -> List[ValidationCase]:
