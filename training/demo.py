@@ -172,9 +172,10 @@ def seconds_per_step(samples: Dict[str, Path], probe: Path, sampling: SamplingCo
     cfg = dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), progress=False, sampling=sampling,
                               checkpoint_every=PROBE_CHECKPOINT_EVERY)
     train(cfg, stop_after=PROBE_STEPS)
-    seconds = _logged_seconds(probe)
+    logged = _logged_checkpoints(probe)
+    (first_step, first), (last_step, last) = logged[0], logged[-1]
     shutil.rmtree(probe, ignore_errors=True)
-    return (seconds[-1] - seconds[0]) / (PROBE_STEPS - PROBE_CHECKPOINT_EVERY)
+    return (last - first) / (last_step - first_step)
 
 
 def planned_total_steps(budget_seconds: float, per_step: Tuple[float, float]) -> int:
@@ -184,15 +185,16 @@ def planned_total_steps(budget_seconds: float, per_step: Tuple[float, float]) ->
     return max(10, int(budget_seconds / mean))
 
 
-def _logged_seconds(run: Path) -> List[float]:
-    """Training seconds behind each logged checkpoint of the run in ``run``, in order (resumes
-    included, see :data:`training.train.METRICS`)."""
-    return [json.loads(x)["seconds"] for x in (run / METRICS).read_text().splitlines()]
+def _logged_checkpoints(run: Path) -> List[Tuple[int, float]]:
+    """(step, training seconds behind it) of each logged checkpoint of the run in ``run``, in
+    order (resumes included, see :data:`training.train.METRICS`)."""
+    lines = [json.loads(x) for x in (run / METRICS).read_text().splitlines()]
+    return [(int(line["step"]), float(line["seconds"])) for line in lines]
 
 
 def _training_seconds(run: Path) -> float:
     """Training seconds behind the last logged checkpoint of the run in ``run``."""
-    return _logged_seconds(run)[-1]
+    return _logged_checkpoints(run)[-1][1]
 
 
 RUNS = ("run", "run-organ")
