@@ -83,3 +83,29 @@ def test_the_plan_fills_the_budget_with_each_phase_at_its_own_cost():
     organ = round(steps * demo.ORGAN_PHASE_SHARE)
     assert 990.0 <= (steps - organ) * 2.0 + organ * 1.0 <= 1002.0
     assert demo.planned_total_steps(1.0, (2.0, 2.0)) == 10
+
+
+def test_the_organ_phase_is_planned_again_from_the_first_phases_speed(tmp_path):
+    """The first phase ran faster than its probe (1.6 against 2.0 s per step): the organ phase
+    gets the budget it left at the probe's organ cost scaled the same way, once, and a build
+    resumed after that keeps the new plan."""
+    import json
+
+    from training import demo
+    from training.train import METRICS
+
+    assert demo.replanned_organ_steps(1000.0, (300, 480.0), (2.0, 1.5)) == int(520.0 / 1.2)
+    assert demo.replanned_organ_steps(1000.0, (300, 1100.0), (2.0, 1.5)) == 1  # over budget: one step
+    record_plan(tmp_path, (300, 170), 1000.0, (2.0, 1.5))
+    assert planned_steps(tmp_path) == (300, 170)
+    run = tmp_path / RUNS[0]
+    run.mkdir()
+    (run / METRICS).write_text(json.dumps({"step": 250, "seconds": 400.0}) + "\n"
+                               + json.dumps({"step": 250, "validation": {}}) + "\n"
+                               + json.dumps({"step": 300, "seconds": 480.0}) + "\n")
+    assert demo.replan_organ_phase(tmp_path) == (300, 433)
+    assert planned_steps(tmp_path) == (300, 433)
+    assert demo.replan_organ_phase(tmp_path) is None  # once
+    assert planned_steps(tmp_path) == (300, 433)
+    record_plan(tmp_path, (300, 170))  # a plan without its budget is kept as it is
+    assert demo.replan_organ_phase(tmp_path) is None and planned_steps(tmp_path) == (300, 170)

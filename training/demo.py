@@ -47,9 +47,10 @@ budget on every CPU. The probe times steps :data:`PROBE_CHECKPOINT_EVERY` + 1 to
 twice a later one)."""
 PROBE_CHECKPOINT_EVERY = 4
 """Checkpoint interval of a probe run: one checkpoint and preview among the timed steps (a real
-run has one in 25), not one per step. A plan made before training still leaves budget unused
-when the machine's speed drifts during the build (82 % used in the shipped build; docs/accuracy.md,
-"The step probe and the budget")."""
+run has one in 25), not one per step. A plan made before training alone left budget unused when
+the machine's speed drifted during the build (82 % used; docs/accuracy.md, "The step probe and
+the budget"): the organ phase is planned again from the first phase's measured speed
+(:func:`replanned_organ_steps`)."""
 TRAIN_SHARE = 0.44
 """Share of the budget for TAGS; the baseline gets the same wall time, the rest is the probe,
 loading, the lesion decision and evaluation (about 4 minutes)."""
@@ -118,10 +119,52 @@ PLAN = "plan.json"
 """The build's TAGS steps per phase, written when it plans them (before any training)."""
 
 
-def record_plan(out: Path, steps: Tuple[int, int]) -> None:
-    """Write the build's plan (``steps`` per phase) to ``out``/:data:`PLAN`."""
+def record_plan(out: Path, steps: Tuple[int, int], budget_seconds: Optional[float] = None,
+                per_step: Optional[Tuple[float, float]] = None, organ_replanned: bool = False) -> None:
+    """Write the build's plan (``steps`` per phase) to ``out``/:data:`PLAN`, with the TAGS
+    training budget and the probe's seconds per step of each phase it was made from (what
+    :func:`replan_organ_phase` needs) and whether the organ phase has been planned again."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / PLAN).write_text(json.dumps({"steps": [int(v) for v in steps]}) + "\n")
+    plan = {"steps": [int(v) for v in steps], "organ_replanned": bool(organ_replanned)}
+    if budget_seconds is not None and per_step is not None:
+        plan.update(budget_seconds=float(budget_seconds), seconds_per_step=[float(v) for v in per_step])
+    (out / PLAN).write_text(json.dumps(plan) + "\n")
+
+
+def replanned_organ_steps(budget_seconds: float, first_phase: Tuple[int, float], per_step: Tuple[float, float]) -> int:
+    """Organ-phase steps that fill what the first phase left of ``budget_seconds``.
+
+    ``first_phase``: (steps, training seconds) the first phase took; ``per_step``: the probe's
+    seconds per step of (first, organ) phase. The organ phase's cost is the probe's, scaled by
+    how the first phase ran against its own probe (the machine's speed drifts by as much as 20 %
+    within an hour, and a run's later steps are faster than the probe's early ones). At least one
+    step, so that the recipe's second phase always runs."""
+    steps, seconds = first_phase
+    organ_cost = per_step[1] * (seconds / max(steps, 1)) / per_step[0]
+    return max(1, int((budget_seconds - seconds) / organ_cost))
+
+
+def replan_organ_phase(out: Path) -> Optional[Tuple[int, int]]:
+    """After the first phase of the build in ``out``: plan the organ phase again from the first
+    phase's measured speed (:func:`replanned_organ_steps`) and record it, once, before the organ
+    phase starts. Returns the new plan, or None when there is nothing to re-plan (a plan without
+    its budget, an organ phase already planned again or started)."""
+    if not (out / PLAN).is_file() or has_checkpoint(out / RUNS[1]):
+        return None
+    plan = json.loads((out / PLAN).read_text())
+    if plan.get("organ_replanned") or "budget_seconds" not in plan:
+        return None
+    logged = _logged_checkpoints(out / RUNS[0])
+    first_steps, first_seconds = logged[-1]
+    per_step = tuple(plan["seconds_per_step"])
+    organ = replanned_organ_steps(plan["budget_seconds"], (first_steps, first_seconds), per_step)
+    steps = (int(plan["steps"][0]), organ)
+    record_plan(out, steps, plan["budget_seconds"], per_step, organ_replanned=True)
+    print(f"[demo] the first phase trained {first_steps} steps in {first_seconds:.0f} s "
+          f"({first_seconds / max(first_steps, 1):.2f} s per step; the probe said {per_step[0]:.2f} s): "
+          f"the organ phase gets {organ} steps (planned: {plan['steps'][1]}) for the "
+          f"{plan['budget_seconds'] - first_seconds:.0f} s left", flush=True)
+    return steps
 
 
 def planned_steps(out: Path) -> Optional[Tuple[int, int]]:
@@ -143,10 +186,12 @@ def planned_steps(out: Path) -> Optional[Tuple[int, int]]:
 def train_tags(samples: Dict[str, Path], out: Path, steps: Tuple[int, int],
                text_alignment: bool = True) -> Tuple[TrainConfig, TrainConfig]:
     """Both phases of the recipe, ``steps`` = (first, organ phase): ``out``/run, exported to
-    ``out``/run.model, then ``out``/run-organ from it; an interrupted build resumes. Returns both
-    phases' configs."""
+    ``out``/run.model, then ``out``/run-organ from it; an interrupted build resumes. A build whose
+    plan records its budget plans the organ phase again after the first
+    (:func:`replan_organ_phase`). Returns both phases' configs."""
     first = demo_config(samples, out / RUNS[0], steps[0], text_alignment)
     train(first)
+    steps = replan_organ_phase(out) or steps
     if not has_checkpoint(out / RUNS[1]):  # a started second phase keeps the weights it began from
         export_model(out / RUNS[0], out / "run.model", overwrite=True)
     second = organ_phase_config(samples, out / RUNS[1], steps[1], out / "run.model", text_alignment)
@@ -189,7 +234,7 @@ def _logged_checkpoints(run: Path) -> List[Tuple[int, float]]:
     """(step, training seconds behind it) of each logged checkpoint of the run in ``run``, in
     order (resumes included, see :data:`training.train.METRICS`)."""
     lines = [json.loads(x) for x in (run / METRICS).read_text().splitlines()]
-    return [(int(line["step"]), float(line["seconds"])) for line in lines]
+    return [(int(line["step"]), float(line["seconds"])) for line in lines if "seconds" in line]  # not validations
 
 
 def _training_seconds(run: Path) -> float:
@@ -289,7 +334,7 @@ def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
         if plan is None:
             per_step = (seconds_per_step(samples, out / "probe"), seconds_per_step(samples, out / "probe", ORGAN_PHASE))
             plan = phase_steps(planned_total_steps(minutes * 60 * TRAIN_SHARE, per_step))
-            record_plan(out, plan)
+            record_plan(out, plan, minutes * 60 * TRAIN_SHARE, per_step)
             print(f"[demo] a step takes {per_step[0]:.2f} s ({per_step[1]:.2f} s organ-weighted): training TAGS for "
                   f"{sum(plan)} steps (about {(plan[0] * per_step[0] + plan[1] * per_step[1]) / 60:.0f} min, the "
                   f"last {plan[1]} organ-weighted)", flush=True)
