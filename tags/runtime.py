@@ -110,10 +110,10 @@ MODEL_LEAN_PACKAGES = ("torchvision", "torchvision.ops", "torchvision.models", "
 """The model libraries' packages that import what the application never runs: TinyViT takes three
 layers and a registry from timm, whose ``timm.models`` imports every model (one of them
 ``torch._dynamo``), and timm's layers take one class from ``torchvision.ops``, whose
-``roi_align`` imports ``torch._dynamo`` too, as do torchvision's detection models: 1.7-2.5 s
-of every start on 2 EPYC cores. Lean for the application only (training builds the DynUNet
-baseline, which takes the whole of torchvision). Two of them bind a few submodule names to
-functions (:data:`LEAN_REBOUND`)."""
+``roi_align`` imports ``torch._dynamo`` too, as do torchvision's detection models: 2.4-3.3 s
+of every start on 2 AVX2 EPYC cores (docs/performance.md, "Start-up"). Lean for the application
+only (training builds the DynUNet baseline, which takes the whole of torchvision). Three of them
+bind a few submodule names to functions (:data:`LEAN_REBOUND`)."""
 
 LEAN_REBOUND = {
     "torchvision.ops": ("ps_roi_align", "ps_roi_pool", "roi_align", "roi_pool", "stochastic_depth"),

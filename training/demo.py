@@ -332,9 +332,10 @@ def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
     else:
         plan = planned_steps(out)
         if plan is None:
+            budget = minutes * 60 * TRAIN_SHARE
             per_step = (seconds_per_step(samples, out / "probe"), seconds_per_step(samples, out / "probe", ORGAN_PHASE))
-            plan = phase_steps(planned_total_steps(minutes * 60 * TRAIN_SHARE, per_step))
-            record_plan(out, plan, minutes * 60 * TRAIN_SHARE, per_step)
+            plan = phase_steps(planned_total_steps(budget, per_step))
+            record_plan(out, plan, budget, per_step)
             print(f"[demo] a step takes {per_step[0]:.2f} s ({per_step[1]:.2f} s organ-weighted): training TAGS for "
                   f"{sum(plan)} steps (about {(plan[0] * per_step[0] + plan[1] * per_step[1]) / 60:.0f} min, the "
                   f"last {plan[1]} organ-weighted)", flush=True)
