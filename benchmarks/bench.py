@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tags import device as tags_device
 from tags.config import ModelConfig
 from tags.inference import TagsPredictor, WindowPolicy
+from tags.inference.onednn import flop_formulas
 from tags.inference.window_attention import use_inference_attention
 from tags.network import TagsNet, build_tags
 from tags.prompts import derive_prompts
@@ -134,7 +135,9 @@ def matmul_gflops(dtype: str, n: Optional[int] = None, repeats: int = 10, device
 
 
 def count_gflop(fn: Callable[[], object]) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    """GFLOP of ``fn()`` without gradients, oneDNN's fused convolutions counted like plain ones
+    (:func:`tags.inference.onednn.flop_formulas`; torch's counter has no formula for them)."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_formulas()) as fc:
         fn()
     return fc.get_total_flops() / 1e9
 

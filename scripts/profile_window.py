@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench import build_predictor, matmul_gflops, window_inputs  # noqa: E402
 from tags.device import machine_info  # noqa: E402
+from tags.inference.onednn import flop_formulas  # noqa: E402
 from tags.runtime import keep_freed_memory  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def profile(model: str, repeats: int = 3) -> dict:
         window = (time.perf_counter() - t) / repeats
         for h in handles:
             h.remove()
-        with FlopCounterMode(display=False, depth=None) as fc:
+        with FlopCounterMode(display=False, depth=None, custom_mapping=flop_formulas()) as fc:
             net(*inputs)
     counts = fc.get_flop_counts()
     rows = {}

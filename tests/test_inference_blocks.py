@@ -93,11 +93,11 @@ def _mbconv():
 def test_fused_mbconv_equals_upstream(monkeypatch):
     """Same outputs as upstream MBConv; the fused path runs only for fp32 CPU inference without
     gradients or autocast (else upstream's forward, exactly)."""
-    import tags.inference.mbconv as mb
+    import tags.inference.onednn as onednn
 
     calls = []
-    fused_conv = mb._conv
-    monkeypatch.setattr(mb, "_conv", lambda *a: calls.append(1) or fused_conv(*a))
+    fused_conv = onednn.conv
+    monkeypatch.setattr(onednn, "conv", lambda *a: calls.append(1) or fused_conv(*a))
     upstream = _mbconv()
     ours = copy.deepcopy(upstream)
     assert use_fused_mbconv(ours) == 1 and isinstance(ours, InferenceMBConv)
@@ -113,6 +113,26 @@ def test_fused_mbconv_equals_upstream(monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         ours(x.clone())
     assert calls == []
+
+
+def test_fused_mbconv_flops_counted_like_upstream():
+    """torch's FLOP counter sees oneDNN's fused kernels (tags.inference.onednn.flop_formulas):
+    the fused block counts what the upstream block counts, not zero."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tags.inference.onednn import flop_formulas
+
+    upstream = _mbconv()
+    ours = copy.deepcopy(upstream)
+    use_fused_mbconv(ours)
+    x = torch.randn(2, 32, 24, 20).contiguous(memory_format=torch.channels_last)
+    counts = []
+    for block in (upstream, ours):
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_formulas()) as fc:
+            block(x.clone())
+        counts.append(fc.get_total_flops())
+    assert counts[0] > 2 * 24 * 20 * 32 * 128 * 2  # the two 1x1 convolutions at least
+    assert counts[1] == counts[0]
 
 
 def test_fused_mbconv_needs_folded_batchnorm():

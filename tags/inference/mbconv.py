@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import onednn
 from .surgery import swap_to_subclass
 
 
@@ -29,15 +30,9 @@ class InferenceMBConv(nn.Module):
 
 def _fusable(m: nn.Module) -> bool:
     convs = (m.conv1, m.conv2, m.conv3)
-    acts = (m.act1, m.act2, m.act3)
     return (all(type(c) is nn.Conv2d and c.bias is not None for c in convs)
-            and all(type(a) is nn.GELU and a.approximate == "none" for a in acts)
+            and all(onednn.exact_gelu(a) for a in (m.act1, m.act2, m.act3))
             and isinstance(m.drop_path, nn.Identity))
-
-
-def _conv(conv: nn.Conv2d, x: torch.Tensor, attr: str) -> torch.Tensor:
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, attr, [], "none")
 
 
 def _make_class(base: type) -> type:
@@ -45,14 +40,11 @@ def _make_class(base: type) -> type:
         """MBConv with oneDNN-fused convolution + GELU / + residual (fp32 CPU inference)."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, C, H, W)
-            if (self.training or x.device.type != "cpu" or x.dtype != torch.float32
-                    or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled()):
+            if self.training or not onednn.applies(x):
                 return super().forward(x)
-            y = _conv(self.conv1, x, "gelu")
-            y = _conv(self.conv2, y, "gelu")
-            c = self.conv3
-            y = torch.ops.mkldnn._convolution_pointwise.binary(
-                y, x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "add", 1.0, None, [], None)
+            y = onednn.conv(self.conv1, x, "gelu")
+            y = onednn.conv(self.conv2, y, "gelu")
+            y = onednn.conv_add(self.conv3, y, x)
             return torch.ops.aten.gelu_(y)
 
     return _Inference
