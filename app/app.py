@@ -5,6 +5,8 @@ Run::
     python app -i DICOM_FOLDER -o OUTPUT_FOLDER -m MODEL_FOLDER [--device cpu|cuda] [--organ-segments]
 
 or with HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH set (the MAP).
+The SDK's own options pass through: -l / --log-level (DEBUG, INFO, WARN, ERROR, CRITICAL),
+-w / --workdir, -t / --triton-server-netloc; any other argument is refused with its name.
 Results are written to a staging folder and moved into the output folder only when the whole
 run succeeded: a failed run leaves the output folder as it was.
 """
@@ -113,10 +115,12 @@ class TagsSegApp(Application):
 
 
 def _option_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    """The application's own options. Values are checked by :func:`_checked_options` (command line
+    and environment alike), so no option has a ``type`` or ``choices`` here."""
+    p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     p.add_argument("--device", default=os.environ.get("TAGS_DEVICE"), help="cpu, cuda, cuda:1 (default: $TAGS_DEVICE, else CUDA when available)")
-    p.add_argument("--precision", default=os.environ.get("TAGS_PRECISION"), choices=["fp32", "bf16", "fp16"],
-                   help="default: bf16 where the GPU or CPU has it natively, fp16 on older GPUs, else fp32 "
+    p.add_argument("--precision", default=os.environ.get("TAGS_PRECISION"),
+                   help="fp32, bf16 or fp16; default: bf16 where the GPU or CPU has it natively, fp16 on older GPUs, else fp32 "
                         "($TAGS_PRECISION)")
     p.add_argument("--compile", action="store_true", default=os.environ.get("TAGS_COMPILE", "") == "1",
                    help="compile the image encoder with torch.compile ($TAGS_COMPILE=1; CPU needs a C++ compiler; "
@@ -127,7 +131,7 @@ def _option_parser() -> argparse.ArgumentParser:
     p.add_argument("--organ-segments", action="store_true", default=os.environ.get("TAGS_ORGAN_SEGMENTS", "") == "1",
                    help="also write the organ masks as segments ($TAGS_ORGAN_SEGMENTS=1)")
     p.add_argument("--ignore-study-seg", action="store_true", help="always use the model's organ pass")
-    p.add_argument("--min-lesion-ml", type=float, default=os.environ.get("TAGS_MIN_LESION_ML", "0.1"),
+    p.add_argument("--min-lesion-ml", default=os.environ.get("TAGS_MIN_LESION_ML", "0.1"),
                    help="smallest lesion reported in the SR, ml (default 0.1; $TAGS_MIN_LESION_ML)")
     p.add_argument("--max-voxels", default=os.environ.get("TAGS_MAX_VOXELS", str(MAX_VOXELS)),
                    help=f"largest CT accepted, voxels (default {MAX_VOXELS} = 512 x 512 x 1000; $TAGS_MAX_VOXELS)")
@@ -139,9 +143,9 @@ class AppOptionError(ValueError):
 
 
 def _checked_options(ns: argparse.Namespace) -> argparse.Namespace:
-    """Values that came from the environment are not checked by argparse; this function checks them."""
+    """The option values, from the command line or the environment, checked and converted."""
     if ns.precision not in (None, "fp32", "bf16", "fp16"):
-        raise AppOptionError(f"precision {ns.precision!r} ($TAGS_PRECISION) is not fp32, bf16 or fp16")
+        raise AppOptionError(f"precision {ns.precision!r} (--precision / $TAGS_PRECISION) is not fp32, bf16 or fp16")
     try:
         ns.min_lesion_ml = float(ns.min_lesion_ml)
     except ValueError:
@@ -155,7 +159,7 @@ def _checked_options(ns: argparse.Namespace) -> argparse.Namespace:
         try:
             dev = torch.device(ns.device)
         except RuntimeError:
-            raise AppOptionError(f"device {ns.device!r} ($TAGS_DEVICE) is not a torch device (cpu, cuda, cuda:1)") from None
+            raise AppOptionError(f"device {ns.device!r} (--device / $TAGS_DEVICE) is not a torch device (cpu, cuda, cuda:1)") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise AppOptionError(f"device {ns.device!r} was asked for, but no CUDA device is available")
     return ns
@@ -178,13 +182,31 @@ def max_voxels(argv: Sequence[str] = ()) -> int:
     return _voxel_limit(ns.max_voxels)
 
 
+SDK_OPTIONS = (("-i", "--input"), ("-o", "--output"), ("-m", "--model"), ("-l", "--log-level"),
+               ("-w", "--workdir"), ("-t", "--triton-server-netloc"))
+"""The options the MONAI Deploy SDK's own parser takes (``monai.deploy.core.arg_parser``), each
+with a value; the application passes them on."""
+SDK_LOG_LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")
+"""The SDK's ``--log-level`` choices (upper-cased, as it does)."""
+
+
 def _paths(sdk_args: List[str]) -> tuple:
-    """Input, output and model paths as the SDK resolves them (arguments over environment)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("-i", "--input")
-    p.add_argument("-o", "--output")
-    p.add_argument("-m", "--model")
-    a, _ = p.parse_known_args(sdk_args)
+    """Input, output and model paths as the SDK resolves them (arguments over environment).
+    Raises AppOptionError naming any argument that neither the application nor the SDK takes
+    (the SDK's parser would otherwise report a missing default input folder instead)."""
+    p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    for short, long in SDK_OPTIONS:
+        p.add_argument(short, long)
+    try:
+        a, unknown = p.parse_known_args(sdk_args)
+    except argparse.ArgumentError as e:
+        raise AppOptionError(str(e)) from None
+    if unknown:
+        raise AppOptionError(f"unknown argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)} "
+                             "(python app --help lists the options)")
+    if a.log_level is not None and a.log_level.upper() not in SDK_LOG_LEVELS:
+        raise AppOptionError(f"log level {a.log_level!r} (-l / --log-level) is not {', '.join(SDK_LOG_LEVELS[:-1])} "
+                             f"or {SDK_LOG_LEVELS[-1]}")
     env = os.environ
     return (a.input or env.get("HOLOSCAN_INPUT_PATH", "input"), a.output or env.get("HOLOSCAN_OUTPUT_PATH", "output"),
             a.model or env.get("HOLOSCAN_MODEL_PATH", "models"))
@@ -198,7 +220,10 @@ def run(argv: List[str], *, started: Optional[float] = None) -> Path:
 
     Returns the output folder. Raises on any failure, after removing the staging folder.
     """
-    opts_ns, sdk_args = _option_parser().parse_known_args(argv)
+    try:
+        opts_ns, sdk_args = _option_parser().parse_known_args(argv)
+    except argparse.ArgumentError as e:  # e.g. an option without its value
+        raise AppOptionError(str(e)) from None
     opts_ns = _checked_options(opts_ns)
     options = AppOptions(InferenceSettings(opts_ns.device, opts_ns.precision, opts_ns.compile,
                                            opts_ns.backbone_checkpoint), opts_ns.organ_segments,

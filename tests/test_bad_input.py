@@ -211,6 +211,27 @@ def test_instances_without_uids(model, tmp_path, capsys):
              "20 of 20 DICOM file(s) have an empty StudyInstanceUID")
 
 
+@pytest.mark.parametrize("extra,env,message", [
+    (["--bogus"], {}, "unknown argument: --bogus"),
+    (["stray"], {}, "unknown argument: stray"),
+    (["--min-lesion-ml", "-1"], {}, "--min-lesion-ml must be 0 or more, not -1.0"),
+    ([], {"TAGS_MIN_LESION_ML": "small"}, "$TAGS_MIN_LESION_ML 'small' is not a number"),
+    (["--max-voxels", "0"], {}, "--max-voxels must be more than 0, not 0"),
+    (["--min-lesion-ml", "small"], {}, "$TAGS_MIN_LESION_ML 'small' is not a number"),
+    ([], {"TAGS_PRECISION": "fp8"}, "precision 'fp8' (--precision / $TAGS_PRECISION) is not fp32, bf16 or fp16"),
+    (["--precision", "fp8"], {}, "precision 'fp8' (--precision / $TAGS_PRECISION) is not fp32, bf16 or fp16"),
+    (["--device", "gpu0"], {}, "device 'gpu0' (--device / $TAGS_DEVICE) is not a torch device"),
+    (["--device"], {}, "argument --device: expected one argument"),
+    (["-l", "LOUD"], {}, "log level 'LOUD' (-l / --log-level) is not DEBUG, INFO, WARN, ERROR or CRITICAL"),
+])
+def test_bad_options(study, model, tmp_path, capsys, monkeypatch, extra, env, message):
+    """An option or environment variable the application cannot use: one error line naming it,
+    exit code 1, nothing written (checked before any DICOM file is read)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    _refused(study, model, tmp_path, capsys, message, *extra)
+
+
 @pytest.mark.parametrize("damage", ["missing", "changed", "version"])
 def test_bad_model_folder(study, model, tmp_path, capsys, damage):
     bad = tmp_path / "model"
