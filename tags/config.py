@@ -11,10 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Version of the model-folder format this code writes (2: ``text_alignment`` and
-``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``; 4: ``organ_boundary``)."""
-READABLE_VERSIONS = (1, 2, 3, 4)
+``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``; 4: ``organ_boundary``;
+5: the encoder's 3D adapters trained and in weights.safetensors: up to version 4 they were frozen
+by mistake, stayed the identity they are initialised to, and were not written)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+UNTRAINED_ADAPTERS_BEFORE = 5
+"""Folders of a version below this hold no adapter weights; their adapters are the identity."""
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, check_format_version
+from .config import UNTRAINED_ADAPTERS_BEFORE, ModelConfig, check_format_version
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -53,6 +53,11 @@ class ModelFolder:
     weights: Dict[str, torch.Tensor]
     text_embeddings: Dict[str, torch.Tensor]
     metadata: Dict[str, Any]
+
+    @property
+    def format_version(self) -> int:
+        """The version the folder was written in (its config reads as the current one)."""
+        return int(self.metadata["format_version"])
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -180,11 +185,18 @@ def load_model_folder(path: str | os.PathLike) -> ModelFolder:
     )
 
 
-def load_delta(net: torch.nn.Module, weights: Dict[str, torch.Tensor], where: str = "") -> None:
+def load_delta(net: torch.nn.Module, weights: Dict[str, torch.Tensor], where: str = "",
+               format_version: Optional[int] = None) -> None:
     """Load a delta state dict (:meth:`tags.network.TagsNet.delta_state_dict`) into ``net``:
-    every tensor that is not a base-checkpoint tensor must be present, and nothing unknown."""
+    every tensor that is not a base-checkpoint tensor must be present, and nothing unknown.
+    ``format_version``: that of the model folder the weights come from; below
+    :data:`~tags.config.UNTRAINED_ADAPTERS_BEFORE` the adapters' tensors are absent and the
+    adapters stay the identity they are built as (zero up-projection)."""
     result = net.load_state_dict(dict(weights), strict=False)
-    missing = [k for k in result.missing_keys if k not in net.base_keys]
+    optional = net.base_keys
+    if format_version is not None and format_version < UNTRAINED_ADAPTERS_BEFORE:
+        optional = optional | net.adapter_keys
+    missing = [k for k in result.missing_keys if k not in optional]
     if missing or result.unexpected_keys:
         raise ModelFolderError(
             f"weights in {where or 'the model folder'} do not fit this network: "

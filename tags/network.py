@@ -10,6 +10,7 @@ from torch import nn
 
 from .backbones import Backbone, build_backbone, square_side
 from .config import ModelConfig
+from .adapters import SliceAdapter3D
 from .encoder import AdaptedImageEncoder
 from .fusion import PromptFusion, TextConditioning
 from .alignment import TextAlignment
@@ -51,14 +52,21 @@ class TagsNet(nn.Module):
         self.head = VolumeHead(channels=config.head_channels)
         self.alignment = TextAlignment(dim=dim, text_dim=config.text_dim) if config.text_alignment else None
 
+        # The adapters are children of the encoder's blocks (so that base parameter names stay the
+        # checkpoint's) but not base: they train, and their tensors are part of the delta.
+        adapters = {id(p) for a in self.image_encoder.adapters for p in a.parameters()}
         base = self.base_modules()
         for name, module in base.items():
             trainable = name == "mask_decoder" and config.train_mask_decoder
             for p in module.parameters():
-                p.requires_grad_(trainable)
+                p.requires_grad_(trainable or id(p) in adapters)
+        self.adapter_keys = frozenset(
+            f"image_encoder.encoder.{name}.{k}" for name, m in self.image_encoder.encoder.named_modules()
+            if isinstance(m, SliceAdapter3D) for k in m.state_dict()
+        )
         self.base_keys = frozenset(
             f"{name}.{k}" for name, module in base.items() for k in module.state_dict().keys()
-        )
+        ) - self.adapter_keys
 
     @property
     def img_size(self) -> int:

@@ -82,21 +82,28 @@ def test_zero_init_adapters_reproduce_pretrained_features(lits117, slab_size):
 
 
 def test_base_tensors_frozen_and_counted():
+    """Every base-checkpoint tensor is frozen; the 3D adapters, which live inside the encoder's
+    blocks, train (and are not base keys, so the model folder stores them)."""
     net = build_tags(ModelConfig())
     base = net.base_modules()
     frozen = trainable = 0
-    for name, module in base.items():
-        for pname, p in module.named_parameters():
-            assert not p.requires_grad, f"base tensor {name}.{pname} is trainable"
+    for n, p in net.named_parameters():
+        if n in net.base_keys:
+            assert not p.requires_grad, f"base tensor {n} is trainable"
+        if n in net.adapter_keys:
+            assert p.requires_grad, f"adapter tensor {n} is frozen"
     for n, p in net.named_parameters():
         if p.requires_grad:
             trainable += p.numel()
         else:
             frozen += p.numel()
-    base_total = sum(p.numel() for m in base.values() for p in m.parameters())
-    print(f"trainable {trainable:,} / frozen {frozen:,} parameters ({100 * trainable / (trainable + frozen):.1f}% trainable)")
+    adapters = sum(p.numel() for a in net.image_encoder.adapters for p in a.parameters())
+    base_total = sum(p.numel() for m in base.values() for p in m.parameters()) - adapters
+    print(f"trainable {trainable:,} (adapters {adapters:,}) / frozen {frozen:,} parameters "
+          f"({100 * trainable / (trainable + frozen):.1f}% trainable)")
     assert frozen == base_total
-    assert trainable > 0
+    assert adapters > 0 and len(net.adapter_keys) == 6 * len(net.image_encoder.adapters)
+    assert trainable > adapters
     # Frozen BatchNorm statistics must not move in train mode.
     net.train()
     assert not net.image_encoder.encoder.training
@@ -338,3 +345,4 @@ def test_head_with_padded_input_channels_gives_the_same_logits():
         after = head(logits, image, organ)
     assert head.net[0].weight.shape == (16, 8, 3, 3, 3) and before.std() > 0.1
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+

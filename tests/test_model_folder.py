@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import perturbed_net, random_text, small_config
 from tags.geometry import affine_from_spacing
+from tags.network import build_tags
 from tags.model_folder import (
     CARD, CONFIG, METADATA, TEXT, WEIGHTS, ModelFolderError, _seal, load_model_folder, save_model_folder,
 )
 from tags.inference import TagsPredictor
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,7 @@ def test_folder_has_the_designed_files(exported):
     # Only what differs from the base checkpoint is stored.
     folder = load_model_folder(path)
     assert not any(k in net.base_keys for k in folder.weights)
+    assert net.adapter_keys and net.adapter_keys <= set(folder.weights)  # the 3D adapters are trained weights
     size = (path / WEIGHTS).stat().st_size
     print(f"weights.safetensors: {size / 1e6:.1f} MB, {len(folder.weights)} tensors")
     assert size < 8e6
@@ -118,3 +123,27 @@ def test_committed_demo_model_loads_and_its_hashes_verify():
     assert predictor.config == loaded.config
     card = (folder / "README.md").read_text()
     assert "CC BY-NC-SA 4.0" in card and "| evaluation | target | metric | TAGS | baseline |" in card
+
+
+def test_a_folder_without_adapter_weights_loads_with_identity_adapters(tmp_path):
+    """Folders written before format version 5 hold no adapter tensors (the adapters were frozen
+    by mistake and stayed the identity): they load, their adapters are the identity, and a
+    current folder without them is refused."""
+    import torch
+
+    from tags.model_folder import ModelFolderError, load_delta
+
+    shipped = load_model_folder(REPO / "models" / "liver-demo")
+    assert shipped.format_version == 4
+    pred = TagsPredictor.from_model_folder(REPO / "models" / "liver-demo", device="cpu")
+    net = pred.model.net
+    assert not any(k in shipped.weights for k in net.adapter_keys)
+    assert all(not a.up.weight.any() and not a.up.bias.any() for a in net.image_encoder.adapters)
+    fresh = build_tags(shipped.config, pretrained=False)
+    with pytest.raises(ModelFolderError, match="adapter"):
+        load_delta(fresh, shipped.weights, format_version=5)
+    load_delta(fresh, shipped.weights, format_version=4)
+    assert all(p.requires_grad for a in fresh.image_encoder.adapters for p in a.parameters())
+    assert not any(p.requires_grad for n, p in fresh.named_parameters() if n in fresh.base_keys)
+    x = torch.rand(1, 1, 4, 64, 64)
+    assert torch.isfinite(fresh.eval()(x, torch.randn(1, shipped.config.text_dim))).all()

@@ -253,8 +253,11 @@ def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCa
         + _section(card, "Held-out metrics")))
     meta = {k: v for k, v in folder.metadata.items() if k not in AUTOMATIC_METADATA}
     meta["recalibrations"] = list(meta.get("recalibrations", [])) + [record]
+    net = predictor.model.net
+    state = net.state_dict()  # a folder of a version without adapter weights: its identity adapters, written out
+    weights = {**{k: state[k] for k in net.adapter_keys}, **folder.weights}
     path = save_model_folder(
-        out, config=config, weights=folder.weights, text_embeddings=folder.text_embeddings,
+        out, config=config, weights=weights, text_embeddings=folder.text_embeddings,
         base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card=card, extra_metadata=meta,
         overwrite=overwrite)
     return path, reports
