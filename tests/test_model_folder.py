@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +12,10 @@ from helpers import perturbed_net, random_text, small_config
 from tags.geometry import affine_from_spacing
 from tags.network import build_tags
 from tags.model_folder import (
-    CARD, CONFIG, METADATA, TEXT, WEIGHTS, ModelFolderError, _seal, load_model_folder, save_model_folder,
+    CARD, CONFIG, METADATA, TEXT, WEIGHTS, ModelFolderError, _seal, load_delta, load_model_folder,
+    save_model_folder,
 )
 from tags.inference import TagsPredictor
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -125,25 +123,32 @@ def test_committed_demo_model_loads_and_its_hashes_verify():
     assert "CC BY-NC-SA 4.0" in card and "| evaluation | target | metric | TAGS | baseline |" in card
 
 
-def test_a_folder_without_adapter_weights_loads_with_identity_adapters(tmp_path):
+def test_a_folder_without_adapter_weights_loads_with_identity_adapters(exported, tmp_path):
     """Folders written before format version 5 hold no adapter tensors (the adapters were frozen
-    by mistake and stayed the identity): they load, their adapters are the identity, and a
-    current folder without them is refused."""
+    by mistake and stayed the identity): such a folder loads, its adapters are the identity, and
+    the same weights in a current folder are refused for the missing adapters."""
     import torch
 
-    from tags.model_folder import ModelFolderError, load_delta
+    path, net, text = exported
+    current = load_model_folder(path)
+    assert any(current.weights[k].any() for k in net.adapter_keys if k.endswith("up.weight"))  # trained adapters
+    weights = {k: v for k, v in current.weights.items() if k not in net.adapter_keys}
+    old = tmp_path / "v4"
+    shutil.copytree(path, old)
+    from safetensors.torch import save_file
 
-    shipped = load_model_folder(REPO / "models" / "liver-demo")
-    assert shipped.format_version == 4
-    pred = TagsPredictor.from_model_folder(REPO / "models" / "liver-demo", device="cpu")
-    net = pred.model.net
-    assert not any(k in shipped.weights for k in net.adapter_keys)
-    assert all(not a.up.weight.any() and not a.up.bias.any() for a in net.image_encoder.adapters)
-    fresh = build_tags(shipped.config, pretrained=False)
+    save_file(weights, str(old / WEIGHTS))
+    meta = json.loads((old / METADATA).read_text())
+    meta["format_version"] = 4
+    meta["files"][WEIGHTS] = __import__("hashlib").sha256((old / WEIGHTS).read_bytes()).hexdigest()
+    meta.pop("metadata_sha256")
+    (old / METADATA).write_text(_seal(meta))
+    assert load_model_folder(old).format_version == 4
+    pred = TagsPredictor.from_model_folder(old, device="cpu")
+    adapters = pred.model.net.image_encoder.adapters
+    assert all(not a.up.weight.any() and not a.up.bias.any() for a in adapters)
+    fresh = build_tags(current.config)
     with pytest.raises(ModelFolderError, match="adapter"):
-        load_delta(fresh, shipped.weights, format_version=5)
-    load_delta(fresh, shipped.weights, format_version=4)
+        load_delta(fresh, weights, format_version=5)
+    load_delta(fresh, weights, format_version=4)
     assert all(p.requires_grad for a in fresh.image_encoder.adapters for p in a.parameters())
-    assert not any(p.requires_grad for n, p in fresh.named_parameters() if n in fresh.base_keys)
-    x = torch.rand(1, 1, 4, 64, 64)
-    assert torch.isfinite(fresh.eval()(x, torch.randn(1, shipped.config.text_dim))).all()

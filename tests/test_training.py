@@ -126,6 +126,20 @@ def test_the_slab_convolution_trains_only_when_asked(samples, tmp_path):
     assert TrainConfig.from_dict(older).train_slab_mix  # run folders from before the option trained it
 
 
+def test_the_adapters_train_unless_frozen(samples, tmp_path):
+    """The encoder's 3D adapters are trained weights of the run (in its checkpoints, moved by
+    training); --freeze-adapters keeps them the identity; a run folder from before the option
+    resumes with them frozen, as it was trained."""
+    common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=1, precision="fp32", **TINY)
+    up = "image_encoder.encoder.layers.1.blocks.0.adapter.up.weight"
+    trained = load_checkpoint(train(TrainConfig(out=str(tmp_path / "trained"), **common)))[0]
+    frozen = load_checkpoint(train(TrainConfig(out=str(tmp_path / "frozen"), train_adapters=False, **common)))[0]
+    assert trained[up].any()  # moved from its zero initialisation
+    assert up in frozen and not frozen[up].any()
+    older = {k: v for k, v in TrainConfig(out="x", **common).to_dict().items() if k != "train_adapters"}
+    assert not TrainConfig.from_dict(older).train_adapters
+
+
 def test_workers_and_a_shared_cache_train_the_same_weights(samples, tmp_path):
     """Two loader workers and a cache shared with another run give the weights of the serial run."""
     common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=2, precision="fp32", **TINY)

@@ -9,7 +9,7 @@ from typing import Dict, Optional
 
 import torch
 
-from tags.config import LesionDecision, ModelConfig, OrganBoundary
+from tags.config import UNTRAINED_ADAPTERS_BEFORE, LesionDecision, ModelConfig, OrganBoundary
 from tags.model_folder import load_delta, save_model_folder
 from tags.network import build_tags
 
@@ -20,7 +20,7 @@ CARD_TEMPLATE = """# TAGS model: {targets}
 
 **Research use only. Not for clinical use.**
 
-- Backbone: {backbone} (frozen, base checkpoint sha256 `{sha}`), 3D adapters, slab size {slab}.
+- Backbone: {backbone} (frozen, base checkpoint sha256 `{sha}`), 3D adapters ({adapters}), slab size {slab}.
 - Text encoder for the target sentences: {text_encoder}.
 - Targets: {target_lines}
 - Trained for {steps} steps ({world} process(es)) on: {datasets}.
@@ -79,13 +79,16 @@ def export_model(
     net = build_tags(config, checkpoint=tc.backbone_checkpoint)
     if net.backbone_sha256 != state["base_checkpoint_sha256"]:
         raise ValueError("the installed base checkpoint differs from the one this run was trained on")
-    load_delta(net, weights, where=str(run))
+    # a run that did not train its adapters may be from before they were stored: identity adapters
+    load_delta(net, weights, where=str(run),
+               format_version=None if tc.train_adapters else UNTRAINED_ADAPTERS_BEFORE - 1)
     text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
     p = config.preprocessing
     card = CARD_TEMPLATE.format(
         targets=", ".join(t.name for t in config.targets),
         backbone=config.backbone, sha=net.backbone_sha256,
         slab=config.adapter.slab_size,
+        adapters="trained" if tc.train_adapters else "kept as loaded: the identity unless the run started from trained ones",
         text_encoder=config.text_encoder,
         target_lines="; ".join(f"{t.name} ({t.kind}: \"{t.sentence}\")" for t in config.targets),
         steps=steps or state["step"],

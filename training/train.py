@@ -81,6 +81,11 @@ class TrainConfig:
     default 64 x 128 x 128 window a step took about 1.5-2x the time and 2.5x the memory
     (docs/performance.md), for a convolution the demo model had trained to weights below 0.012.
     A resumed run keeps its checkpoint's choice (its optimiser state holds these weights or not).
+    ``train_adapters``: train the encoder's 3D adapters (TAGS' adaptation of the 2D encoder to
+    3D; their gradient runs back through the encoder's attention stages: a demo step on 2 AVX2
+    cores 7.1-7.3 s instead of 4.75-5.25 s). Off, they stay as initialised or loaded (the
+    identity for a new run) and are still written to the model folder. The demo recipe turns it
+    off (:func:`training.demo.demo_config`). Run folders from before the option had them frozen.
     ``init``: a model folder whose weights start the run (fine-tuning): its model settings,
     targets and text embeddings are used instead of ``model``'s, its organ boundary and lesion
     decision are dropped (choose them again for the new weights: ``tags-train calibrate``).
@@ -105,6 +110,7 @@ class TrainConfig:
     cache_dir: Optional[str] = None
     activation_checkpointing: bool = False
     train_slab_mix: bool = False
+    train_adapters: bool = True
     validate_every: int = 0
     patience: int = 0
     dist_timeout_minutes: float = 30.0
@@ -136,6 +142,7 @@ class TrainConfig:
         ``prompt_drop`` and ``box_jitter``."""
         d = dict(d)
         d.setdefault("train_slab_mix", True)  # run folders from before the option trained it
+        d.setdefault("train_adapters", False)  # run folders from before the option had them frozen
         if "model" in d:
             model = ModelConfig.from_dict(d.pop("model"))
         else:
@@ -294,7 +301,8 @@ def _start(cfg: TrainConfig, ctx: DistContext,
     checkpoint = load_checkpoint(run) if rank0_decides(ctx.rank == 0 and has_checkpoint(run), ctx) else None
     if checkpoint is not None:
         state = checkpoint[2]
-        cfg = replace(cfg, train_slab_mix=TrainConfig.from_dict(state["train_config"]).train_slab_mix)
+        recorded = TrainConfig.from_dict(state["train_config"])
+        cfg = replace(cfg, train_slab_mix=recorded.train_slab_mix, train_adapters=recorded.train_adapters)
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     elif cfg.init:
@@ -311,6 +319,9 @@ def _start(cfg: TrainConfig, ctx: DistContext,
     net = build_tags(model_cfg, checkpoint=cfg.backbone_checkpoint)
     if not cfg.train_slab_mix:
         net.image_encoder.slab.requires_grad_(False)  # no backward through the frozen encoder (see TrainConfig)
+    if not cfg.train_adapters:
+        for adapter in net.image_encoder.adapters:
+            adapter.requires_grad_(False)
     channels_last_convs(net, frozen_only=True)  # as at inference: demo step 4.0 -> 3.3 s (docs/performance.md)
     if cfg.activation_checkpointing:
         checkpoint_activations(net)
