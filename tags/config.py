@@ -17,9 +17,9 @@ FORMAT_VERSION = 5
 5: the encoder's 3D adapters trained and in weights.safetensors: up to version 4 they were frozen
 by mistake, stayed the identity they are initialised to, and were not written)."""
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
+"""Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 UNTRAINED_ADAPTERS_BEFORE = 5
 """Folders of a version below this hold no adapter weights; their adapters are the identity."""
-"""Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 
 
 def check_format_version(version: Any) -> None:

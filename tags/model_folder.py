@@ -59,6 +59,12 @@ class ModelFolder:
         """The version the folder was written in (its config reads as the current one)."""
         return int(self.metadata["format_version"])
 
+    @property
+    def adapters_stored(self) -> bool:
+        """Whether the folder holds the adapters' tensors (format version 5 on; before, they
+        were frozen by mistake and stayed the identity)."""
+        return self.format_version >= UNTRAINED_ADAPTERS_BEFORE
+
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -186,16 +192,14 @@ def load_model_folder(path: str | os.PathLike) -> ModelFolder:
 
 
 def load_delta(net: torch.nn.Module, weights: Dict[str, torch.Tensor], where: str = "",
-               format_version: Optional[int] = None) -> None:
+               adapters_required: bool = True) -> None:
     """Load a delta state dict (:meth:`tags.network.TagsNet.delta_state_dict`) into ``net``:
     every tensor that is not a base-checkpoint tensor must be present, and nothing unknown.
-    ``format_version``: that of the model folder the weights come from; below
-    :data:`~tags.config.UNTRAINED_ADAPTERS_BEFORE` the adapters' tensors are absent and the
-    adapters stay the identity they are built as (zero up-projection)."""
+    ``adapters_required=False`` (weights from before the adapters were stored,
+    :attr:`ModelFolder.adapters_stored`): absent adapter tensors leave the adapters the identity
+    they are built as (zero up-projection)."""
     result = net.load_state_dict(dict(weights), strict=False)
-    optional = net.base_keys
-    if format_version is not None and format_version < UNTRAINED_ADAPTERS_BEFORE:
-        optional = optional | net.adapter_keys
+    optional = net.base_keys if adapters_required else net.base_keys | net.adapter_keys
     missing = [k for k in result.missing_keys if k not in optional]
     if missing or result.unexpected_keys:
         raise ModelFolderError(

@@ -92,7 +92,6 @@ def test_base_tensors_frozen_and_counted():
             assert not p.requires_grad, f"base tensor {n} is trainable"
         if n in net.adapter_keys:
             assert p.requires_grad, f"adapter tensor {n} is frozen"
-    for n, p in net.named_parameters():
         if p.requires_grad:
             trainable += p.numel()
         else:
@@ -345,4 +344,3 @@ def test_head_with_padded_input_channels_gives_the_same_logits():
         after = head(logits, image, organ)
     assert head.net[0].weight.shape == (16, 8, 3, 3, 3) and before.std() > 0.1
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-

@@ -9,7 +9,7 @@ from typing import Dict, Optional
 
 import torch
 
-from tags.config import UNTRAINED_ADAPTERS_BEFORE, LesionDecision, ModelConfig, OrganBoundary
+from tags.config import LesionDecision, ModelConfig, OrganBoundary
 from tags.model_folder import load_delta, save_model_folder
 from tags.network import build_tags
 
@@ -80,8 +80,7 @@ def export_model(
     if net.backbone_sha256 != state["base_checkpoint_sha256"]:
         raise ValueError("the installed base checkpoint differs from the one this run was trained on")
     # a run that did not train its adapters may be from before they were stored: identity adapters
-    load_delta(net, weights, where=str(run),
-               format_version=None if tc.train_adapters else UNTRAINED_ADAPTERS_BEFORE - 1)
+    load_delta(net, weights, where=str(run), adapters_required=tc.train_adapters)
     text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
     p = config.preprocessing
     card = CARD_TEMPLATE.format(

@@ -39,4 +39,4 @@ def load_initial(net: TagsNet, folder: ModelFolder) -> None:
     if expected != net.backbone_sha256:
         raise ModelFolderError(f"--init {folder.path} expects base checkpoint sha256 {expected}, "
                                f"the installed {folder.config.backbone} checkpoint has {net.backbone_sha256}")
-    load_delta(net, folder.weights, where=str(folder.path), format_version=folder.format_version)
+    load_delta(net, folder.weights, where=str(folder.path), adapters_required=folder.adapters_stored)

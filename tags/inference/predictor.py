@@ -132,7 +132,7 @@ class TagsPredictor:
                 f"model folder {folder.path} expects base checkpoint sha256 {expected}, "
                 f"the installed {folder.config.backbone} checkpoint has {net.backbone_sha256}"
             )
-        load_delta(net, folder.weights, where=str(folder.path), format_version=folder.format_version)
+        load_delta(net, folder.weights, where=str(folder.path), adapters_required=folder.adapters_stored)
         return cls.from_network(net, folder.text_embeddings, compile=compile, **kwargs)
 
     @property
