@@ -140,6 +140,23 @@ def test_the_adapters_train_unless_frozen(samples, tmp_path):
     assert not TrainConfig.from_dict(older).train_adapters
 
 
+def test_the_adapters_learning_rate_scale(samples, tmp_path):
+    """--adapter-lr-scale puts the adapters in an AdamW group of their own whose rate is that
+    multiple of --lr (AdamW's step is about the rate: they move about a tenth as far); the group
+    is in the checkpoint and a resumed run keeps it."""
+    common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=1, precision="fp32", **TINY)
+    up = "image_encoder.encoder.layers.1.blocks.0.adapter.up.weight"
+    full = load_checkpoint(train(TrainConfig(out=str(tmp_path / "full"), **common)))[0][up].abs().max()
+    run = tmp_path / "scaled"
+    train(TrainConfig(out=str(run), adapter_lr_scale=0.1, **dict(common, steps=3)), stop_after=2)
+    weights, _, state = load_checkpoint(run)
+    assert 0.05 * full < weights[up].abs().max() < 0.2 * full
+    assert sorted(g["lr_scale"] for g in state["param_groups"]) == [0.1, 1.0]
+    train(TrainConfig(out=str(run), **dict(common, steps=3)))  # resumed without the option: kept
+    assert json.loads((run / TRAIN_CONFIG).read_text())["adapter_lr_scale"] == 0.1
+    assert sorted(g["lr_scale"] for g in load_checkpoint(run)[2]["param_groups"]) == [0.1, 1.0]
+
+
 def test_workers_and_a_shared_cache_train_the_same_weights(samples, tmp_path):
     """Two loader workers and a cache shared with another run give the weights of the serial run."""
     common = dict(datasets=[str(samples["lits117"])], steps=2, checkpoint_every=2, precision="fp32", **TINY)

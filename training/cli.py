@@ -48,7 +48,8 @@ def _train(a: argparse.Namespace) -> int:
         checkpoint_every=a.checkpoint_every, keep_checkpoints=a.keep_checkpoints,
         dist_timeout_minutes=a.dist_timeout, workers=a.workers, cache_dir=a.cache_dir, z_split=z_split,
         validate_every=a.validate_every, patience=a.patience, activation_checkpointing=a.activation_checkpointing,
-        train_slab_mix=a.train_slab_mix, train_adapters=not a.freeze_adapters, clip_folder=a.clip_folder,
+        train_slab_mix=a.train_slab_mix, train_adapters=not a.freeze_adapters,
+        adapter_lr_scale=a.adapter_lr_scale, clip_folder=a.clip_folder,
         backbone_checkpoint=a.backbone_checkpoint, init=a.init, progress=not a.no_progress,
         model=replace(
             model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
@@ -208,6 +209,8 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--freeze-adapters", action="store_true",
                    help="keep the encoder's 3D adapters as initialised or loaded (the identity for a new run): "
                         "faster steps, no 3D adaptation of the encoder (the demo recipe's choice)")
+    t.add_argument("--adapter-lr-scale", type=float, default=d.adapter_lr_scale,
+                   help=f"the 3D adapters' learning rate as a multiple of --lr (default {d.adapter_lr_scale:g})")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
                    help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")
     t.add_argument("--dist-timeout", type=float, default=d.dist_timeout_minutes, metavar="MINUTES",

@@ -86,6 +86,8 @@ class TrainConfig:
     cores 7.1-7.3 s instead of 4.75-5.25 s). Off, they stay as initialised or loaded (the
     identity for a new run) and are still written to the model folder. The demo recipe turns it
     off (:func:`training.demo.demo_config`). Run folders from before the option had them frozen.
+    ``adapter_lr_scale``: the adapters' learning rate as a multiple of ``lr`` (their own AdamW
+    param group; 1: one group for all). A resumed run keeps its checkpoint's value.
     ``init``: a model folder whose weights start the run (fine-tuning): its model settings,
     targets and text embeddings are used instead of ``model``'s, its organ boundary and lesion
     decision are dropped (choose them again for the new weights: ``tags-train calibrate``).
@@ -111,6 +113,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     train_slab_mix: bool = False
     train_adapters: bool = True
+    adapter_lr_scale: float = 1.0
     validate_every: int = 0
     patience: int = 0
     dist_timeout_minutes: float = 30.0
@@ -129,6 +132,8 @@ class TrainConfig:
         for name, low in least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
+        if not self.adapter_lr_scale > 0:
+            raise ValueError(f"adapter-lr-scale must be above 0, not {self.adapter_lr_scale}")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -242,6 +247,19 @@ def _recomputed_forward(block: torch.nn.Module, *args):
     return checkpoint(type(block).forward, block, *args, use_reentrant=False)
 
 
+def param_groups(net: TagsNet, cfg: TrainConfig) -> List[Dict[str, Any]]:
+    """The optimiser's parameter groups: the trainable tensors, the adapters' in a group of
+    their own with ``lr_scale`` = ``cfg.adapter_lr_scale`` when it is not 1 (:func:`_step` sets
+    each group's rate to ``cfg.lr`` times its ``lr_scale`` on the schedule)."""
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if cfg.adapter_lr_scale == 1.0:
+        return [{"params": [p for _, p in trainable], "lr_scale": 1.0}]
+    adapters = [p for n, p in trainable if n in net.adapter_keys]
+    rest = [p for n, p in trainable if n not in net.adapter_keys]
+    return [g for g in ({"params": rest, "lr_scale": 1.0},
+                        {"params": adapters, "lr_scale": float(cfg.adapter_lr_scale)}) if g["params"]]
+
+
 def warmup_cosine(position: float, warmup: float, total: float) -> float:
     """Learning-rate factor (of the peak rate) at ``position``: a linear warm-up
     ``(position + 1) / warmup`` while ``position < warmup``, then a half cosine from 1 at
@@ -302,7 +320,8 @@ def _start(cfg: TrainConfig, ctx: DistContext,
     if checkpoint is not None:
         state = checkpoint[2]
         recorded = TrainConfig.from_dict(state["train_config"])
-        cfg = replace(cfg, train_slab_mix=recorded.train_slab_mix, train_adapters=recorded.train_adapters)
+        cfg = replace(cfg, train_slab_mix=recorded.train_slab_mix, train_adapters=recorded.train_adapters,
+                      adapter_lr_scale=recorded.adapter_lr_scale)
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
         model_cfg = ModelConfig.from_dict(state["model_config"])
     elif cfg.init:
@@ -343,8 +362,7 @@ def _train(cfg: TrainConfig, datasets: List[Dataset], ctx: DistContext, stop_aft
     torch.manual_seed(cfg.seed)
     cfg, net, text, checkpoint = _start(cfg, ctx, initial)
     model_cfg = cfg.model
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(net, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if checkpoint is not None:
         restore_optimizer(opt, checkpoint[1], checkpoint[2]["param_groups"])
@@ -463,7 +481,7 @@ def _step(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     adds its share of the mean loss to the gradients (under DDP the gradients are reduced once,
     after the last group); returns the mean loss (detached, on the device: no host sync)."""
     for g in opt.param_groups:
-        g["lr"] = cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
+        g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * warmup_cosine(step, cfg.warmup, cfg.steps)
     opt.zero_grad(set_to_none=True)
     groups = group_batch(batch)
     total = torch.zeros((), device=device)
