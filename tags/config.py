@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Version of the model-folder format this code writes (2: ``text_alignment`` and
 ``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``; 4: ``organ_boundary``;
 5: the encoder's 3D adapters trained and in weights.safetensors: up to version 4 they were frozen
-by mistake, stayed the identity they are initialised to, and were not written)."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+by mistake, stayed the identity they are initialised to, and were not written;
+6: ``lesion_decision.min_depth_mm``)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 UNTRAINED_ADAPTERS_BEFORE = 5
 """Folders of a version below this hold no adapter weights; their adapters are the identity."""
@@ -133,8 +134,11 @@ class LesionDecision:
     A component is kept when its highest probability reaches ``min_max_probability``, its
     volume ``min_volume_ml`` and, if set, its contrast ``min_contrast_hu`` (the organ's median HU
     outside all candidates minus the component's median HU: how much darker than the parenchyma
-    it is; the demo model knows only hypodense tumors); the rest are removed from the mask
-    before anything is written, so the SEG, the SR, the JSON and ``tags-train evaluate`` see the
+    it is; the demo model knows only hypodense tumors) and, if set, its depth ``min_depth_mm``
+    (how far its deepest voxel lies inside the organ mask: the organ pass's mask can take in a
+    neighbour's edge, such as fluid in the stomach beside the liver, where the tumor pass finds
+    a dark "lesion"; a tumor inside the organ that touches its surface reaches that depth once
+    its diameter does); the rest are removed from the mask before anything is written, so the SEG, the SR, the JSON and ``tags-train evaluate`` see the
     same lesions. Chosen on validation cases only (``chosen_on`` says which and how); the
     defaults keep everything.
     """
@@ -143,6 +147,7 @@ class LesionDecision:
     min_volume_ml: float = 0.0
     min_contrast_hu: Optional[float] = None
     chosen_on: str = "default (no decision: every component kept)"
+    min_depth_mm: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def test_calibrate_rewrites_only_the_decision(samples, tmp_path, capsys):
     cases = [f"{samples['lits117']}:lits117:0.5:0.6", f"{samples['totalseg']}:aorta_abdomen"]
     assert main(["calibrate", str(MODEL), str(out), *sum((["--validation", c] for c in cases), [])]) == 0
     shipped, new = load_model_folder(MODEL), load_model_folder(out)
-    keys = ("min_max_probability", "min_volume_ml", "min_contrast_hu")
+    keys = ("min_max_probability", "min_volume_ml", "min_contrast_hu", "min_depth_mm")
     decision = lambda f: {k: getattr(f.config.lesion_decision, k) for k in keys}  # noqa: E731
     history = new.metadata["recalibrations"]
     chosen = history[-1]["chosen"]
@@ -96,3 +96,18 @@ def test_the_decision_separates_confident_lesions_above_0_99():
     decision, report = choose_lesion_decision(found, "synthetic candidates")
     assert decision.min_max_probability > 0.995
     assert report["chosen"]["healthy_false_lesions"] == 0 and report["chosen"]["lesion_recall_approx"] == 1.0
+
+
+def test_the_decision_can_ask_for_depth_in_the_organ():
+    """Healthy false candidates as confident and as dark as the true lesions but shallow (the
+    organ mask's edge taking in a neighbour): only a depth threshold keeps every lesion and no
+    false one, and the choice finds it."""
+    from training.calibrate import Candidate, choose_lesion_decision
+
+    found = {"true_lesions": 4, "cases": [],
+             "candidates": [Candidate("lits", False, 0.9999, 1.0, True, 45.0, True, 22.0) for _ in range(4)]
+             + [Candidate("healthy", True, 0.9999, 20.0, False, 55.0, True, 12.0)]}
+    decision, report = choose_lesion_decision(found, "synthetic candidates")
+    assert 12.0 < decision.min_depth_mm <= 22.0
+    assert report["chosen"]["healthy_false_lesions"] == 0 and report["chosen"]["lesion_recall_approx"] == 1.0
+    assert report["chosen"]["min_depth_mm"] == decision.min_depth_mm

@@ -82,3 +82,27 @@ def test_lesion_decision_removes_weak_and_small_components():
                           organ=organ) == 3
     assert (decided[2:8, 2:10, 2:10] == 0.97).all() and (decided[10, 26:34, 26:29] == 0.98).all()
     assert decided[5, 32:40, 32:35].max() == 0.0
+
+
+def test_lesion_depth_in_the_organ():
+    """A component's depth is the distance (mm) from its deepest voxel to the nearest voxel
+    outside the organ, on anisotropic spacing; measured within the candidates' box grown by
+    ``depth_up_to_mm`` it is the same up to that value, so a depth threshold removes the same
+    components; a component outside the organ has depth 0."""
+    spacing = (2.0, 1.0, 1.0)
+    organ = np.zeros((40, 120, 120), bool)
+    organ[5:35, 10:110, 10:110] = True  # 60 mm deep along z, 100 mm across
+    prob = np.zeros(organ.shape, np.float32)
+    prob[18:22, 58:62, 58:62] = 0.99  # centre: slice 20 is 15 slices (30 mm) from the outside along z
+    prob[18:22, 10:14, 58:62] = 0.99  # at the organ's edge along y: its deepest voxel 4 mm in
+    prob[18:22, 112:116, 58:62] = 0.99  # outside
+    _, comps = components(prob, 0.002, organ=organ, spacing=spacing)
+    depths = sorted(c.depth_mm for c in comps)
+    assert depths == [0.0, 4.0, 30.0]
+    _, near = components(prob, 0.002, organ=organ, spacing=spacing, depth_up_to_mm=10.0)
+    assert all((a.depth_mm >= 10) == (b.depth_mm >= 10) and (b.depth_mm >= 10 or a.depth_mm == b.depth_mm)
+               for a, b in zip(near, comps))
+    decided = prob.copy()
+    assert apply_decision(decided, LesionDecision(min_depth_mm=10.0), 0.002, organ=organ, spacing=spacing) == 2
+    assert decided[18:22, 58:62, 58:62].min() == 0.99 and decided[:, :50].max() == 0 and decided[:, 100:].max() == 0
+    assert components(prob, 0.002, organ=organ)[1][0].depth_mm is None  # no spacing, no depth

@@ -43,9 +43,11 @@ CARD_TEMPLATE = """# TAGS model: {targets}
 def _decision_text(d: LesionDecision) -> str:
     contrast = (f", and they are at least {d.min_contrast_hu:g} HU darker than the organ's parenchyma"
                 if d.min_contrast_hu is not None else "")
+    depth = (f", and their deepest voxel lies at least {d.min_depth_mm:g} mm inside the organ mask"
+             if d.min_depth_mm is not None else "")
     return (f"Candidate lesions (26-connected components of probability >= 0.5 with a voxel in the organ mask) "
             f"are kept when their highest probability is at least {d.min_max_probability:g}, their volume at least "
-            f"{d.min_volume_ml:g} ml{contrast}. Chosen on: {d.chosen_on}.")
+            f"{d.min_volume_ml:g} ml{contrast}{depth}. Chosen on: {d.chosen_on}.")
 
 
 def boundary_text(b: Optional[OrganBoundary]) -> str:

@@ -222,7 +222,7 @@ class TagsPredictor:
             if decide:
                 # inside the ROI (nothing outside it): the same components, a fraction of the voxels
                 removed = apply_decision(prob[box], self.config.lesion_decision, float(np.prod(spacing)) / 1000.0,
-                                         hu=canon[box], organ=organ_c[box])
+                                         hu=canon[box], organ=organ_c[box], spacing=spacing)
                 if removed:
                     log.info("%s: %d candidate lesion(s) below the lesion decision removed", name, removed)
             results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows)
