@@ -84,8 +84,8 @@ class TrainConfig:
     ``train_adapters``: train the encoder's 3D adapters (TAGS' adaptation of the 2D encoder to
     3D; their gradient runs back through the encoder's attention stages: a demo step on 2 AVX2
     cores 7.1-7.3 s instead of 4.75-5.25 s). Off, they stay as initialised or loaded (the
-    identity for a new run) and are still written to the model folder. The demo recipe turns it
-    off (:func:`training.demo.demo_config`). Run folders from before the option had them frozen.
+    identity for a new run) and are still written to the model folder. Run folders from before
+    the option are read as frozen (all of them but a few days' runs had them frozen by mistake).
     ``adapter_lr_scale``: the adapters' learning rate as a multiple of ``lr`` (their own AdamW
     param group; 1: one group for all). A resumed run keeps its checkpoint's value.
     ``init``: a model folder whose weights start the run (fine-tuning): its model settings,
