@@ -13,7 +13,7 @@ look like a hypodense tumor).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -43,14 +43,12 @@ class Component:
 
 def components(
     probability: np.ndarray, voxel_ml: float, hu: Optional[np.ndarray] = None, organ: Optional[np.ndarray] = None,
-    spacing: Optional[Sequence[float]] = None, depth_up_to_mm: Optional[float] = None,
+    spacing: Optional[Sequence[float]] = None,
 ) -> tuple[np.ndarray, List[Component]]:
     """(label map, components) of ``probability >= 0.5``; with ``hu`` and ``organ`` (same grid)
     each component's contrast: the organ's median HU outside every candidate minus the
     component's median HU; with ``organ`` and ``spacing`` (mm, same axis order) its depth in the
-    organ. ``depth_up_to_mm``: depths are exact up to this value and may be larger than the truth
-    beyond it (they are measured within the candidates' box grown by that distance: a fraction
-    of a CT-sized grid), enough to compare them with a threshold of at most that value."""
+    organ, measured on the whole grid (:func:`depths_up_to` measures a few components faster)."""
     candidate = probability >= VOXEL_THRESHOLD
     labels, n = ndimage.label(candidate, structure=CONNECTIVITY)
     if n == 0:
@@ -73,27 +71,36 @@ def components(
             contrast = [ref - float(v) for v in _component_medians(hu[candidate], lab, size)]
     depth: List[Optional[float]] = [None] * n
     if organ is not None and spacing is not None:
-        depth = [float(v) for v in _depths(labels, n, organ, spacing, depth_up_to_mm)]
+        distance = _distance_inside(organ, spacing)
+        depth = [float(v) for v in ndimage.maximum(distance, labels, index)] if distance is not None else [np.inf] * n
     comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml, c, o, d)
              for i, p, m, s, c, o, d in zip(index, peak, mean, size, contrast, inside, depth)]
     return labels, comps
 
 
-def _depths(labels: np.ndarray, n: int, organ: np.ndarray, spacing: Sequence[float],
-            up_to_mm: Optional[float]) -> np.ndarray:
-    """Deepest organ depth (mm) of components 1..n of ``labels`` (see :func:`components`)."""
-    region = tuple(slice(0, s) for s in labels.shape)
-    if up_to_mm is not None:
-        # a voxel less than up_to_mm deep has its nearest outside voxel within the grown box
-        grow = [int(np.ceil(up_to_mm / s)) + 1 for s in spacing]
-        where = np.nonzero(labels)
-        region = tuple(slice(max(0, int(w.min()) - g), min(dim, int(w.max()) + g + 1))
-                       for w, g, dim in zip(where, grow, labels.shape))
-    inside = organ[region]
-    if inside.all():
-        return np.full(n, np.inf)  # no voxel outside the organ in reach
-    distance = ndimage.distance_transform_edt(inside, sampling=tuple(float(s) for s in spacing))
-    return np.asarray(ndimage.maximum(distance, labels[region], np.arange(1, n + 1)), dtype=float)
+def _distance_inside(organ: np.ndarray, spacing: Sequence[float]) -> Optional[np.ndarray]:
+    """Distance (mm) of each organ voxel to the nearest voxel outside it; None if there is none."""
+    if organ.all():
+        return None
+    return ndimage.distance_transform_edt(organ, sampling=tuple(float(s) for s in spacing))
+
+
+def depths_up_to(labels: np.ndarray, which: Sequence[int], organ: np.ndarray, spacing: Sequence[float],
+                 up_to_mm: float) -> Dict[int, float]:
+    """Depth (see :class:`Component`) of the components ``which`` of ``labels``, each measured in
+    its own box grown by ``up_to_mm``: exact up to that depth and possibly larger beyond it (a
+    voxel less deep has its nearest outside voxel within the box), enough to compare with a
+    threshold of at most ``up_to_mm``, in a fraction of the time of a CT-sized grid (2.2 s for a
+    liver's box at 0.68 x 0.68 x 1.43 mm)."""
+    grow = [int(np.ceil(up_to_mm / s)) + 1 for s in spacing]
+    boxes = ndimage.find_objects(labels)
+    out: Dict[int, float] = {}
+    for label in which:
+        box = tuple(slice(max(0, b.start - g), min(dim, b.stop + g))
+                    for b, g, dim in zip(boxes[label - 1], grow, labels.shape))
+        distance = _distance_inside(organ[box], spacing)
+        out[label] = float(distance[labels[box] == label].max()) if distance is not None else np.inf
+    return out
 
 
 def _sorted_by_component(values: np.ndarray, lab: np.ndarray) -> np.ndarray:
@@ -133,9 +140,14 @@ def apply_decision(
     if (decision.min_max_probability <= VOXEL_THRESHOLD and decision.min_volume_ml <= 0
             and decision.min_contrast_hu is None and decision.min_depth_mm is None):
         return 0
-    depth_spacing = spacing if decision.min_depth_mm is not None else None
-    labels, comps = components(probability, voxel_ml, hu, organ, depth_spacing, decision.min_depth_mm)
+    labels, comps = components(probability, voxel_ml, hu, organ)
     rejected = [c.label for c in comps if not keeps(c, decision)]
+    if decision.min_depth_mm is not None and organ is not None and spacing is not None:
+        # depth only for the components every other criterion keeps
+        removed = set(rejected)
+        passing = [c.label for c in comps if c.label not in removed]
+        depth = depths_up_to(labels, passing, organ, spacing, decision.min_depth_mm)
+        rejected += [label for label in passing if depth[label] < decision.min_depth_mm]
     if rejected:
         probability[np.isin(labels, rejected)] = 0.0
     return len(rejected)

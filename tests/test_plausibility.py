@@ -7,7 +7,7 @@ import pytest
 
 from tags.config import LesionDecision
 from tags.geometry import to_canonical
-from tags.lesion_decision import apply_decision, components
+from tags.lesion_decision import apply_decision, components, depths_up_to
 from tags.plausibility import implausible_organ
 from tags.preprocessing import prepare_ct
 from training.dicom_series import read_series
@@ -87,7 +87,7 @@ def test_lesion_decision_removes_weak_and_small_components():
 def test_lesion_depth_in_the_organ():
     """A component's depth is the distance (mm) from its deepest voxel to the nearest voxel
     outside the organ, on anisotropic spacing; measured within the candidates' box grown by
-    ``depth_up_to_mm`` it is the same up to that value, so a depth threshold removes the same
+    the threshold (``depths_up_to``) it is the same up to that value, so a threshold removes the same
     components; a component outside the organ has depth 0."""
     spacing = (2.0, 1.0, 1.0)
     organ = np.zeros((40, 120, 120), bool)
@@ -99,9 +99,10 @@ def test_lesion_depth_in_the_organ():
     _, comps = components(prob, 0.002, organ=organ, spacing=spacing)
     depths = sorted(c.depth_mm for c in comps)
     assert depths == [0.0, 4.0, 30.0]
-    _, near = components(prob, 0.002, organ=organ, spacing=spacing, depth_up_to_mm=10.0)
-    assert all((a.depth_mm >= 10) == (b.depth_mm >= 10) and (b.depth_mm >= 10 or a.depth_mm == b.depth_mm)
-               for a, b in zip(near, comps))
+    labels, _ = components(prob, 0.002, organ=organ)
+    near = depths_up_to(labels, [c.label for c in comps], organ, spacing, 10.0)
+    assert all((near[c.label] >= 10) == (c.depth_mm >= 10) and (c.depth_mm >= 10 or near[c.label] == c.depth_mm)
+               for c in comps)
     decided = prob.copy()
     assert apply_decision(decided, LesionDecision(min_depth_mm=10.0), 0.002, organ=organ, spacing=spacing) == 2
     assert decided[18:22, 58:62, 58:62].min() == 0.99 and decided[:, :50].max() == 0 and decided[:, 100:].max() == 0
