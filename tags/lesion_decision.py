@@ -29,8 +29,8 @@ class Component:
     """One candidate lesion: highest and mean probability, volume, contrast to the organ (HU,
     positive: darker than the parenchyma; None without HU and organ), its label in the map,
     whether any of its voxels lies in the organ mask (None without an organ mask) and its depth:
-    the distance (mm) from its deepest voxel to the nearest voxel outside the organ mask (None
-    unless asked for with the spacing; 0 outside the organ)."""
+    the distance (mm) from its deepest voxel to the nearest voxel outside the organ mask (0
+    outside the organ; None unless measured, :func:`depths_up_to`)."""
 
     label: int
     max_probability: float
@@ -43,12 +43,10 @@ class Component:
 
 def components(
     probability: np.ndarray, voxel_ml: float, hu: Optional[np.ndarray] = None, organ: Optional[np.ndarray] = None,
-    spacing: Optional[Sequence[float]] = None,
 ) -> tuple[np.ndarray, List[Component]]:
     """(label map, components) of ``probability >= 0.5``; with ``hu`` and ``organ`` (same grid)
     each component's contrast: the organ's median HU outside every candidate minus the
-    component's median HU; with ``organ`` and ``spacing`` (mm, same axis order) its depth in the
-    organ, measured on the whole grid (:func:`depths_up_to` measures a few components faster)."""
+    component's median HU. Depths are measured apart (:func:`depths_up_to`)."""
     candidate = probability >= VOXEL_THRESHOLD
     labels, n = ndimage.label(candidate, structure=CONNECTIVITY)
     if n == 0:
@@ -69,12 +67,8 @@ def components(
         if parenchyma.any():
             ref = float(np.median(hu[parenchyma]))
             contrast = [ref - float(v) for v in _component_medians(hu[candidate], lab, size)]
-    depth: List[Optional[float]] = [None] * n
-    if organ is not None and spacing is not None:
-        distance = _distance_inside(organ, spacing)
-        depth = [float(v) for v in ndimage.maximum(distance, labels, index)] if distance is not None else [np.inf] * n
-    comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml, c, o, d)
-             for i, p, m, s, c, o, d in zip(index, peak, mean, size, contrast, inside, depth)]
+    comps = [Component(int(i), float(p), float(m), float(s) * voxel_ml, c, o)
+             for i, p, m, s, c, o in zip(index, peak, mean, size, contrast, inside)]
     return labels, comps
 
 
@@ -142,7 +136,9 @@ def apply_decision(
         return 0
     labels, comps = components(probability, voxel_ml, hu, organ)
     rejected = [c.label for c in comps if not keeps(c, decision)]
-    if decision.min_depth_mm is not None and organ is not None and spacing is not None:
+    if decision.min_depth_mm is not None:
+        if organ is None or spacing is None:
+            raise ValueError("the lesion decision's depth criterion needs the organ mask and the spacing")
         # depth only for the components every other criterion keeps
         removed = set(rejected)
         passing = [c.label for c in comps if c.label not in removed]

@@ -96,14 +96,14 @@ def test_lesion_depth_in_the_organ():
     prob[18:22, 58:62, 58:62] = 0.99  # centre: slice 20 is 15 slices (30 mm) from the outside along z
     prob[18:22, 10:14, 58:62] = 0.99  # at the organ's edge along y: its deepest voxel 4 mm in
     prob[18:22, 112:116, 58:62] = 0.99  # outside
-    _, comps = components(prob, 0.002, organ=organ, spacing=spacing)
-    depths = sorted(c.depth_mm for c in comps)
-    assert depths == [0.0, 4.0, 30.0]
-    labels, _ = components(prob, 0.002, organ=organ)
+    labels, comps = components(prob, 0.002, organ=organ)
+    exact = depths_up_to(labels, [c.label for c in comps], organ, spacing, 1000.0)  # the box: the whole grid
+    assert sorted(exact.values()) == [0.0, 4.0, 30.0]
     near = depths_up_to(labels, [c.label for c in comps], organ, spacing, 10.0)
-    assert all((near[c.label] >= 10) == (c.depth_mm >= 10) and (c.depth_mm >= 10 or near[c.label] == c.depth_mm)
-               for c in comps)
+    assert all((near[k] >= 10) == (exact[k] >= 10) and (exact[k] >= 10 or near[k] == exact[k]) for k in exact)
     decided = prob.copy()
     assert apply_decision(decided, LesionDecision(min_depth_mm=10.0), 0.002, organ=organ, spacing=spacing) == 2
     assert decided[18:22, 58:62, 58:62].min() == 0.99 and decided[:, :50].max() == 0 and decided[:, 100:].max() == 0
-    assert components(prob, 0.002, organ=organ)[1][0].depth_mm is None  # no spacing, no depth
+    assert comps[0].depth_mm is None  # measured apart
+    with pytest.raises(ValueError, match="depth"):
+        apply_decision(prob.copy(), LesionDecision(min_depth_mm=10.0), 0.002, organ=organ)

@@ -153,7 +153,7 @@ def test_the_adapters_learning_rate_scale(samples, tmp_path):
     assert 0.05 * full < weights[up].abs().max() < 0.2 * full
     assert sorted(g["lr_scale"] for g in state["param_groups"]) == [0.1, 1.0]
     train(TrainConfig(out=str(run), **dict(common, steps=3)))  # resumed without the option: kept
-    assert json.loads((run / TRAIN_CONFIG).read_text())["adapter_lr_scale"] == 0.1
+    assert load_checkpoint(run)[2]["train_config"]["adapter_lr_scale"] == 0.1
     assert sorted(g["lr_scale"] for g in load_checkpoint(run)[2]["param_groups"]) == [0.1, 1.0]
 
 

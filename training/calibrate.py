@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from tags.config import LesionDecision
 from tags.geometry import spacing_from_affine
-from tags.lesion_decision import components, keeps
+from tags.lesion_decision import components, depths_up_to, keeps
 from tags.lesions import CONNECTIVITY
 from tags.inference import TagsPredictor
 from tags.preprocessing import prepare_ct
@@ -45,7 +45,8 @@ CONTRAST_GRID_HU = (None,) + tuple(float(hu) for hu in range(10, 65, 5))
 left the choice between a cut just above the healthy validation CT's most contrasted false
 candidates and one far above them."""
 DEPTH_GRID_MM = (None, 5.0, 10.0, 15.0, 20.0)
-"""Depth thresholds tried (mm inside the organ mask). The organ pass's mask of the healthy
+"""Depth thresholds tried (mm inside the organ mask; candidates' depths are measured exactly up
+to the largest, :func:`tags.lesion_decision.depths_up_to`). The organ pass's mask of the healthy
 validation abdomen takes in fluid of the stomach beside the liver and the fat of its fissure,
 where the tumor pass finds dark "lesions" 12-16 mm deep and 40-59 HU darker than the liver:
 contrast and probability alone could not remove them without removing the true lesions."""
@@ -128,12 +129,12 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
             region = prepare_ct(img, aff).body_box
             organ = predictor.segment_organs(img, aff, [spec.organ], region=region)[spec.organ].mask()
         result = predictor.predict(img, aff, {spec.organ: organ}, [target], decide=False)[target]
-        labels, comps = components(result.probability, float(np.prod(spacing)) / 1000.0, hu=img, organ=organ,
-                                   spacing=spacing)
+        labels, comps = components(result.probability, float(np.prod(spacing)) / 1000.0, hu=img, organ=organ)
+        depth = depths_up_to(labels, [c.label for c in comps], organ, spacing, max(d for d in DEPTH_GRID_MM if d))
         for c in comps:
             overlap = bool(tumor[labels == c.label].any())
             out["candidates"].append(Candidate(vc.name, healthy, c.max_probability, c.volume_ml, overlap,
-                                               c.contrast_hu, c.in_organ, c.depth_mm))
+                                               c.contrast_hu, c.in_organ, depth[c.label]))
         out["true_lesions"] += int(ndimage.label(tumor, CONNECTIVITY)[1])
         out["cases"].append({"case": vc.name, "healthy": healthy, "status": result.status,
                              "reason": result.reason, "candidates": len(comps)})

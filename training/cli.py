@@ -124,7 +124,8 @@ def _calibrate(a: argparse.Namespace) -> int:
     if reports["lesion_decision"]:
         chosen = reports["lesion_decision"]["chosen"]
         print(f"lesion decision: highest probability >= {chosen['min_max_probability']:g}, volume >= "
-              f"{chosen['min_volume_ml']:g} ml, contrast >= {chosen['min_contrast_hu']} HU ({chosen['how']}; "
+              f"{chosen['min_volume_ml']:g} ml, contrast >= {chosen['min_contrast_hu']} HU, depth >= "
+              f"{chosen['min_depth_mm']} mm ({chosen['how']}; "
               f"validation lesion F1 {chosen['lesion_f1']}, healthy false lesions {chosen['healthy_false_lesions']})")
     print(f"model folder: {folder}")
     return 0
