@@ -140,7 +140,7 @@ def test_the_adapters_train_unless_frozen(samples, tmp_path):
     assert not TrainConfig.from_dict(older).train_adapters
 
 
-def test_the_adapters_learning_rate_scale(samples, tmp_path):
+def test_the_adapters_learning_rate_scale(samples, tmp_path, capsys):
     """--adapter-lr-scale puts the adapters in an AdamW group of their own whose rate is that
     multiple of --lr (AdamW's step is about the rate: they move about a tenth as far); the group
     is in the checkpoint and a resumed run keeps it."""
@@ -152,7 +152,8 @@ def test_the_adapters_learning_rate_scale(samples, tmp_path):
     weights, _, state = load_checkpoint(run)
     assert 0.05 * full < weights[up].abs().max() < 0.2 * full
     assert sorted(g["lr_scale"] for g in state["param_groups"]) == [0.1, 1.0]
-    train(TrainConfig(out=str(run), **dict(common, steps=3)))  # resumed without the option: kept
+    train(TrainConfig(out=str(run), **dict(common, steps=3)))  # resumed without the option: kept, and said so
+    assert "resuming with the run's own adapter-lr-scale 0.1" in capsys.readouterr().err
     assert load_checkpoint(run)[2]["train_config"]["adapter_lr_scale"] == 0.1
     assert sorted(g["lr_scale"] for g in load_checkpoint(run)[2]["param_groups"]) == [0.1, 1.0]
 

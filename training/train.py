@@ -320,6 +320,12 @@ def _start(cfg: TrainConfig, ctx: DistContext,
     if checkpoint is not None:
         state = checkpoint[2]
         recorded = TrainConfig.from_dict(state["train_config"])
+        kept = {k: getattr(recorded, k) for k in ("train_slab_mix", "train_adapters", "adapter_lr_scale")
+                if getattr(recorded, k) != getattr(cfg, k)}
+        if kept and ctx.rank == 0:
+            print("tags-train train: resuming with the run's own " + ", ".join(
+                f"{k.replace('_', '-')} {v}" for k, v in kept.items()) + " (its optimizer state holds them)",
+                file=sys.stderr)
         cfg = replace(cfg, train_slab_mix=recorded.train_slab_mix, train_adapters=recorded.train_adapters,
                       adapter_lr_scale=recorded.adapter_lr_scale)
         text = {k: torch.tensor(v) for k, v in state["text_embeddings"].items()}
