@@ -138,9 +138,9 @@ class LesionDecision:
     (how far its deepest voxel lies inside the organ mask: the organ pass's mask can take in a
     neighbour's edge, such as fluid in the stomach beside the liver, where the tumor pass finds
     a dark "lesion"; a tumor inside the organ that touches its surface reaches that depth once
-    its diameter does); the rest are removed from the mask before anything is written, so the SEG, the SR, the JSON and ``tags-train evaluate`` see the
-    same lesions. Chosen on validation cases only (``chosen_on`` says which and how); the
-    defaults keep everything.
+    its diameter does); the rest are removed from the mask before anything is written, so the
+    SEG, the SR, the JSON and ``tags-train evaluate`` see the same lesions. Chosen on validation
+    cases only (``chosen_on`` says which and how); the defaults keep everything.
     """
 
     min_max_probability: float = 0.5

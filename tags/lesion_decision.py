@@ -1,10 +1,10 @@
 """Lesion decision: which connected components of a tumor probability map are reported.
 
 Each 26-connected component of ``probability >= 0.5`` gets a score, its highest probability,
-its volume, its contrast to the organ's parenchyma (HU) and its depth inside the organ mask (mm). :class:`tags.config.LesionDecision`
-(in the model folder's config.json, chosen on validation cases by
-:func:`training.calibrate.choose_lesion_decision`) keeps the components that reach its
-thresholds; the predictor removes the others before any output is written. Whatever the
+its volume, its contrast to the organ's parenchyma (HU) and its depth inside the organ mask
+(mm). :class:`tags.config.LesionDecision` (in the model folder's config.json, chosen on
+validation cases by :func:`training.calibrate.choose_lesion_decision`) keeps the components
+that reach its thresholds; the predictor removes the others before any output is written. Whatever the
 thresholds, a component without a voxel in the organ mask is not a lesion of that organ (the
 tumor pass's window reaches past the organ: a gallbladder or a bowel loop beside the liver can
 look like a hypodense tumor).

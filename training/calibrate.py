@@ -15,6 +15,7 @@ metadata.json keeps the previous decision, so a site can choose it on its own va
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -131,10 +132,10 @@ def collect_candidates(predictor: TagsPredictor, target: str, cases: Sequence[Va
         result = predictor.predict(img, aff, {spec.organ: organ}, [target], decide=False)[target]
         labels, comps = components(result.probability, float(np.prod(spacing)) / 1000.0, hu=img, organ=organ)
         depth = depths_up_to(labels, [c.label for c in comps], organ, spacing, max(d for d in DEPTH_GRID_MM if d))
+        on_tumor = np.bincount(labels[tumor], minlength=len(comps) + 1) > 0  # per label: touches a true lesion
         for c in comps:
-            overlap = bool(tumor[labels == c.label].any())
-            out["candidates"].append(Candidate(vc.name, healthy, c.max_probability, c.volume_ml, overlap,
-                                               c.contrast_hu, c.in_organ, depth[c.label]))
+            out["candidates"].append(Candidate(vc.name, healthy, c.max_probability, c.volume_ml,
+                                               bool(on_tumor[c.label]), c.contrast_hu, c.in_organ, depth[c.label]))
         out["true_lesions"] += int(ndimage.label(tumor, CONNECTIVITY)[1])
         out["cases"].append({"case": vc.name, "healthy": healthy, "status": result.status,
                              "reason": result.reason, "candidates": len(comps)})
@@ -181,13 +182,10 @@ def score(decision: LesionDecision, found: Dict) -> Dict:
 
 def choose_lesion_decision(found: Dict, description: str) -> tuple[LesionDecision, Dict]:
     """The decision (see the module docstring) and the score table of every candidate setting."""
-    table = []
-    for p in PROBABILITY_GRID:
-        for v in VOLUME_GRID_ML:
-            for c in CONTRAST_GRID_HU:
-                for depth in DEPTH_GRID_MM:
-                    d = LesionDecision(min_max_probability=p, min_volume_ml=v, min_contrast_hu=c, min_depth_mm=depth)
-                    table.append((d, score(d, found)))
+    settings = itertools.product(PROBABILITY_GRID, VOLUME_GRID_ML, CONTRAST_GRID_HU, DEPTH_GRID_MM)
+    decisions = [LesionDecision(min_max_probability=p, min_volume_ml=v, min_contrast_hu=c, min_depth_mm=depth)
+                 for p, v, c, depth in settings]
+    table = [(d, score(d, found)) for d in decisions]
     strictness = lambda d: (d.min_max_probability, d.min_volume_ml, d.min_contrast_hu or 0.0,  # noqa: E731
                             d.min_depth_mm or 0.0)
     ok = [(d, s) for d, s in table if s["healthy_false_lesions"] == 0 and s["healthy_fp_ml_max"] <= MAX_HEALTHY_FP_ML]

@@ -209,7 +209,7 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                         "memory: its gradient runs back through the whole frozen encoder)")
     t.add_argument("--freeze-adapters", action="store_true",
                    help="keep the encoder's 3D adapters as initialised or loaded (the identity for a new run): "
-                        "faster steps, no 3D adaptation of the encoder (the demo recipe's choice)")
+                        "faster steps, no 3D adaptation of the encoder")
     t.add_argument("--adapter-lr-scale", type=float, default=d.adapter_lr_scale,
                    help=f"the 3D adapters' learning rate as a multiple of --lr (default {d.adapter_lr_scale:g})")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
