@@ -19,10 +19,12 @@ from torch import nn
 
 
 class SliceContext:
-    """Shared state telling every adapter how many slabs make one volume in the batch."""
+    """Shared state telling every adapter how many slabs make one volume in the batch, and
+    whether the adapters run at all in this forward pass (off: the pretrained block outputs)."""
 
     def __init__(self) -> None:
         self.depth: int = 1
+        self.active: bool = True
 
 
 class SliceAdapter3D(nn.Module):
@@ -86,9 +88,11 @@ def insert_adapters(
 
         if block_kind == "tinyvit":
             def hook(module, inputs, output, _res=block.input_resolution):
-                return module.adapter(output, context.depth, _res)
+                return module.adapter(output, context.depth, _res) if context.active else output
         else:
             def hook(module, inputs, output):
+                if not context.active:
+                    return output
                 return module.adapter(output, context.depth, (output.shape[1], output.shape[2]))
 
         block.register_forward_hook(hook)

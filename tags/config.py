@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """Version of the model-folder format this code writes (2: ``text_alignment`` and
 ``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``; 4: ``organ_boundary``;
 5: the encoder's 3D adapters trained and in weights.safetensors: up to version 4 they were frozen
 by mistake, stayed the identity they are initialised to, and were not written;
-6: ``lesion_decision.min_depth_mm``)."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+6: ``lesion_decision.min_depth_mm``; 7: ``adapter.for_organs``)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 UNTRAINED_ADAPTERS_BEFORE = 5
 """Folders of a version below this hold no adapter weights; their adapters are the identity."""
@@ -80,11 +80,21 @@ class AdapterConfig:
         kernel_depth: depth of the depth-wise Conv3d across neighbouring slabs (odd).
         slab_size: neighbouring slices grouped into one encoder image ("token slab"). 1 encodes
             every slice; k encodes one image per k slices (cost / k).
+        for_organs: the adapters also run in organ targets' windows. Off, an organ target sees
+            the pretrained encoder's features (the adapters are the identity for it and learn from
+            tumor targets only): trained adapters took liver Dice from 0.96 to 0.92 while they
+            lifted tumor Dice (docs/accuracy.md, "Adapters for tumors only"). Folders of format
+            version 6 and below had them on.
     """
 
     bottleneck: int = 32
     kernel_depth: int = 3
     slab_size: int = 4
+    for_organs: bool = True
+
+    def runs_for(self, kind: str) -> bool:
+        """Whether the adapters run in the windows of a target of ``kind`` ("organ" or "tumor")."""
+        return kind != "organ" or self.for_organs
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,9 @@ class AdaptedImageEncoder(nn.Module):
         else:
             self.pixel_mean = None
 
-    def encode_slabs(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) -> per-slab embeddings (B, D/k, 256, e_h, e_w)."""
+    def encode_slabs(self, image: torch.Tensor, adapt: bool = True) -> torch.Tensor:
+        """(B, 1, D, H, W) -> per-slab embeddings (B, D/k, 256, e_h, e_w); ``adapt`` False runs
+        the encoder without its adapters (the pretrained features)."""
         b, _, d, h, w = image.shape
         k = self.slab_size
         if d % k:
@@ -71,12 +72,13 @@ class AdaptedImageEncoder(nn.Module):
         if self.pixel_mean is not None:
             x = (x * 255.0 - self.pixel_mean) / self.pixel_std
         self.context.depth = d // k
+        self.context.active = adapt
         emb = self.encoder(x)
         return emb.reshape(b, d // k, *emb.shape[1:])
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, adapt: bool = True) -> torch.Tensor:
         b, _, d, _, _ = image.shape
-        emb = self.encode_slabs(image)  # (B, Ns, C, e_h, e_w)
+        emb = self.encode_slabs(image, adapt)  # (B, Ns, C, e_h, e_w)
         if self.slab_size == 1:
             return emb
         vol = emb.permute(0, 2, 1, 3, 4)  # (B, C, Ns, e_h, e_w)

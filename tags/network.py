@@ -30,6 +30,8 @@ class TagsNet(nn.Module):
         prompts: anatomy prompts for the B*D slices (slice-major per volume) or None (text only).
         organ: (B, 1, D, H, W) organ mask fed to the 3D head (None: zeros).
         phrases: (B, 2, E) healthy / tumor phrase embeddings (training with text alignment).
+        adapt: run the encoder's 3D adapters (False: the pretrained features; callers pass
+            ``config.adapter.runs_for(target.kind)``).
     Output: (B, 1, D, H, W) logits; with ``phrases`` (and ``config.text_alignment``) also the
     alignment logits (B, 2, D, e_h, e_w) of the adapted image features
     (:class:`tags.alignment.TextAlignment`).
@@ -105,6 +107,7 @@ class TagsNet(nn.Module):
         prompts: Optional[SlicePrompts] = None,
         organ: Optional[torch.Tensor] = None,
         phrases: Optional[torch.Tensor] = None,
+        adapt: bool = True,
     ):
         b, _, d, h, w = image.shape
         n = b * d
@@ -114,7 +117,7 @@ class TagsNet(nn.Module):
         x = x[:, None]
         if pad:
             x = F.pad(x, (0, 0, 0, 0, 0, pad), mode="replicate")
-        emb = self.image_encoder(x)[:, :d]  # (B, D, C, e, e)
+        emb = self.image_encoder(x, adapt)[:, :d]  # (B, D, C, e, e)
         emb = emb.reshape(n, *emb.shape[2:])
         aligned = None
         if phrases is not None and self.alignment is not None:

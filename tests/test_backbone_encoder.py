@@ -78,7 +78,25 @@ def test_zero_init_adapters_reproduce_pretrained_features(lits117, slab_size):
         for a in net.image_encoder.adapters:
             a.up.weight.normal_(0, 0.05)
         changed = net.image_encoder.encode_slabs(slices[:, 0][None, None])[0]
+        bypassed = net.image_encoder.encode_slabs(slices[:, 0][None, None], adapt=False)[0]
+        again = net.image_encoder.encode_slabs(slices[:, 0][None, None])[0]
     assert (changed - expected).abs().max().item() > 100 * FEATURE_ATOL
+    # adapt=False (an organ target of a model whose adapters are for tumors only) gives the
+    # pretrained features, and the next pass runs the adapters again.
+    assert (bypassed - expected).abs().max().item() < FEATURE_ATOL
+    assert torch.equal(again, changed)
+
+
+def test_adapters_run_for_organs_only_if_configured():
+    """adapter.for_organs decides whether organ targets' windows run the adapters; tumor targets'
+    always do. Older configs (without the key) read with it on, as they were trained."""
+    assert AdapterConfig().runs_for("organ") and AdapterConfig().runs_for("tumor")
+    tumor_only = AdapterConfig(for_organs=False)
+    assert not tumor_only.runs_for("organ") and tumor_only.runs_for("tumor")
+    old = ModelConfig().to_dict()
+    old["format_version"] = 6
+    del old["adapter"]["for_organs"]
+    assert ModelConfig.from_dict(old).adapter.for_organs
 
 
 def test_base_tensors_frozen_and_counted():

@@ -15,7 +15,7 @@ from tags.geometry import affine_from_spacing
 from tags.network import build_tags
 from tags.device import default_precision
 from tags.inference import TagsPredictor
-from tags.model_folder import CARD
+from tags.model_folder import CARD, load_model_folder
 from helpers import nnunet_copy
 from training.cli import main
 from training.data import SamplingConfig, draw_sample, load_training_cases
@@ -23,6 +23,7 @@ from training.datasets import read_dataset
 from training.samples import build_samples
 from training.checkpoints import checkpoint_files, checkpoint_state, load_checkpoint
 from training.train import METRICS, TRAIN_CONFIG, TrainConfig, model_config_for, train, warmup_cosine
+from training.export import export_model
 
 TINY_MODEL = ModelConfig(encoder_size=128, roi_size=(8, 32, 32), organ_roi_size=(8, 32, 32))
 TINY = dict(model=TINY_MODEL, progress=False)
@@ -138,6 +139,22 @@ def test_the_adapters_train_unless_frozen(samples, tmp_path):
     assert up in frozen and not frozen[up].any()
     older = {k: v for k, v in TrainConfig(out="x", **common).to_dict().items() if k != "train_adapters"}
     assert not TrainConfig.from_dict(older).train_adapters
+
+
+def test_adapters_for_tumors_only_learn_nothing_from_organ_steps(samples, tmp_path):
+    """With adapter.for_organs off, organ-target steps run without the adapters: a run of organ
+    steps only leaves them at their zero initialisation while the rest of the network moves; the
+    model folder it exports records the choice."""
+    model = dataclasses.replace(TINY_MODEL, adapter=dataclasses.replace(TINY_MODEL.adapter, for_organs=False))
+    run = train(TrainConfig(datasets=[str(samples["lits117"])], out=str(tmp_path / "run"), steps=2, checkpoint_every=1,
+                            precision="fp32", progress=False, model=model,
+                            sampling=SamplingConfig(organ_fraction=1.0)))
+    weights = load_checkpoint(run)[0]
+    adapters = [k for k in weights if ".adapter.up." in k]
+    assert adapters and not any(weights[k].any() for k in adapters)
+    assert weights["text.film.weight"].any()  # zero-initialised too, and moved by the organ steps
+    folder = export_model(run, tmp_path / "model")
+    assert load_model_folder(folder).config.adapter.for_organs is False
 
 
 def test_the_adapters_learning_rate_scale(samples, tmp_path, capsys):

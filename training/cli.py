@@ -52,7 +52,8 @@ def _train(a: argparse.Namespace) -> int:
         adapter_lr_scale=a.adapter_lr_scale, clip_folder=a.clip_folder,
         backbone_checkpoint=a.backbone_checkpoint, init=a.init, progress=not a.no_progress,
         model=replace(
-            model, backbone=a.backbone, encoder_size=a.encoder_size, adapter=replace(model.adapter, slab_size=a.slab),
+            model, backbone=a.backbone, encoder_size=a.encoder_size,
+            adapter=replace(model.adapter, slab_size=a.slab, for_organs=not a.tumor_only_adapters),
             roi_size=tuple(a.roi), organ_roi_size=tuple(a.organ_roi), train_mask_decoder=a.train_mask_decoder,
             text_encoder=a.text_encoder, text_alignment=a.text_alignment,
             preprocessing=_preprocessing(a, model.preprocessing),
@@ -210,6 +211,10 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--freeze-adapters", action="store_true",
                    help="keep the encoder's 3D adapters as initialised or loaded (the identity for a new run): "
                         "faster steps, no 3D adaptation of the encoder")
+    t.add_argument("--tumor-only-adapters", action="store_true",
+                   help="run the 3D adapters for tumor targets only: organ targets see the pretrained encoder's "
+                        "features, so the organ pass keeps its quality while the adapters specialise in tumors "
+                        "(the demo recipe's choice)")
     t.add_argument("--adapter-lr-scale", type=float, default=d.adapter_lr_scale,
                    help=f"the 3D adapters' learning rate as a multiple of --lr (default {d.adapter_lr_scale:g})")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,

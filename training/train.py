@@ -512,7 +512,8 @@ def _group_loss(cfg: TrainConfig, model: torch.nn.Module, loss_fn: DiceCELoss, t
     b = len(group)
     with autocast(device, cfg.precision):
         out = model(image, text[target][None].expand(b, -1), prompts, organ,
-                    phrases=phrases[None].expand(b, *phrases.shape) if phrases is not None else None)
+                    phrases=phrases[None].expand(b, *phrases.shape) if phrases is not None else None,
+                    adapt=cfg.model.adapter.runs_for(group[0].target.kind))
     logits, aligned = out if isinstance(out, tuple) else (out, None)
     loss = loss_fn(logits.float(), label)
     if aligned is not None:

@@ -105,4 +105,5 @@ class TagsWindowModel:
                                seed=PROMPT_SEED)
                 for i in range(b)
             ]).to(x.device)
-        return net(x[:, :1], self.text[target.name].expand(b, -1), prompts, organ)
+        return net(x[:, :1], self.text[target.name].expand(b, -1), prompts, organ,
+                   adapt=self.config.adapter.runs_for(target.kind))
