@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Dict
 
+import numpy as np
+
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from tags.runtime import release_freed_memory
@@ -86,7 +88,12 @@ class TagsInferenceOperator(Operator):
             tumors.append(out)
             log.info("%s: %d voxels, %.2f ml (%s%s; organ prompt from %s)", name, out.voxels, out.ml, out.status,
                      f": {out.reason}" if out.reason else "", out.organ_source)
+        # An organ mask the tumor search refused as implausible (the heart called "liver" on a chest
+        # CT) is not reported as that organ either: an empty outcome with the reason.
+        refused = {r.target.organ: r.reason for r in results.values() if r.status == "organ_implausible"}
         organ_out = [
+            TargetOutcome(config.target(n), np.zeros_like(m), "organ_implausible", organs.sources[n], p.voxel_ml,
+                          refused[n]) if n in refused else
             TargetOutcome(config.target(n), m, "ok", organs.sources[n], p.voxel_ml)
             for n, m in organs.masks.items() if n in {t.name for t in config.organ_targets}
         ]

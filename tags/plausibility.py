@@ -12,13 +12,19 @@ Bounds (:data:`ORGAN_BOUNDS`), per organ:
 - ``side``: "right"/"left": the mask's centre of mass must lie at least
   :data:`SIDE_MARGIN` of the body's left-right width on that side of the body's centre line
   (measured: livers 13-17 % to the right on three patients; the aorta 1-6 % and a vertebra 2 %
-  off the centre line; the spleen 19-32 % to the left). Skipped when the body touches the
-  image's left or right edge (no reliable centre line in a truncated field of view).
+  off the centre line; the spleen 19-32 % to the left). When the body touches the image's left
+  or right edge (a reconstruction field that cuts off the arms or the body's sides) the body box
+  has no reliable centre: the centre line and width are then those of the lungs in the mask's
+  slices (:func:`lung_centre_line`: the rib cage is symmetric about the centre line and lies
+  inside such a field), and the test is skipped only when those slices hold no lungs either.
+  On the aorta-report CT's thorax, whose body fills the image's width, the lungs' centre line
+  lies on the spine, and the left ventricle's wall that an organ pass called "liver" lies to its
+  left (tests/test_plausibility.py).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,6 +37,11 @@ ORGAN_BOUNDS: Dict[str, Dict] = {
 SIDE_MARGIN = 0.05
 """Fraction of the body's left-right width by which a sided organ's centre of mass must lie on
 its side of the centre line."""
+LUNG_HU = -400.0
+"""Lung: air below this HU inside the body (not connected to the air around the body)."""
+MIN_LUNG_SHARE = 0.15
+"""A slice counts for the lungs' centre line when lung fills at least this share of the body's
+cross-section (lung bases and bowel gas stay below it)."""
 
 
 def organ_bounds(name: str, bounds_table: Optional[Dict[str, Dict]] = None) -> Optional[Dict]:
@@ -68,18 +79,59 @@ def implausible_organ(
     if not lo <= median <= hi:
         return f"{name} mask has a median of {median:.0f} HU, outside {lo:g}..{hi:g} HU (vessel, bone or air?)"
     side = bounds.get("side")
+    if side is None:
+        return None
+    line = centre_line(mask, hu, body_box)
+    if line is None:
+        return None
+    mid, width, source = line
+    # Canonical columns run towards +x (LPS: patient left).
+    offset = (float(np.nonzero(mask)[2].mean()) - mid) / width  # > 0: patient left of the centre line
+    if (side == "right" and offset > -SIDE_MARGIN) or (side == "left" and offset < SIDE_MARGIN):
+        where = "on the centre line" if abs(offset) < SIDE_MARGIN else f"on the patient's {'left' if offset > 0 else 'right'}"
+        return (f"{name} mask lies {where} ({offset:+.0%} of the {source} width from the {source} centre line, "
+                f"expected at least {SIDE_MARGIN:.0%} to the {side})")
+    return None
+
+
+def centre_line(mask: np.ndarray, hu: np.ndarray, body_box: Optional[Sequence[slice]] = None):
+    """(column of the centre line, width in columns, "body's" or "lungs'") for the side test of
+    the canonical ``mask``, or None when neither the body nor the lungs give one.
+
+    The body box's centre when the body lies inside the image's width; otherwise the lungs'
+    (:func:`lung_centre_line`) in the mask's slices."""
     box = tuple(body_box) if body_box is not None else tuple(slice(0, n) for n in mask.shape)
     w = box[2]
-    # The body's centre line is only known when the body lies inside the field of view: a body
-    # box touching the image's left or right edge (a small or shifted reconstruction field) has
-    # no reliable centre, and the side test is skipped.
-    if side is not None and w.start > 0 and w.stop < mask.shape[2]:
-        # Canonical columns run towards +x (LPS: patient left).
-        centre_w = float(np.nonzero(mask)[2].mean())
-        mid, width = (w.start + w.stop - 1) / 2.0, max(1, w.stop - w.start)
-        offset = (centre_w - mid) / width  # > 0: patient left of the centre line
-        if (side == "right" and offset > -SIDE_MARGIN) or (side == "left" and offset < SIDE_MARGIN):
-            where = "on the centre line" if abs(offset) < SIDE_MARGIN else f"on the patient's {'left' if offset > 0 else 'right'}"
-            return (f"{name} mask lies {where} ({offset:+.0%} of the body width from the centre line, "
-                    f"expected at least {SIDE_MARGIN:.0%} to the {side})")
-    return None
+    if w.start > 0 and w.stop < mask.shape[2]:
+        return (w.start + w.stop - 1) / 2.0, float(max(1, w.stop - w.start)), "body's"
+    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    lungs = lung_centre_line(hu[zs[0]:zs[-1] + 1])
+    return None if lungs is None else (*lungs, "lungs'")
+
+
+def lung_centre_line(hu: np.ndarray) -> Optional[Tuple[float, float]]:
+    """(column of the centre line, width in columns) of the lungs in the canonical (D, H, W)
+    ``hu``, or None when no slice holds enough lung.
+
+    Per slice, lung is air (< :data:`LUNG_HU`) not connected to the slice's border (the air
+    around the body); a slice counts when lung fills at least :data:`MIN_LUNG_SHARE` of the
+    body's cross-section (everything but that outer air). Its centre line is the midpoint of
+    the lungs' leftmost and rightmost column; the medians over the counted slices are returned.
+    """
+    from scipy import ndimage
+
+    mids, widths = [], []
+    for plane in hu:  # one slice at a time: a label image of the whole range would cost 4 bytes a voxel
+        air = plane < LUNG_HU
+        labels, _ = ndimage.label(air)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        lung = air & ~np.isin(labels, border[border > 0])
+        body = plane.size - int((air & ~lung).sum())
+        if lung.sum() < MIN_LUNG_SHARE * max(body, 1):
+            continue
+        cols = np.nonzero(lung.any(axis=0))[0]
+        mids.append((cols[0] + cols[-1]) / 2.0)
+        widths.append(cols[-1] - cols[0] + 1)
+    if not mids:
+        return None
+    return float(np.median(mids)), float(np.median(widths))

@@ -269,9 +269,13 @@ def test_an_implausible_organ_is_not_searched_and_the_sr_says_indeterminate(stud
     add_organ_seg(study, aorta, codes.SCT.Liver)
     out = tmp_path / "out"
     run(["-i", str(study), "-o", str(out), "-m", str(REPO / "models" / "liver-demo")])
-    tumor = json.loads((out / "tags_results.json").read_text())["tumors"]["liver_tumor"]
+    results = json.loads((out / "tags_results.json").read_text())
+    tumor = results["tumors"]["liver_tumor"]
     assert tumor["status"] == "organ_implausible" and tumor["voxels"] == 0
     assert "centre line" in tumor["reason"] or "HU" in tumor["reason"], tumor["reason"]
+    # nor is the aorta reported as the liver
+    liver = results["organs"]["liver"]
+    assert (liver["status"], liver["voxels"], liver["reason"]) == ("organ_implausible", 0, tumor["reason"])
     report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(next(out.glob("SR_*.dcm")))])
     (group,) = report.get_image_measurement_groups()
     assert [(q.name.value, q.value.value) for q in group.get_qualitative_evaluations()] == [

@@ -8,7 +8,7 @@ import pytest
 from tags.config import LesionDecision
 from tags.geometry import to_canonical
 from tags.lesion_decision import apply_decision, components, depths_up_to
-from tags.plausibility import implausible_organ
+from tags.plausibility import implausible_organ, lung_centre_line
 from tags.preprocessing import prepare_ct
 from training.dicom_series import read_series
 from training.registry_data import totalseg_sdist_dir
@@ -51,6 +51,56 @@ def test_tiny_or_empty_masks_are_refused(series):
     assert "ml" in implausible_organ("liver", tiny, ct.hu, ct.affine, ct.body_box)
     assert "empty" in implausible_organ("liver", np.zeros_like(liver), ct.hu, ct.affine)
     assert implausible_organ("an_organ_without_bounds", liver, ct.hu, ct.affine) is None
+
+
+@pytest.fixture(scope="module")
+def thorax():
+    """The TotalSegmentator aorta-report CT above its liver (canonical, 1.5 mm): a real chest
+    whose body fills the image's width."""
+    from training.samples import AORTA_LIVER_FREE_FROM, read_nifti as nifti
+
+    vol, aff = nifti(totalseg_sdist_dir() / "aorta_report" / "example_ct.nii.gz")
+    canon, caff, _ = to_canonical(vol.astype(np.float32), aff)
+    caff = caff.copy()
+    caff[:3, 3] += caff[:3, 0] * AORTA_LIVER_FREE_FROM
+    return np.ascontiguousarray(canon[AORTA_LIVER_FREE_FROM:]), caff
+
+
+def test_the_lungs_give_the_centre_line_when_the_body_fills_the_image(thorax):
+    """The body box touches both sides of the image, so it has no centre; the lungs' centre line
+    is mirrored exactly with the image and runs along the spine: within 10 mm of the median
+    column of cortical bone (> 700 HU, above contrast-filled vessels) in the back third of the
+    chest, vertebrae and the ribs of both sides. A liver's centre lies 45-60 mm from the centre
+    line."""
+    hu, affine = thorax
+    box = prepare_ct(hu, affine).body_box
+    assert box[2].start == 0 and box[2].stop == hu.shape[2]
+    mid, width = lung_centre_line(hu)
+    assert lung_centre_line(hu[:, :, ::-1]) == (hu.shape[2] - 1 - mid, width)
+    rows = slice(box[1].start + 2 * (box[1].stop - box[1].start) // 3, box[1].stop)
+    spine = float(np.median(np.nonzero(hu[:, rows] > 700)[2]))
+    column_mm = float(np.linalg.norm(affine[:3, 2]))
+    assert abs(spine - mid) * column_mm < 10.0, (spine, mid)
+    assert lung_centre_line(np.full((3, 64, 64), 40.0, np.float32)) is None  # no air: no lungs
+
+
+def test_a_heart_called_liver_on_a_chest_ct_is_refused(thorax):
+    """A "liver" in the left half of the chest (where an organ pass marked the left ventricle's
+    wall) is refused with the lungs' centre line; mirrored to the right half, the same mask
+    passes the side test."""
+    hu, affine = thorax
+    box = prepare_ct(hu, affine).body_box
+    mid, _ = lung_centre_line(hu)
+    z, h, w = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    zc, hc = hu.shape[0] // 4, hu.shape[1] // 2
+    offset = 25  # columns (37 mm) to the patient's left of the centre line
+    ball = ((z - zc) / 14.0) ** 2 + ((h - hc) / 16.0) ** 2 + ((w - mid - offset) / 16.0) ** 2 <= 1  # 51 ml
+    hu_liver = np.where(ball | ball[:, :, ::-1], 60.0, hu).astype(np.float32)  # a liver's HU, for the HU test
+    reason = implausible_organ("liver", ball, hu_liver, affine, box)
+    assert reason is not None and "lungs' centre line" in reason and "left" in reason, reason
+    mirrored = np.ascontiguousarray(ball[:, :, ::-1])
+    assert np.nonzero(mirrored)[2].mean() < mid
+    assert implausible_organ("liver", mirrored, hu_liver, affine, box) is None
 
 
 def test_lesion_decision_removes_weak_and_small_components():

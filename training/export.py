@@ -89,7 +89,9 @@ def export_model(
         targets=", ".join(t.name for t in config.targets),
         backbone=config.backbone, sha=net.backbone_sha256,
         slab=config.adapter.slab_size,
-        adapters="trained" if tc.train_adapters else "kept as loaded: the identity unless the run started from trained ones",
+        adapters=("trained" if tc.train_adapters else "kept as loaded: the identity unless the run started from trained ones")
+        + ("" if config.adapter.for_organs else "; they run for tumor targets only, the organ pass sees the pretrained "
+           "encoder's features"),
         text_encoder=config.text_encoder,
         target_lines="; ".join(f"{t.name} ({t.kind}: \"{t.sentence}\")" for t in config.targets),
         steps=steps or state["step"],
