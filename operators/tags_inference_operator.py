@@ -90,10 +90,10 @@ class TagsInferenceOperator(Operator):
                      f": {out.reason}" if out.reason else "", out.organ_source)
         # An organ mask the tumor search refused as implausible (the heart called "liver" on a chest
         # CT) is not reported as that organ either: an empty outcome with the reason.
-        refused = {r.target.organ: r.reason for r in results.values() if r.status == "organ_implausible"}
+        refused = {r.target.organ: r for r in results.values() if r.status != "ok"}
         organ_out = [
-            TargetOutcome(config.target(n), np.zeros_like(m), "organ_implausible", organs.sources[n], p.voxel_ml,
-                          refused[n]) if n in refused else
+            TargetOutcome(config.target(n), np.zeros_like(m), refused[n].status, organs.sources[n], p.voxel_ml,
+                          refused[n].reason) if n in refused else
             TargetOutcome(config.target(n), m, "ok", organs.sources[n], p.voxel_ml)
             for n, m in organs.masks.items() if n in {t.name for t in config.organ_targets}
         ]

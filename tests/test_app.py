@@ -284,6 +284,37 @@ def test_an_implausible_organ_is_not_searched_and_the_sr_says_indeterminate(stud
     assert dicom_errors(next(out.glob("SR_*.dcm")), [next(out.glob("SEG_*.dcm")), *ct_files]) == []
 
 
+def test_demo_model_on_a_chest_ct_without_liver(tmp_path):
+    """The committed demo model on a chest CT whose slices hold no liver (TotalSegmentator's
+    aorta-report CT above the liver, written as a DICOM study; its body fills the image's width):
+    whatever the organ pass marks in the chest is refused, so the SEG holds no liver voxels and
+    no tumor, the JSON says why, and the SR says "Lesion: Indeterminate"."""
+    from tags.geometry import to_canonical
+    from training.dicom_series import SeriesInfo, write_ct_series
+    from training.registry_data import totalseg_sdist_dir
+    from training.samples import AORTA_LIVER_FREE_FROM
+
+    vol, aff = read_nifti(totalseg_sdist_dir() / "aorta_report" / "example_ct.nii.gz")
+    canon, caff, _ = to_canonical(vol, aff)
+    caff = caff.copy()
+    caff[:3, 3] += caff[:3, 0] * AORTA_LIVER_FREE_FROM
+    study = tmp_path / "chest"
+    write_ct_series(np.ascontiguousarray(canon[AORTA_LIVER_FREE_FROM:]), caff, study,
+                    SeriesInfo(patient_name="Sample^Chest", patient_id="TAGS-SAMPLE-CHEST", uid_seed="tags-test-chest"))
+    out = tmp_path / "out"
+    run(["-i", str(study), "-o", str(out), "-m", str(REPO / "models" / "liver-demo"), "--organ-segments"])
+    results = json.loads((out / "tags_results.json").read_text())
+    tumor, liver = results["tumors"]["liver_tumor"], results["organs"]["liver"]
+    assert tumor["voxels"] == 0 and tumor["status"] in ("organ_absent", "organ_implausible"), tumor
+    assert liver["voxels"] == 0 and liver["status"] == tumor["status"], liver
+    seg = hd.seg.segread(next(out.glob("SEG_*.dcm")))
+    assert not np.asarray(seg.pixel_array).any()
+    report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(next(out.glob("SR_*.dcm")))])
+    (group,) = report.get_image_measurement_groups()
+    expected = codes.SCT.Indeterminate if tumor["status"] == "organ_implausible" else codes.SCT.Absent
+    assert [q.value.value for q in group.get_qualitative_evaluations()] == [expected.value]
+
+
 @pytest.mark.parametrize("name", ["totalseg", "lits117"])
 def test_demo_model_on_the_sample_studies(studies, tmp_path, name):
     """The committed demo model as `bash scripts/demo.sh` runs it: the healthy TotalSegmentator
