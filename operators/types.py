@@ -126,8 +126,8 @@ class TargetOutcome:
         mask: (D, H, W) bool on the canonical grid of the CT.
         status: "ok", "organ_absent" (the organ mask was empty) or "organ_implausible" (the
             mask was not plausibly the organ); in both latter cases nothing was searched and
-            ``reason`` says why. An organ's own outcome is "organ_implausible" with an empty mask
-            when the tumor search refused its mask.
+            ``reason`` says why. An organ's own outcome takes that status and reason, with an
+            empty mask, when the tumor search refused its mask.
         organ_source: where the organ mask (anatomy prompt) came from.
     """
 

@@ -62,7 +62,7 @@ class AdaptedImageEncoder(nn.Module):
 
     def encode_slabs(self, image: torch.Tensor, adapt: bool = True) -> torch.Tensor:
         """(B, 1, D, H, W) -> per-slab embeddings (B, D/k, 256, e_h, e_w); ``adapt`` False runs
-        the encoder without its adapters (the pretrained features)."""
+        the encoder without its adapters (the pretrained features of the slab image)."""
         b, _, d, h, w = image.shape
         k = self.slab_size
         if d % k:

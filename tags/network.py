@@ -30,7 +30,7 @@ class TagsNet(nn.Module):
         prompts: anatomy prompts for the B*D slices (slice-major per volume) or None (text only).
         organ: (B, 1, D, H, W) organ mask fed to the 3D head (None: zeros).
         phrases: (B, 2, E) healthy / tumor phrase embeddings (training with text alignment).
-        adapt: run the encoder's 3D adapters (False: the pretrained features; callers pass
+        adapt: run the encoder's 3D adapters (False: the pretrained encoder's features; callers pass
             ``config.adapter.runs_for(target.kind)``).
     Output: (B, 1, D, H, W) logits; with ``phrases`` (and ``config.text_alignment``) also the
     alignment logits (B, 2, D, e_h, e_w) of the adapted image features

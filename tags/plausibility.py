@@ -42,6 +42,9 @@ LUNG_HU = -400.0
 MIN_LUNG_SHARE = 0.15
 """A slice counts for the lungs' centre line when lung fills at least this share of the body's
 cross-section (lung bases and bowel gas stay below it)."""
+MIN_SECOND_LUNG = 0.25
+"""The smaller of a slice's two lungs must be at least this share of the larger for the slice to
+count (the left lung beside the heart is smaller than the right)."""
 
 
 def organ_bounds(name: str, bounds_table: Optional[Dict[str, Dict]] = None) -> Optional[Dict]:
@@ -58,7 +61,8 @@ def implausible_organ(
 
     Args:
         hu: the CT in HU on the same canonical grid; affine: canonical (d, h, w) -> LPS.
-        body_box: canonical box of the body (default: the whole volume).
+        body_box: canonical box of the body (default: the whole volume, which touches the
+            image's edges, so the side test measures from the lungs' centre line).
         bounds_table: bounds per organ (default :data:`ORGAN_BOUNDS`; a model folder may carry
             its own, ``ModelConfig.organ_bounds``).
 
@@ -105,33 +109,47 @@ def centre_line(mask: np.ndarray, hu: np.ndarray, body_box: Optional[Sequence[sl
     if w.start > 0 and w.stop < mask.shape[2]:
         return (w.start + w.stop - 1) / 2.0, float(max(1, w.stop - w.start)), "body's"
     zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    if zs.size == 0:
+        return None
     lungs = lung_centre_line(hu[zs[0]:zs[-1] + 1])
     return None if lungs is None else (*lungs, "lungs'")
 
 
 def lung_centre_line(hu: np.ndarray) -> Optional[Tuple[float, float]]:
     """(column of the centre line, width in columns) of the lungs in the canonical (D, H, W)
-    ``hu``, or None when no slice holds enough lung.
+    ``hu``, or None when no slice shows both lungs.
 
     Per slice, lung is air (< :data:`LUNG_HU`) not connected to the slice's border (the air
-    around the body); a slice counts when lung fills at least :data:`MIN_LUNG_SHARE` of the
-    body's cross-section (everything but that outer air). Its centre line is the midpoint of
-    the lungs' leftmost and rightmost column; the medians over the counted slices are returned.
+    around the body, and a lung the field of view cuts). A slice counts when lung fills at least
+    :data:`MIN_LUNG_SHARE` of the body's cross-section (everything but that outer air) and its two
+    largest lung regions are a left and a right lung: side by side without sharing a column, the
+    smaller at least :data:`MIN_SECOND_LUNG` of the larger (one lung alone, after a resection, or
+    one lung base ending before the other, would put the line inside that lung). Its centre line
+    is the midpoint of the two lungs' outer columns; the medians over the counted slices are
+    returned.
     """
     from scipy import ndimage
 
     mids, widths = [], []
     for plane in hu:  # one slice at a time: a label image of the whole range would cost 4 bytes a voxel
-        air = plane < LUNG_HU
-        labels, _ = ndimage.label(air)
-        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        lung = air & ~np.isin(labels, border[border > 0])
-        body = plane.size - int((air & ~lung).sum())
-        if lung.sum() < MIN_LUNG_SHARE * max(body, 1):
+        labels, n = ndimage.label(plane < LUNG_HU)
+        if n < 2:
             continue
-        cols = np.nonzero(lung.any(axis=0))[0]
-        mids.append((cols[0] + cols[-1]) / 2.0)
-        widths.append(cols[-1] - cols[0] + 1)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        outer_air = int(sizes[border[border > 0]].sum())
+        sizes[border] = 0  # background and the air outside the body
+        if sizes.sum() < MIN_LUNG_SHARE * max(plane.size - outer_air, 1):
+            continue
+        second, first = np.argsort(sizes)[-2:]
+        if sizes[second] < MIN_SECOND_LUNG * sizes[first]:
+            continue
+        left, right = sorted((np.nonzero((labels == k).any(axis=0))[0] for k in (first, second)),
+                             key=lambda cols: cols.mean())
+        if left[-1] >= right[0]:
+            continue  # overlapping columns: not a left and a right lung
+        mids.append((left[0] + right[-1]) / 2.0)
+        widths.append(right[-1] - left[0] + 1)
     if not mids:
         return None
     return float(np.median(mids)), float(np.median(widths))

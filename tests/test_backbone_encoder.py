@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -85,6 +86,12 @@ def test_zero_init_adapters_reproduce_pretrained_features(lits117, slab_size):
     # pretrained features, and the next pass runs the adapters again.
     assert (bypassed - expected).abs().max().item() < FEATURE_ATOL
     assert torch.equal(again, changed)
+    # A deep copy (validation during training copies the network) follows its own switch.
+    copy = deepcopy(net)
+    with torch.no_grad():
+        net.image_encoder.encode_slabs(slices[:, 0][None, None], adapt=True)
+        copied = copy.image_encoder.encode_slabs(slices[:, 0][None, None], adapt=False)[0]
+    assert (copied - expected).abs().max().item() < FEATURE_ATOL
 
 
 def test_adapters_run_for_organs_only_if_configured():
@@ -362,3 +369,38 @@ def test_head_with_padded_input_channels_gives_the_same_logits():
         after = head(logits, image, organ)
     assert head.net[0].weight.shape == (16, 8, 3, 3, 3) and before.std() > 0.1
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_organ_windows_skip_the_adapters_when_they_are_for_tumors_only():
+    """At inference (TagsWindowModel, the predictor's window model) an organ target's window of a
+    model with adapter.for_organs off gives the same logits with trained or zeroed adapters; a
+    tumor target's window runs them."""
+    from helpers import small_config
+    from tags.inference.window_model import TagsWindowModel
+
+    cfg = small_config(adapter=AdapterConfig(slab_size=4, for_organs=False))
+    torch.manual_seed(0)
+    net = build_tags(cfg).eval()
+    text = {t.name: torch.randn(1, cfg.text_dim) for t in cfg.targets}
+    model = TagsWindowModel(net, text)
+    organ, tumor = cfg.organ_targets[0], cfg.tumor_targets[0]
+    image = torch.rand(1, 1, 8, 48, 48)
+    mask = torch.zeros(1, 1, 8, 48, 48)
+    mask[..., 12:36, 12:36] = 1.0
+    spacing = cfg.preprocessing.spacing
+
+    def run():
+        with torch.no_grad():
+            return (model(image, organ, cfg.organ_roi_size, cfg.preprocessing.organ_spacing),
+                    model(torch.cat([image, mask], 1), tumor, cfg.roi_size, spacing))
+
+    with torch.no_grad():
+        for a in model.net.image_encoder.adapters:
+            a.up.weight.normal_(0, 0.05)
+    organ_trained, tumor_trained = run()
+    with torch.no_grad():
+        for a in model.net.image_encoder.adapters:
+            a.up.weight.zero_()
+    organ_zeroed, tumor_zeroed = run()
+    assert torch.equal(organ_trained, organ_zeroed)
+    assert (tumor_trained - tumor_zeroed).abs().max() > 1e-3

@@ -82,6 +82,9 @@ def test_the_lungs_give_the_centre_line_when_the_body_fills_the_image(thorax):
     column_mm = float(np.linalg.norm(affine[:3, 2]))
     assert abs(spine - mid) * column_mm < 10.0, (spine, mid)
     assert lung_centre_line(np.full((3, 64, 64), 40.0, np.float32)) is None  # no air: no lungs
+    # one lung (the right one filled in, as after a resection): no centre line, not one inside it
+    one = np.where((np.arange(hu.shape[2]) < mid) & (hu < -400), 40.0, hu).astype(np.float32)
+    assert lung_centre_line(one) is None
 
 
 def test_a_heart_called_liver_on_a_chest_ct_is_refused(thorax):

@@ -214,7 +214,8 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
     t.add_argument("--tumor-only-adapters", action="store_true",
                    help="run the 3D adapters for tumor targets only: organ targets see the pretrained encoder's "
                         "features, so the organ pass keeps its quality while the adapters specialise in tumors "
-                        "(liver Dice kept, tumor Dice lower in the one demo build measured: docs/accuracy.md)")
+                        "(liver Dice kept, tumor Dice lower in the one demo build measured: docs/accuracy.md); "
+                        "a new run only: --init and a resumed run keep their own setting")
     t.add_argument("--adapter-lr-scale", type=float, default=d.adapter_lr_scale,
                    help=f"the 3D adapters' learning rate as a multiple of --lr (default {d.adapter_lr_scale:g})")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
