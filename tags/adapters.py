@@ -81,25 +81,20 @@ def insert_adapters(
     encoder: nn.Module, block_kind: str, *, bottleneck: int, kernel_depth: int, context: SliceContext
 ) -> List[SliceAdapter3D]:
     """Attach a :class:`SliceAdapter3D` to every attention block of ``encoder`` (in place)."""
+    def hook(module, inputs, output):
+        # The context is read through the module, not a closure: a deep copy of the network
+        # (validation during training) then follows its own copied context.
+        ctx = module.adapter.context
+        if not ctx.active:
+            return output
+        hw = module.input_resolution if block_kind == "tinyvit" else (output.shape[1], output.shape[2])
+        return module.adapter(output, ctx.depth, hw)
+
     adapters = []
     for block, dim in encoder_blocks(encoder, block_kind):
         adapter = SliceAdapter3D(dim=dim, bottleneck=bottleneck, kernel_depth=kernel_depth)
-        # The hooks read the context through the module, not a closure: a deep copy of the
-        # network (validation during training) then follows its own copied context.
         adapter.context = context
         block.adapter = adapter
-
-        if block_kind == "tinyvit":
-            def hook(module, inputs, output, _res=block.input_resolution):
-                ctx = module.adapter.context
-                return module.adapter(output, ctx.depth, _res) if ctx.active else output
-        else:
-            def hook(module, inputs, output):
-                ctx = module.adapter.context
-                if not ctx.active:
-                    return output
-                return module.adapter(output, ctx.depth, (output.shape[1], output.shape[2]))
-
         block.register_forward_hook(hook)
         adapters.append(adapter)
     return adapters
