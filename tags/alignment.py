@@ -63,7 +63,8 @@ def alignment_loss(logits: torch.Tensor, label: torch.Tensor, *, min_fraction: f
     logits: (B, 2, D, e_h, e_w); label: (B, 1, D, H, W) 0/1 on the window, reduced to the feature
     grid by area (a feature pixel is tumor when at least ``min_fraction`` of it is).
     """
-    from monai.losses import DiceLoss, FocalLoss
+    from monai.losses.dice import DiceLoss
+    from monai.losses.focal_loss import FocalLoss
 
     target = F.interpolate(label.float(), size=logits.shape[2:], mode="area") >= min_fraction
     target = target.float()

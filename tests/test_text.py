@@ -71,3 +71,44 @@ def test_clip_needs_a_folder(tmp_path):
         ClipTextEncoder(tmp_path / "missing")
     with pytest.raises(KeyError, match="unknown text encoder"):
         build_text_encoder("bert")
+
+
+def test_cached_encoder_embeds_once_per_model_version(tmp_path):
+    """The cache gives the model's own vectors without loading the model again, and a changed
+    model file (another version of the weights) is not answered from the cache."""
+    from tags.text import CachedTextEncoder
+
+    (tmp_path / "clip").mkdir()
+    folder = _tiny_clip_folder(tmp_path / "clip")
+    sentences = ["a computerized tomography of a liver tumor", "a computerized tomography of a kidney"]
+    direct = build_text_encoder("clip", str(folder)).embed(sentences)
+    first = build_text_encoder("clip", str(folder), cache=tmp_path / "cache")
+    assert isinstance(first, CachedTextEncoder) and first.dim == 24
+    assert torch.allclose(first.embed(sentences), direct)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+    again = build_text_encoder("clip", str(folder), cache=tmp_path / "cache")
+    assert torch.equal(again.embed(sentences), first.embed(sentences))
+    assert again._encoder is None  # answered from the file: the model was never loaded
+    assert not torch.equal(again.embed(sentences[:1]), again.embed(sentences[1:]))  # its own key per list
+
+    # other weights in the same folder (a new mtime and content): embedded again, not read back
+    from transformers import CLIPTextModelWithProjection
+
+    model = CLIPTextModelWithProjection.from_pretrained(str(folder))
+    with torch.no_grad():
+        model.text_projection.weight.mul_(-1.0)
+    model.save_pretrained(str(folder))
+    changed = build_text_encoder("clip", str(folder), cache=tmp_path / "cache").embed(sentences)
+    assert torch.allclose(changed, -direct, atol=1e-5)
+
+
+def test_cached_encoder_recomputes_a_damaged_file(tmp_path):
+    enc = build_text_encoder("minilm", cache=tmp_path)
+    assert enc.dim == 384 and enc._encoder is None  # the width from config.json alone
+    v = enc.embed(["a computerized tomography of a liver"])
+    (path,) = tmp_path.glob("*.safetensors")
+    path.write_bytes(b"not a safetensors file")
+    fresh = build_text_encoder("minilm", cache=tmp_path)
+    assert torch.allclose(fresh.embed(["a computerized tomography of a liver"]), v)
+    assert fresh._encoder is not None

@@ -295,8 +295,10 @@ def test_fine_tuning_starts_from_a_model_folder(samples, tmp_path, capsys):
                       weights=folder.weights, text_embeddings=folder.text_embeddings,
                       base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card="x")
     tuned = tmp_path / "tuned"
+    capsys.readouterr()
     assert main(["train", str(samples["lits117"]), "--out", str(tuned), "--steps", "1", "--lr", "0",
-                 "--precision", "fp32", "--init", str(decided), "--no-progress"]) == 0
+                 "--precision", "fp32", "--init", str(decided), "--no-progress", "--tumor-only-adapters"]) == 0
+    assert "--init keeps the model folder's adapters for organ and tumor targets" in capsys.readouterr().err
     weights, _, state = load_checkpoint(tuned)
     recorded = TrainConfig.from_dict(json.loads((tuned / TRAIN_CONFIG).read_text()))
     assert recorded.init == str(decided) and recorded.model == ModelConfig.from_dict(state["model_config"])

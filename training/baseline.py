@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses.dice import DiceCELoss
 from monai.networks.nets import DynUNet
 from safetensors.torch import load_model, save_model
 from torch import nn

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import warnings
@@ -215,7 +217,7 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                    help="run the 3D adapters for tumor targets only: organ targets see the pretrained encoder's "
                         "features, so the organ pass keeps its quality while the adapters specialise in tumors "
                         "(liver Dice kept, tumor Dice lower in the one demo build measured: docs/accuracy.md); "
-                        "a new run only: --init and a resumed run keep their own setting")
+                        "a new run only: --init and a resumed run keep their own setting (and say so)")
     t.add_argument("--adapter-lr-scale", type=float, default=d.adapter_lr_scale,
                    help=f"the 3D adapters' learning rate as a multiple of --lr (default {d.adapter_lr_scale:g})")
     t.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
@@ -401,12 +403,30 @@ def command() -> int:
     """The ``tags-train`` command (console script, ``python -m training.cli``): this process's
     settings (:func:`tags.runtime.lean_imports`; freed memory kept for reuse unless it is a
     torchrun rank), then :func:`main`. Not for in-process calls: it changes the whole process."""
-    from tags.runtime import keep_freed_memory, lean_imports
+    from tags.runtime import LEAN_PACKAGES, MODEL_LEAN_PACKAGES, keep_freed_memory, lean_imports
 
-    lean_imports()
-    if os.environ.get("WORLD_SIZE", "") in ("", "1"):  # one training process, not a torchrun rank
+    # the model's libraries lean too: segment-anything's utilities import all of torchvision and
+    # with it torch._dynamo (2 s of every start); the DynUNet baseline imports what it needs
+    lean_imports(LEAN_PACKAGES + MODEL_LEAN_PACKAGES)
+    argv = sys.argv[1:]
+    if os.environ.get("WORLD_SIZE", "") in ("", "1") and not _saves_memory(argv):  # one process, not a torchrun rank
         keep_freed_memory()
-    return main()
+    return main(argv)
+
+
+def _saves_memory(argv: List[str]) -> bool:
+    """Whether the command asks for memory over speed (``train --activation-checkpointing``):
+    then freed memory goes back to the kernel as usual. Kept for reuse, it fragments the heap
+    over the steps of a checkpointed window (2026-12-05, 2-core AVX2 EPYC, 64 x 128 x 128
+    windows: peak 3.5 GB after one step, 4.9 GB after three, 3.6-3.7 GB when handed back;
+    docs/performance.md). A command line that does not parse, or asks for help, is left to
+    :func:`main`, which prints what argparse says."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args = build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
+    except SystemExit:
+        return False
+    return bool(getattr(args, "activation_checkpointing", False))
 
 
 if __name__ == "__main__":

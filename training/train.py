@@ -10,6 +10,7 @@ written atomically (:mod:`training.checkpoints`). Process group, devices and col
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from monai.losses import DiceCELoss
+from monai.losses.dice import DiceCELoss
 from tqdm import tqdm
 
 from tags.config import ModelConfig, TargetSpec
@@ -39,6 +40,7 @@ from .cache import cached_training_cases, preprocess
 from .data import Sample, SamplingConfig
 from .loader import StepSamples, group_batch, step_loader
 from .fine_tune import initial_folder, load_initial
+from .fused_attention import fused_attention
 from .monitor import RunLog, has_validation_cases, validation_score
 from .datasets import Dataset, read_dataset
 from .distributed import DistContext, barrier, gather_rows, init_distributed, mean_over_ranks, rank0_decides, shutdown
@@ -230,14 +232,21 @@ def apply_gradients(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cl
     scaler.update()
 
 
-def checkpoint_activations(net: TagsNet) -> int:
-    """Recompute each adapted attention block's activations during backward instead of keeping
-    them (``torch.utils.checkpoint``, non-reentrant): far less memory for large backbones
-    (sam_vit_b on 1024-pixel slabs) for about one more encoder forward per step. Returns how many
+DECODE_CHUNK = 16
+"""Slices per recomputed chunk of the mask decoder under :func:`checkpoint_activations`."""
+
+
+def checkpoint_activations(net: TagsNet, decode_chunk: int = DECODE_CHUNK) -> int:
+    """Recompute activations during backward instead of keeping them (``torch.utils.checkpoint``,
+    non-reentrant): each adapted attention block's, and the mask decoder's in chunks of
+    ``decode_chunk`` slices (it decodes every slice on its own, so the chunks give the same
+    logits). Far less memory for large backbones (sam_vit_b on 1024-pixel slabs) and deep
+    windows, for about one more encoder and decoder forward per step. Returns how many encoder
     blocks were wrapped."""
     blocks = [block for block, _ in encoder_blocks(net.image_encoder.encoder, net.block_kind)]
     for block in blocks:
         block.forward = types.MethodType(_recomputed_forward, block)  # an instance attribute: copies follow
+    net.decode_slices = types.MethodType(functools.partial(_recomputed_decode, chunk=decode_chunk), net)
     return len(blocks)
 
 
@@ -245,6 +254,16 @@ def _recomputed_forward(block: torch.nn.Module, *args):
     from torch.utils.checkpoint import checkpoint
 
     return checkpoint(type(block).forward, block, *args, use_reentrant=False)
+
+
+def _recomputed_decode(net: TagsNet, emb: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, *,
+                       chunk: int) -> torch.Tensor:
+    """:meth:`TagsNet.decode_slices` over chunks of ``chunk`` slices, each recomputed in backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    decode = type(net).decode_slices
+    return torch.cat([checkpoint(decode, net, emb[i:i + chunk], sparse[i:i + chunk], dense[i:i + chunk],
+                                 use_reentrant=False) for i in range(0, emb.shape[0], chunk)])
 
 
 def param_groups(net: TagsNet, cfg: TrainConfig) -> List[Dict[str, Any]]:
@@ -289,7 +308,7 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     datasets = [read_dataset(d) for d in cfg.datasets]
-    initial = None
+    initial, requested = None, cfg.model
     # the model settings the cache's grids come from: a resumed run's own, else --init's (checked
     # before anything is written), else the command line's
     if has_checkpoint(cfg.out):
@@ -297,6 +316,11 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     elif cfg.init:
         initial = initial_folder(cfg.init, dataset_targets(cfg.datasets), PHRASES)
         cfg = replace(cfg, model=initial.config)
+    if rank == 0 and cfg.model.adapter.for_organs != requested.adapter.for_organs:
+        print("tags-train train: " + ("--init keeps the model folder's" if initial is not None else
+                                      "resuming with the run's own") + " adapters for "
+              + ("organ and tumor targets" if cfg.model.adapter.for_organs else "tumor targets only")
+              + " (--tumor-only-adapters chooses for a new run)", file=sys.stderr)
     preprocess(datasets, cfg.model, cache_folder(cfg), cfg.z_split, progress=cfg.progress and rank == 0,
                rank=rank, world=world)
     ctx = init_distributed(cfg.dist_timeout_minutes)
@@ -304,6 +328,10 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
         return _train(cfg, datasets, ctx, stop_after, initial)
     finally:
         shutdown(ctx)
+
+
+TEXT_CACHE = "text-embeddings"
+"""Sub-folder of the run's cache that keeps the text embeddings (:class:`tags.text.CachedTextEncoder`)."""
 
 
 def cache_folder(cfg: TrainConfig) -> Path:
@@ -334,7 +362,8 @@ def _start(cfg: TrainConfig, ctx: DistContext,
         initial = initial or initial_folder(cfg.init, dataset_targets(cfg.datasets), PHRASES)
         model_cfg, text = initial.config, dict(initial.text_embeddings)
     else:
-        encoder = build_text_encoder(cfg.model.text_encoder, cfg.clip_folder)
+        # embeddings kept with the preprocessed cases: a warm start does not load the text model
+        encoder = build_text_encoder(cfg.model.text_encoder, cfg.clip_folder, cache=cache_folder(cfg) / TEXT_CACHE)
         model_cfg = model_config_for(cfg, encoder.dim)
         text = embed_targets(encoder, {t.name: t.sentence for t in model_cfg.targets})
         if model_cfg.text_alignment:
@@ -348,6 +377,7 @@ def _start(cfg: TrainConfig, ctx: DistContext,
         for adapter in net.image_encoder.adapters:
             adapter.requires_grad_(False)
     channels_last_convs(net, frozen_only=True)  # as at inference: demo step 4.0 -> 3.3 s (docs/performance.md)
+    fused_attention(net)  # TinyViT: no attention maps kept for backward (docs/performance.md)
     if cfg.activation_checkpointing:
         checkpoint_activations(net)
     if checkpoint is not None:
