@@ -7,10 +7,12 @@ and steps per second with 0 and 2 loader workers, for 1 and 2 processes, on simu
 DATASET folders come from scripts/simulate_dataset.py. Every run is `tags-train train` (or
 `torchrun --nproc_per_node 2 -m training.cli train`, gloo) in its own process group with
 checkpoints every step; the time to the first step is from process start to the first
-checkpoint file, steps per second from the metrics.jsonl lines after the first step, peak RSS
+checkpoint file (the first step included), the start-up from process start to the run's
+train_config.json (the network built, before the first step), steps per second from the metrics.jsonl lines after the first step, peak RSS
 the largest resident set of the process and its children (os.wait4). The data path alone (the
 training run's sample stream, no network: cache opened, samples drawn and augmented) is timed
-with 0 and 2 loader workers in a process of its own. Writes OUT/bench_training.json and prints a
+with 0 and 2 loader workers in a process of its own. One more run takes
+`--activation-checkpointing` (the memory mode). Writes OUT/bench_training.json and prints a
 table. Numbers, not assertions.
 """
 
@@ -24,19 +26,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
 def run_train(dataset: Path, out: Path, cache: Path, *, steps: int, workers: int, nproc: int,
-              encoder_size: int) -> Dict:
-    """One training run; its timings and peak RSS."""
+              encoder_size: int, extra: Sequence[str] = ()) -> Dict:
+    """One training run (``extra``: more ``tags-train train`` options); its timings and peak RSS.
+    ``seconds_to_start``: until the run folder's train_config.json exists (written once the
+    network is built, before the cache is opened and the first step runs)."""
     shutil.rmtree(out, ignore_errors=True)
     train = ["train", str(dataset), "--out", str(out), "--steps", str(steps), "--checkpoint-every", "1",
              "--keep-checkpoints", "1", "--cache-dir", str(cache), "--workers", str(workers),
-             "--encoder-size", str(encoder_size), "--no-progress"]
+             "--encoder-size", str(encoder_size), "--no-progress", *extra]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", str(29600 + int(time.time()) % 300), "-m", "training.cli", *train]
@@ -47,11 +51,13 @@ def run_train(dataset: Path, out: Path, cache: Path, *, steps: int, workers: int
     t0 = time.time()
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        first = None
+        first = started = None
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # the child's rusage: its ranks included
             if pid:
                 break
+            if started is None and (out / "train_config.json").is_file():
+                started = time.time() - t0
             if first is None and any((out / "checkpoints").glob("step-*.safetensors")):
                 first = time.time() - t0
             time.sleep(0.1)
@@ -60,7 +66,8 @@ def run_train(dataset: Path, out: Path, cache: Path, *, steps: int, workers: int
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read_text()[-3000:]}")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     steady = (lines[-1]["step"] - lines[0]["step"]) / max(1e-9, lines[-1]["seconds"] - lines[0]["seconds"])
-    return {"seconds_to_first_step": round(first if first is not None else time.time() - t0, 1),
+    return {"seconds_to_start": round(started, 1) if started is not None else None,
+            "seconds_to_first_step": round(first if first is not None else time.time() - t0, 1),
             "wall_s": round(time.time() - t0, 1), "steps_per_s": round(steady, 3),
             "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
@@ -117,6 +124,8 @@ def measure(dataset: Path, out: Path, steps: int, encoder_size: int) -> Dict:
     res["warm_1proc_w0"] = run_train(dataset, out / "run", cache, workers=0, nproc=1, **kw)
     res["warm_1proc_w2"] = run_train(dataset, out / "run", cache, workers=2, nproc=1, **kw)
     res["warm_2proc_w0"] = run_train(dataset, out / "run", cache, workers=0, nproc=2, **kw)
+    res["warm_1proc_w0_activation_checkpointing"] = run_train(dataset, out / "run", cache, workers=0, nproc=1,
+                                                              extra=["--activation-checkpointing"], **kw)
     res["loader_only"] = {f"w{w}": loader_rate(dataset, cache, workers=w, steps=4 * steps, encoder_size=encoder_size)
                           for w in (0, 2)}
     return res
@@ -145,16 +154,17 @@ def main(argv=None) -> int:
     for d in a.datasets:
         report["datasets"][Path(d).name] = measure(Path(d), out, a.steps, a.encoder_size)
         (out / "bench_training.json").write_text(json.dumps(report, indent=2) + "\n")
-    rows: List[str] = [f"{'dataset':28s} {'run':16s} {'first step s':>12s} {'steps/s':>8s} {'peak RSS MB':>11s} "
-                       f"{'wall s':>7s}"]
+    rows: List[str] = [f"{'dataset':28s} {'run':40s} {'start s':>7s} {'first step s':>12s} {'steps/s':>8s} "
+                       f"{'peak RSS MB':>11s} {'wall s':>7s}"]
     for name, res in report["datasets"].items():
         for k, v in res.items():
             if k == "loader_only":
                 rows.append(f"{name:28s} loader alone: " + ", ".join(
                     f"{w[1:]} workers {r['samples_per_s']} samples/s ({r['peak_rss_mb']} MB)" for w, r in v.items()))
             elif isinstance(v, dict):
-                rows.append(f"{name:28s} {k:16s} {v['seconds_to_first_step']:12.1f} {v['steps_per_s']:8.3f} "
-                            f"{v['peak_rss_mb']:11d} {v['wall_s']:7.1f}")
+                start = "" if v["seconds_to_start"] is None else f"{v['seconds_to_start']:.1f}"
+                rows.append(f"{name:28s} {k:40s} {start:>7s} {v['seconds_to_first_step']:12.1f} "
+                            f"{v['steps_per_s']:8.3f} {v['peak_rss_mb']:11d} {v['wall_s']:7.1f}")
     print("\n".join(rows))
     print(f"written: {out / 'bench_training.json'}")
     return 0
