@@ -8,7 +8,8 @@ DATASET folders come from scripts/simulate_dataset.py. Every run is `tags-train 
 `torchrun --nproc_per_node 2 -m training.cli train`, gloo) in its own process group with
 checkpoints every step; the time to the first step is from process start to the first
 checkpoint file (the first step included), the start-up from process start to the run's
-train_config.json (the network built, before the first step), steps per second from the metrics.jsonl lines after the first step, peak RSS
+train_config.json (the network built, before the first step; on a cold cache the preprocessing
+too), steps per second from the metrics.jsonl lines after the first step, peak RSS
 the largest resident set of the process and its children (os.wait4). The data path alone (the
 training run's sample stream, no network: cache opened, samples drawn and augmented) is timed
 with 0 and 2 loader workers in a process of its own. One more run takes

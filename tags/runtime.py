@@ -141,7 +141,7 @@ def lean_imports(packages: Sequence[str] = LEAN_PACKAGES) -> bool:
     in the same package (``monai.deploy``): the application paid about 9 s of imports on 2 EPYC
     cores before it read a file (docs/performance.md, "Start-up"). This registers each of
     ``packages`` (:data:`LEAN_PACKAGES`; the application adds :data:`SDK_LEAN_PACKAGES` and
-    :data:`MODEL_LEAN_PACKAGES`) as a
+    :data:`MODEL_LEAN_PACKAGES`, ``tags-train`` the latter) as a
     package whose ``__init__`` has not run; their modules are
     imported by their full names when first imported, as usual. A name only the ``__init__``
     defines (``from monai.inferers import SlidingWindowInferer``) runs the real ``__init__`` at

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
@@ -121,14 +122,26 @@ def encoder_folder(name: str, folder: Optional[str | os.PathLike] = None) -> Pat
 
 
 _WIDTH_KEYS = {"clip": "projection_dim", "minilm": "hidden_size"}
-"""The config.json entry that is each encoder's embedding width."""
+"""The config.json entry that is each encoder's embedding width (a whole CLIP model's folder
+holds it in its ``text_config``, which is what the text tower loads)."""
+
+EMBEDDING_FORMAT = 1
+"""Part of :class:`CachedTextEncoder`'s key: bumped when an encoder's ``embed`` changes (pooling,
+normalisation, tokenizer arguments), so that no cache answers with the old vectors."""
+
+
+def _config_width(name: str, folder: Path) -> int:
+    config = json.loads((folder / "config.json").read_text())
+    if name == "clip" and config.get("model_type") == "clip":
+        config = config["text_config"]
+    return int(config[_WIDTH_KEYS[name]])
 
 
 class CachedTextEncoder:
     """A text encoder whose embeddings are kept in ``cache``, one safetensors file per list of
     sentences, named by a hash of the encoder's name, the sha256 of every file in its model
     folder (remembered per size and modification time, :func:`tags.hashing.remembered_sha256`)
-    and the sentences. The model itself (``import transformers`` and its weights: about 3 s of a
+    and the sentences (with :data:`EMBEDDING_FORMAT` and the transformers version). The model itself (``import transformers`` and its weights: about 3 s of a
     training start on 2 AVX2 EPYC cores) is loaded on the first sentences not in the cache.
 
     The width (``dim``) comes from the folder's config.json without loading the model. A file
@@ -145,7 +158,7 @@ class CachedTextEncoder:
         self._encoder: Optional[TextEncoder] = None
         self._files: Optional[Dict[str, str]] = None
         try:
-            self.dim = int(json.loads((self.folder / "config.json").read_text())[_WIDTH_KEYS[name]])
+            self.dim = _config_width(name, self.folder)
         except (OSError, ValueError, KeyError, TypeError):
             self.dim = self._model().dim
 
@@ -163,7 +176,10 @@ class CachedTextEncoder:
             self.cache.mkdir(parents=True, exist_ok=True)
             hashes = remembered_sha256(files, self.cache / "sha256-index.json")
             self._files = {str(p.relative_to(self.folder)): hashes[str(p)] for p in files}
-        blob = json.dumps({"encoder": self.name, "files": self._files, "sentences": list(sentences)}, sort_keys=True)
+        from importlib.metadata import version
+
+        blob = json.dumps({"encoder": self.name, "format": EMBEDDING_FORMAT, "transformers": version("transformers"),
+                           "files": self._files, "sentences": list(sentences)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def embed(self, sentences: Sequence[str]) -> torch.Tensor:
@@ -178,7 +194,7 @@ class CachedTextEncoder:
             except Exception:  # an unreadable file is computed again  # noqa: BLE001
                 pass
         vectors = self._model().embed(sentences).contiguous()
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # ranks may share it
         save_file({"embeddings": vectors}, str(tmp))
         os.replace(tmp, path)
         return vectors

@@ -108,3 +108,26 @@ def test_fused_attention_keeps_outputs_and_gradients_and_drops_the_attention_map
     with torch.no_grad():
         assert torch.allclose(plain(x, text, None, None), fused(x, text, None, None), atol=1e-5)
     assert set(plain.state_dict()) == set(fused.state_dict())
+
+
+def test_validation_copy_drops_the_training_wrappers():
+    """Validation runs a copy of the training network as an exported folder would load it: no
+    checkpointed blocks or decoder chunks, no fused attention; the same outputs."""
+    from training.fused_attention import fused_attention
+    from training.monitor import inference_copy
+
+    config = small_config()
+    torch.manual_seed(0)
+    net = build_tags(config).train()
+    reference = build_tags(config).eval()
+    reference.load_state_dict(net.state_dict())
+    fused_attention(net)
+    checkpoint_activations(net)
+    copy = inference_copy(net)
+    assert not copy.training and net.training
+    assert all("forward" not in m.__dict__ and "decode_slices" not in m.__dict__ for m in copy.modules())
+    assert "decode_slices" in net.__dict__  # the training network keeps its wrappers
+    text = random_text(config)["liver"][None]
+    x = torch.rand(1, 1, *config.organ_roi_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(copy(x, text, None, None), reference(x, text, None, None), atol=1e-5)

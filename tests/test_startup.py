@@ -144,3 +144,29 @@ print(json.dumps(bad))
     assert proc.returncode == 0, proc.stderr[-1500:]
     bad = json.loads(proc.stdout.strip().splitlines()[-1])
     assert bad == {name: sorted(names) for name, names in LEAN_REBOUND.items()}
+
+
+def test_tags_train_keeps_freed_memory_unless_it_saves_memory():
+    """``tags-train``'s process settings follow its parsed command line: freed memory is kept
+    for reuse, except under --activation-checkpointing (memory over speed); --help is printed
+    once."""
+    code = r"""
+import sys, warnings
+warnings.filterwarnings("ignore")
+import training.cli as cli, tags.runtime as runtime
+cli.run = lambda args: print("kept", runtime._applied) or 0
+sys.argv = ["tags-train", "train", "ds", "--out", "o"] + sys.argv[1:]
+raise SystemExit(cli.command())
+"""
+    env = dict(os.environ, WORLD_SIZE="1")
+    env.pop("TAGS_KEEP_FREED_MEMORY", None)
+    out = {}
+    for extra in ([], ["--activation-checkpointing"]):
+        proc = subprocess.run([sys.executable, "-c", code, *extra], capture_output=True, text=True, cwd=REPO, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-1500:]
+        out[bool(extra)] = proc.stdout.split()[-1]
+    assert out == {False: "True", True: "False"}
+    proc = subprocess.run([sys.executable, "-m", "training.cli", "train", "--help"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.count("usage: tags-train train") == 1

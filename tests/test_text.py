@@ -112,3 +112,15 @@ def test_cached_encoder_recomputes_a_damaged_file(tmp_path):
     fresh = build_text_encoder("minilm", cache=tmp_path)
     assert torch.allclose(fresh.embed(["a computerized tomography of a liver"]), v)
     assert fresh._encoder is not None
+
+
+def test_a_whole_clip_folder_gives_the_text_towers_width(tmp_path):
+    """A whole CLIP model's config.json holds the text tower's projection width in its
+    text_config; the cached encoder reads it from there."""
+    from tags.text import _config_width
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "clip", "projection_dim": 768, "text_config": {"projection_dim": 512}}))
+    assert _config_width("clip", tmp_path) == 512
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip_text_model", "projection_dim": 24}))
+    assert _config_width("clip", tmp_path) == 24

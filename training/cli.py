@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import warnings
@@ -387,11 +385,14 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # Third-party deprecation notices (timm, MONAI) are for developers, not for users of the CLI.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    """``tags-train`` in this process (tests call it), without :func:`command`'s process settings."""
+    _quiet_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
+    return run(_parse(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The parsed command; a refusal is one ``error:`` line and exit code 2."""
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
@@ -399,34 +400,37 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
+def _quiet_warnings() -> None:
+    # Third-party deprecation notices (timm, MONAI) are for developers, not for users of the CLI.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _parse(argv: List[str]) -> argparse.Namespace:
+    return build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
+
+
 def command() -> int:
     """The ``tags-train`` command (console script, ``python -m training.cli``): this process's
-    settings (:func:`tags.runtime.lean_imports`; freed memory kept for reuse unless it is a
-    torchrun rank), then :func:`main`. Not for in-process calls: it changes the whole process."""
+    settings, then :func:`run`. Not for in-process calls: it changes the whole process.
+
+    :func:`tags.runtime.lean_imports` first. Freed memory is kept for reuse
+    (:func:`tags.runtime.keep_freed_memory`, applied after the command line is parsed) in one
+    training process, not in torchrun ranks, and not when the command asks for memory over speed
+    (``train --activation-checkpointing``): kept blocks fragmented the heap over the steps of a
+    checkpointed window (2026-12-05, 2-core AVX2 EPYC, 64 x 128 x 128 windows: peak 3.5 GB after
+    one step, 4.9 GB after three; 3.6-3.7 GB when handed back; docs/performance.md)."""
     from tags.runtime import LEAN_PACKAGES, MODEL_LEAN_PACKAGES, keep_freed_memory, lean_imports
 
     # the model's libraries lean too: segment-anything's utilities import all of torchvision and
     # with it torch._dynamo (2 s of every start); the DynUNet baseline imports what it needs
     lean_imports(LEAN_PACKAGES + MODEL_LEAN_PACKAGES)
-    argv = sys.argv[1:]
-    if os.environ.get("WORLD_SIZE", "") in ("", "1") and not _saves_memory(argv):  # one process, not a torchrun rank
+    _quiet_warnings()
+    args = _parse(sys.argv[1:])  # argparse prints help or a usage error and exits
+    one_process = os.environ.get("WORLD_SIZE", "") in ("", "1")
+    if one_process and not getattr(args, "activation_checkpointing", False):
         keep_freed_memory()
-    return main(argv)
-
-
-def _saves_memory(argv: List[str]) -> bool:
-    """Whether the command asks for memory over speed (``train --activation-checkpointing``):
-    then freed memory goes back to the kernel as usual. Kept for reuse, it fragments the heap
-    over the steps of a checkpointed window (2026-12-05, 2-core AVX2 EPYC, 64 x 128 x 128
-    windows: peak 3.5 GB after one step, 4.9 GB after three, 3.6-3.7 GB when handed back;
-    docs/performance.md). A command line that does not parse, or asks for help, is left to
-    :func:`main`, which prints what argparse says."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            args = build_parser(train_options=argv[:1] == ["train"]).parse_args(argv)
-    except SystemExit:
-        return False
-    return bool(getattr(args, "activation_checkpointing", False))
+    return run(args)
 
 
 if __name__ == "__main__":

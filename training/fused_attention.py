@@ -7,8 +7,9 @@ gradient runs back through every attention stage after the first adapter and tho
 kept for each slab of the window. :func:`fused_attention` runs the same attention through
 ``torch.nn.functional.scaled_dot_product_attention`` with the learned position bias as its
 additive mask; on the CPU that is the flash-attention kernel, which keeps one log-sum-exp per
-query instead of the map (on CUDA, PyTorch chooses among its fused kernels that take an
-additive mask).
+query instead of the map. On CUDA, PyTorch chooses among its fused kernels that take an additive
+mask; what they keep for backward with this mask (whose rows of 49 or 196 keys are not aligned to
+8) has not been measured.
 
 The bias is passed as a (windows, heads, tokens, tokens) view of the (heads, tokens, tokens)
 table, without a copy: given a 3-D mask, PyTorch 2.14 on the CPU falls back to the explicit

@@ -30,6 +30,17 @@ def has_validation_cases(datasets: Sequence[Dataset]) -> bool:
     return any(ds.labelled_validation_cases for ds in datasets)
 
 
+def inference_copy(net: TagsNet) -> TagsNet:
+    """A copy of ``net`` in eval mode without the training-only wrappers bound to its modules
+    (activation checkpointing's recomputed blocks and mask decoder, the fused attention), as an
+    exported model folder would load it."""
+    plain = copy.deepcopy(net).eval()
+    for module in plain.modules():
+        for name in ("forward", "decode_slices"):
+            module.__dict__.pop(name, None)
+    return plain
+
+
 def validation_score(net: TagsNet, text: Mapping[str, torch.Tensor], datasets: Sequence[Dataset], *,
                      device: torch.device, precision: str) -> Dict:
     """{"score": mean Dice over targets, "<target>": {dice, nsd, lesion_recall, lesion_precision}}
@@ -37,10 +48,7 @@ def validation_score(net: TagsNet, text: Mapping[str, torch.Tensor], datasets: S
     is left as it is)."""
     from tags.inference import TagsPredictor
 
-    plain = copy.deepcopy(net).eval()
-    for module in plain.modules():
-        module.__dict__.pop("forward", None)  # training-only wrappers (activation checkpointing)
-    pred = TagsPredictor.from_network(plain, dict(text), device=device, precision=precision)
+    pred = TagsPredictor.from_network(inference_copy(net), dict(text), device=device, precision=precision)
     rows: List[Dict] = []
     for ds in datasets:
         if ds.labelled_validation_cases:
