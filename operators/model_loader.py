@@ -70,8 +70,9 @@ def shared_predictor(path: str | os.PathLike, settings: InferenceSettings = Infe
             "CUDA available" if predictor.device.type == "cuda" else "no CUDA device"
         )
         log.info(
-            "model %s loaded: targets %s; device %s (%s), precision %s%s",
-            folder.name, [t.name for t in predictor.config.targets], predictor.device, how, predictor.precision,
-            ", image encoder compiled" if predictor.compiled else "",
+            "model %s loaded: targets %s%s; device %s (%s), precision %s%s",
+            folder.name, [t.name for t in predictor.config.targets],
+            " (organ pass: its organ/ network)" if predictor.organ_predictor is not None else "",
+            predictor.device, how, predictor.precision, ", image encoder compiled" if predictor.compiled else "",
         )
     return predictor

@@ -88,14 +88,17 @@ def run_case(name: str, study: Path, model: Path, out: Path, extra: list) -> dic
 def stage_window_gflop(pred, stage: str, target: str, shape: list, precision: str) -> float:
     """GFLOP of one model window of (d, h, w) ``shape`` of ``target`` in ``stage`` ("organs":
     image only; "tumors": image and an ellipsoid organ mask, whose anatomy prompts are derived),
-    counted on the window model ``pred`` (a TagsPredictor) runs."""
+    counted on the window model that runs it for ``pred`` (a TagsPredictor; the organ pass's own
+    network when the model folder nests one)."""
     import torch
 
     from benchmarks.bench import count_gflop, ellipsoid_organ
     from tags.device import autocast
 
-    config = pred.config
     organ_pass = stage == "organs"
+    if organ_pass and pred.organ_predictor is not None:
+        pred = pred.organ_predictor
+    config = pred.config
     trained = config.organ_roi_size if organ_pass else config.roi_size
     spacing = config.preprocessing.organ_spacing if organ_pass else config.preprocessing.spacing
     g = torch.Generator().manual_seed(0)

@@ -47,7 +47,13 @@ def build_context(model: Path, out: Path, tag: str = "tags-seg-map:0.1.0") -> Pa
     class NoBuilder:
         name = "none"
 
-    argv = ["monai-deploy", "package", str(REPO / "app"), "-c", str(REPO / "app.yaml"), "-m", str(model), "-t", tag,
+    # The packager takes every sub-folder of -m as a model of its own: a model folder's nested
+    # organ/ would become a second model beside it. Handed a folder holding only the model
+    # folder, it copies that one whole.
+    staged = out.parent / "map-models"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(model, staged / model.name)
+    argv = ["monai-deploy", "package", str(REPO / "app"), "-c", str(REPO / "app.yaml"), "-m", str(staged), "-t", tag,
             "--platform", "x86_64", "--sdk", "monai-deploy", "--sdk-version", "4.0.0",
             "--source", str(REPO / "scripts" / "map" / "package-source.json"), "--output", str(out.parent / "map-image")]
     with mock.patch.object(container_builder, "build_docker_image", fake_build), \
@@ -59,6 +65,8 @@ def build_context(model: Path, out: Path, tag: str = "tags-seg-map:0.1.0") -> Pa
         except SystemExit as e:
             if e.code not in (0, None) or not captured:
                 raise
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     if not captured:
         raise RuntimeError("holoscan-cli did not reach the image build step")
     generated = out / "Dockerfile"

@@ -11,13 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 """Version of the model-folder format this code writes (2: ``text_alignment`` and
 ``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``; 4: ``organ_boundary``;
 5: the encoder's 3D adapters trained and in weights.safetensors: up to version 4 they were frozen
 by mistake, stayed the identity they are initialised to, and were not written;
-6: ``lesion_decision.min_depth_mm``; 7: ``adapter.for_organs``)."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+6: ``lesion_decision.min_depth_mm``; 7: ``adapter.for_organs``; 8: ``organ_pass`` and the nested
+organ model folder)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 UNTRAINED_ADAPTERS_BEFORE = 5
 """Folders of a version below this hold no adapter weights; their adapters are the identity."""
@@ -177,6 +178,10 @@ class OrganBoundary:
                              f"{self.hu_sigmas}")
 
 
+ORGAN_PASSES = ("own", "organ_model", "union")
+"""The values of :attr:`ModelConfig.organ_pass`; the last two need a nested organ model folder."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a TAGS model except its weights.
@@ -203,6 +208,9 @@ class ModelConfig:
             ({organ: {"ml": [lo, hi], "hu": [lo, hi], "side": "right"|"left"|None}}); None: the
             library's bounds (:data:`tags.plausibility.ORGAN_BOUNDS`); {}: no check (e.g. a test
             model whose organ pass is untrained).
+        organ_pass: which network finds the organs (:data:`ORGAN_PASSES`): ``"own"`` this one;
+            ``"organ_model"`` the model folder's nested organ model; ``"union"`` both, an organ
+            voxel being one either finds (the higher of the two probabilities).
     """
 
     backbone: str = "litemedsam"
@@ -222,11 +230,14 @@ class ModelConfig:
     lesion_decision: LesionDecision = field(default_factory=LesionDecision)
     organ_boundary: Optional[OrganBoundary] = None
     organ_bounds: Optional[Dict[str, Dict[str, Any]]] = None
+    organ_pass: str = "own"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.encoder_size is not None and self.encoder_size <= 0:
             raise ValueError(f"encoder_size must be a positive number of pixels, not {self.encoder_size}")
+        if self.organ_pass not in ORGAN_PASSES:
+            raise ValueError(f"organ_pass must be one of {list(ORGAN_PASSES)}, not {self.organ_pass!r}")
 
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:

@@ -8,9 +8,13 @@
     metadata.json                versions, text encoder, sha256 of every file and of the base
                                  checkpoint, training summary, metrics
     README.md                    model card
+    organ/                       optional: the model folder whose network runs the organ pass
+                                 (a complete folder of this layout, without an organ/ of its own)
 
 Loading verifies every sha256 and refuses any change with an error naming the file. Tensors
-are safetensors and the rest JSON: nothing is unpickled from a model folder.
+are safetensors and the rest JSON: nothing is unpickled from a model folder. A nested organ
+folder is verified the same way, and metadata.json records the sha256 of its metadata.json (which
+holds the sha256 of its files), so changing it is changing the outer folder.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ WEIGHTS = "weights.safetensors"
 TEXT = "text_embeddings.safetensors"
 METADATA = "metadata.json"
 CARD = "README.md"
+ORGAN_MODEL = "organ"
 HASHED_FILES = (CONFIG, WEIGHTS, TEXT, CARD)
 AUTOMATIC_METADATA = ("format_version", "created", "software", "text_encoder", "base_checkpoint", "files",
-                      "metadata_sha256")
+                      "metadata_sha256", "organ_model")
 """metadata.json keys :func:`save_model_folder` writes itself (the rest is the caller's)."""
 
 
@@ -53,6 +58,8 @@ class ModelFolder:
     weights: Dict[str, torch.Tensor]
     text_embeddings: Dict[str, torch.Tensor]
     metadata: Dict[str, Any]
+    organ: Optional["ModelFolder"] = None
+    """The nested model folder whose network runs the organ pass (None: this folder's own)."""
 
     @property
     def format_version(self) -> int:
@@ -103,6 +110,7 @@ def save_model_folder(
     card: str,
     extra_metadata: Optional[Dict[str, Any]] = None,
     overwrite: bool = False,
+    organ_model: Optional[str | os.PathLike] = None,
 ) -> Path:
     """Write a complete model folder atomically (a temporary folder renamed at the end).
 
@@ -112,11 +120,18 @@ def save_model_folder(
         base_checkpoint_sha256: sha256 of the base checkpoint the weights go with.
         card: model card text (README.md).
         extra_metadata: training data summary, metrics, the command that built it, ...
+        organ_model: a model folder whose network runs the organ pass of this one, alone or
+            with this one's (``config.organ_pass`` "organ_model" or "union"; verified, copied in
+            as ``organ/``); it must hold every organ target of ``config``.
     """
     path = Path(path)
     missing = [t.name for t in config.targets if t.name not in text_embeddings]
     if missing:
         raise ValueError(f"no text embedding for targets {missing}")
+    organ = _checked_organ_model(organ_model, config) if organ_model is not None else None
+    if (organ is not None) != (config.organ_pass != "own"):
+        raise ValueError(f"organ_pass {config.organ_pass!r} " + (
+            "needs an organ model folder" if organ is None else "does not use the organ model folder given"))
     if path.exists() and not overwrite:
         raise FileExistsError(f"model folder already exists: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +141,10 @@ def save_model_folder(
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
         save_file({k: v.detach().float().cpu().contiguous() for k, v in text_embeddings.items()}, str(tmp / TEXT))
         (tmp / CARD).write_text(card)
+        if organ is not None:
+            (tmp / ORGAN_MODEL).mkdir()
+            for name in (*HASHED_FILES, METADATA):
+                shutil.copyfile(organ.path / name, tmp / ORGAN_MODEL / name)
         meta: Dict[str, Any] = {
             "format_version": config.format_version,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -134,7 +153,11 @@ def save_model_folder(
             "base_checkpoint": {"backbone": config.backbone, "sha256": base_checkpoint_sha256},
             "files": {name: _sha256_bytes((tmp / name).read_bytes()) for name in HASHED_FILES},
         }
-        meta.update(extra_metadata or {})
+        if organ is not None:
+            meta["organ_model"] = {
+                "folder": ORGAN_MODEL, "targets": [t.name for t in organ.config.organ_targets],
+                "metadata_sha256": _sha256_bytes((tmp / ORGAN_MODEL / METADATA).read_bytes())}
+        meta.update({k: v for k, v in (extra_metadata or {}).items() if k != "organ_model"})
         (tmp / METADATA).write_text(_seal(meta))
         if path.exists():
             shutil.rmtree(path)
@@ -143,6 +166,18 @@ def save_model_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _checked_organ_model(path: str | os.PathLike, config: ModelConfig) -> ModelFolder:
+    """The verified model folder at ``path``, if it can run the organ pass of ``config``."""
+    organ = load_model_folder(path)
+    if organ.organ is not None:
+        raise ModelFolderError(f"organ model {organ.path} has an organ model of its own; give that one")
+    have = {t.name for t in organ.config.organ_targets}
+    missing = [t.name for t in config.organ_targets if t.name not in have]
+    if missing:
+        raise ModelFolderError(f"organ model {organ.path} has no organ target {missing}")
+    return organ
 
 
 def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
@@ -188,7 +223,27 @@ def load_model_folder(path: str | os.PathLike) -> ModelFolder:
         weights=load_file(str(path / WEIGHTS)),
         text_embeddings=load_file(str(path / TEXT)),
         metadata=meta,
+        organ=_nested_organ_model(path, meta, config),
     )
+
+
+def _nested_organ_model(path: Path, meta: Dict[str, Any], config: ModelConfig) -> Optional[ModelFolder]:
+    """The verified organ model folder recorded in ``meta`` (None when there is none)."""
+    record = meta.get("organ_model")
+    if (record is None) != (config.organ_pass == "own"):
+        raise ModelFolderError(f"model folder {path}: organ_pass {config.organ_pass!r} in {CONFIG} "
+                               + ("but no organ model" if record is None else "beside an organ model it does not use"))
+    if record is None:
+        return None
+    nested = path / record["folder"]
+    if not (nested / METADATA).is_file():
+        raise ModelFolderError(f"model folder {path} is missing its organ model {record['folder']}/")
+    if _sha256_bytes((nested / METADATA).read_bytes()) != record["metadata_sha256"]:
+        raise ModelFolderError(f"the organ model {nested} was changed after export (sha256 mismatch)")
+    try:
+        return _checked_organ_model(nested, config)
+    except ModelFolderError as e:
+        raise ModelFolderError(f"model folder {path}: {e}") from None
 
 
 def load_delta(net: torch.nn.Module, weights: Dict[str, torch.Tensor], where: str = "",

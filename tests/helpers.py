@@ -46,20 +46,36 @@ def random_text(config: ModelConfig, seed: int = 0):
     return {t.name: torch.nn.functional.normalize(torch.randn(config.text_dim, generator=g), dim=0) for t in config.targets}
 
 
-def app_model_folder(path, seed: int = 0):
+def app_model_folder(path, seed: int = 0, organ_model: bool = False):
     """A model folder shaped like the demo model (LiteMedSAM at 128, slab 4, 32x128x128
     windows, liver + liver tumor) with perturbed trainable weights: real encoder, untrained
     head. Wires and tests the application; its masks carry no clinical meaning, so its organ
-    masks are not checked for plausibility (see :func:`small_config`)."""
+    masks are not checked for plausibility (see :func:`small_config`). ``organ_model``: with a
+    nested organ model (organ/, a liver-only network of other weights) whose organ pass is united
+    with the folder's own, as in the demo model."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
     from tags.model_folder import save_model_folder
 
     config = small_config(roi_size=(32, 128, 128), organ_roi_size=(32, 128, 128))
     torch.manual_seed(seed)  # the default init of the new layers uses the global generator
     net = perturbed_net(config, seed)
-    return save_model_folder(
-        path, config=config, weights=net.delta_state_dict(), text_embeddings=random_text(config, seed),
-        base_checkpoint_sha256=net.backbone_sha256, card="# test model\n\nUntrained head; tests only.\n",
-    )
+    card = "# test model\n\nUntrained head; tests only.\n"
+    if not organ_model:
+        return save_model_folder(path, config=config, weights=net.delta_state_dict(),
+                                 text_embeddings=random_text(config, seed), base_checkpoint_sha256=net.backbone_sha256,
+                                 card=card)
+    organ_cfg = dataclasses.replace(config, targets=tuple(config.organ_targets))
+    organ_net = perturbed_net(organ_cfg, seed + 1)
+    with tempfile.TemporaryDirectory(dir=Path(path).parent) as tmp:
+        organ = save_model_folder(Path(tmp) / "organ", config=organ_cfg, weights=organ_net.delta_state_dict(),
+                                  text_embeddings=random_text(organ_cfg, seed + 1),
+                                  base_checkpoint_sha256=organ_net.backbone_sha256, card=card)
+        return save_model_folder(path, config=dataclasses.replace(config, organ_pass="union"),
+                                 weights=net.delta_state_dict(), text_embeddings=random_text(config, seed),
+                                 base_checkpoint_sha256=net.backbone_sha256, card=card, organ_model=organ)
 
 
 def exact_regrid(array, affine, shape, target_affine):

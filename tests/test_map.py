@@ -33,7 +33,7 @@ def test_dockerfile_lints_clean():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return app_model_folder(tmp_path_factory.mktemp("models") / "tags")
+    return app_model_folder(tmp_path_factory.mktemp("models") / "tags", organ_model=True)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,10 @@ def test_build_context_is_complete(context, model):
     assert json.loads(app_json["command"]) == ["python3", "/opt/holoscan/app"]
     assert app_json["environment"]["HOLOSCAN_MODEL_PATH"] == "/opt/holoscan/models"
     assert json.loads((context / "map" / "pkg.json").read_text())["version"] == "0.1.0"
+    # one model, its nested organ model inside it (not beside it as a second model)
+    assert [p.name for p in (context / "models").iterdir()] == [model.name]
     assert (context / "models" / model.name / "metadata.json").is_file()
+    assert (context / "models" / model.name / "organ" / "metadata.json").is_file()
     for pkg in ("tags", "operators", "training", "app"):
         assert (context / "src" / pkg / "__init__.py").is_file()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -152,3 +153,111 @@ def test_a_folder_without_adapter_weights_loads_with_identity_adapters(exported,
         load_delta(fresh, weights)
     load_delta(fresh, weights, adapters_required=False)
     assert all(p.requires_grad for a in fresh.image_encoder.adapters for p in a.parameters())
+
+
+# -- a nested organ model (organ/) -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def with_organ_model(exported, tmp_path_factory):
+    """The exported folder with a second network (other weights, organ target only) nested as
+    its organ model."""
+    main, _, _ = exported
+    cfg = small_config()
+    organ_cfg = dataclasses.replace(cfg, targets=tuple(cfg.organ_targets))
+    organ_net = perturbed_net(organ_cfg, seed=5)
+    root = tmp_path_factory.mktemp("nested")
+    organ = save_model_folder(
+        root / "organ-net", config=organ_cfg, weights=organ_net.delta_state_dict(),
+        text_embeddings=random_text(organ_cfg, seed=5), base_checkpoint_sha256=organ_net.backbone_sha256,
+        card="# organ test model\n", extra_metadata={"training": {"steps": 3}})
+    folder = load_model_folder(main)
+    path = save_model_folder(
+        root / "paired", config=dataclasses.replace(folder.config, organ_pass="organ_model"), weights=folder.weights,
+        text_embeddings=folder.text_embeddings, base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"],
+        card="# paired\n", organ_model=organ)
+    return path, organ
+
+
+def test_the_organ_pass_runs_on_the_nested_organ_model(exported, with_organ_model, lits117):
+    main, _, _ = exported
+    path, organ = with_organ_model
+    assert sorted(p.name for p in (path / "organ").iterdir()) == sorted([CONFIG, WEIGHTS, TEXT, METADATA, CARD])
+    folder = load_model_folder(path)
+    assert folder.organ is not None and folder.organ.config.organ_targets[0].name == "liver"
+    assert folder.metadata["organ_model"]["targets"] == ["liver"]
+    img, liver, affine = _case(lits117)
+    paired = TagsPredictor.from_model_folder(path, device="cpu", precision="fp32")
+    assert paired.organ_predictor is not None and paired.organ_predictor.precision == "fp32"
+    got = paired.segment_organs(img, affine)["liver"].probability
+    alone = TagsPredictor.from_model_folder(organ, device="cpu", precision="fp32").segment_organs(img, affine)
+    own = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32").segment_organs(img, affine)
+    assert np.array_equal(got, alone["liver"].probability)
+    assert not np.array_equal(got, own["liver"].probability)
+    # the tumor pass stays the outer folder's network
+    tumors = paired.predict(img, affine, {"liver": liver})["liver_tumor"].probability
+    direct = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32").predict(img, affine, {"liver": liver})
+    assert np.array_equal(tumors, direct["liver_tumor"].probability)
+    # organ_pass "union": the higher probability of the two networks, voxel by voxel
+    union = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
+    union.organ_predictor = paired.organ_predictor
+    union.config = dataclasses.replace(union.config, organ_pass="union")
+    both = union.segment_organs(img, affine)["liver"]
+    expected = np.maximum(own["liver"].probability, alone["liver"].probability)
+    assert np.array_equal(both.probability, expected)
+    assert both.windows.count == own["liver"].windows.count + alone["liver"].windows.count
+
+
+def test_organ_pass_and_organ_model_must_agree(exported, with_organ_model, tmp_path):
+    main, _, _ = exported
+    _, organ = with_organ_model
+    folder = load_model_folder(main)
+    common = dict(weights=folder.weights, text_embeddings=folder.text_embeddings,
+                  base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card="# x\n")
+    with pytest.raises(ValueError, match="needs an organ model folder"):
+        save_model_folder(tmp_path / "a", config=dataclasses.replace(folder.config, organ_pass="union"), **common)
+    with pytest.raises(ValueError, match="does not use the organ model folder"):
+        save_model_folder(tmp_path / "b", config=folder.config, organ_model=organ, **common)
+    with pytest.raises(ValueError, match="organ_pass must be one of"):
+        dataclasses.replace(folder.config, organ_pass="both")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name", [WEIGHTS, METADATA])
+def test_a_changed_organ_model_is_refused(with_organ_model, tmp_path, name):
+    src, _ = with_organ_model
+    path = tmp_path / "changed"
+    shutil.copytree(src, path)
+    target = path / "organ" / name
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] = (data[len(data) // 2] + 1) % 256
+    target.write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match="organ"):
+        load_model_folder(path)
+
+
+def test_a_missing_organ_model_is_refused(with_organ_model, tmp_path):
+    src, _ = with_organ_model
+    path = tmp_path / "missing"
+    shutil.copytree(src, path)
+    shutil.rmtree(path / "organ")
+    with pytest.raises(ModelFolderError, match="missing its organ model"):
+        load_model_folder(path)
+
+
+def test_an_organ_model_must_have_the_organ_targets(exported, with_organ_model, tmp_path):
+    main, _, _ = exported
+    paired, _ = with_organ_model
+    folder = load_model_folder(main)
+    tumor_only = dataclasses.replace(folder.config, targets=tuple(folder.config.tumor_targets))
+    net = perturbed_net(tumor_only)
+    lacking = save_model_folder(
+        tmp_path / "tumor-only", config=tumor_only, weights=net.delta_state_dict(),
+        text_embeddings=random_text(tumor_only), base_checkpoint_sha256=net.backbone_sha256, card="# t\n")
+    common = dict(config=dataclasses.replace(folder.config, organ_pass="organ_model"), weights=folder.weights,
+                  text_embeddings=folder.text_embeddings,
+                  base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card="# x\n")
+    with pytest.raises(ModelFolderError, match=r"no organ target \['liver'\]"):
+        save_model_folder(tmp_path / "a", organ_model=lacking, **common)
+    with pytest.raises(ModelFolderError, match="organ model of its own"):
+        save_model_folder(tmp_path / "b", organ_model=paired, **common)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

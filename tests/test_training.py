@@ -157,6 +157,30 @@ def test_adapters_for_tumors_only_learn_nothing_from_organ_steps(samples, tmp_pa
     assert load_model_folder(folder).config.adapter.for_organs is False
 
 
+def test_a_run_of_chosen_targets_exports_an_organ_model(samples, tmp_path, capsys):
+    """--targets liver trains the organ target alone (every step an organ step, the model folder
+    has no tumor target), and that folder runs the organ pass of another run's model folder
+    (tags-train export --organ-model); a target the datasets lack is refused before anything is
+    written."""
+    common = dict(datasets=[str(samples["lits117"])], checkpoint_every=1, precision="fp32", progress=False,
+                  model=TINY_MODEL)
+    with pytest.raises(ValueError, match=r"targets \['spleen'\] are not in the datasets"):
+        train(TrainConfig(out=str(tmp_path / "bad"), steps=1, targets=["spleen"], **common))
+    assert not (tmp_path / "bad").exists()
+    organ_run = train(TrainConfig(out=str(tmp_path / "organ"), steps=1, targets=["liver"], **common))
+    organ = export_model(organ_run, tmp_path / "organ.model")
+    assert [t.name for t in load_model_folder(organ).config.targets] == ["liver"]
+    run = train(TrainConfig(out=str(tmp_path / "run"), steps=1, **common))
+    assert main(["export", str(run), str(tmp_path / "model"), "--organ-model", str(organ), "--organ-pass", "union"]) == 0
+    paired = load_model_folder(tmp_path / "model")
+    assert paired.organ is not None and [t.name for t in paired.organ.config.targets] == ["liver"]
+    assert paired.config.organ_pass == "union" and load_model_folder(organ).config.organ_pass == "own"
+    assert "either network finds" in (tmp_path / "model" / CARD).read_text()
+    # a folder without the organ target cannot run the organ pass
+    assert main(["export", str(run), str(tmp_path / "model2"), "--organ-model", str(tmp_path / "model")]) != 0
+    assert "organ model of its own" in capsys.readouterr().err and not (tmp_path / "model2").exists()
+
+
 def test_the_adapters_learning_rate_scale(samples, tmp_path, capsys):
     """--adapter-lr-scale puts the adapters in an AdamW group of their own whose rate is that
     multiple of --lr (AdamW's step is about the rate: they move about a tenth as far); the group

@@ -271,7 +271,7 @@ def recalibrate(model: str | Path, out: str | Path, cases: Sequence[ValidationCa
     path = save_model_folder(
         out, config=config, weights=weights, text_embeddings=folder.text_embeddings,
         base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card=card, extra_metadata=meta,
-        overwrite=overwrite)
+        overwrite=overwrite, organ_model=folder.organ.path if folder.organ else None)
     return path, reports
 
 

@@ -50,7 +50,7 @@ def _train(a: argparse.Namespace) -> int:
         validate_every=a.validate_every, patience=a.patience, activation_checkpointing=a.activation_checkpointing,
         train_slab_mix=a.train_slab_mix, train_adapters=not a.freeze_adapters,
         adapter_lr_scale=a.adapter_lr_scale, clip_folder=a.clip_folder,
-        backbone_checkpoint=a.backbone_checkpoint, init=a.init, progress=not a.no_progress,
+        backbone_checkpoint=a.backbone_checkpoint, init=a.init, progress=not a.no_progress, targets=a.targets,
         model=replace(
             model, backbone=a.backbone, encoder_size=a.encoder_size,
             adapter=replace(model.adapter, slab_size=a.slab, for_organs=not a.tumor_only_adapters),
@@ -142,7 +142,8 @@ def _train_defaults():
 def _export(a: argparse.Namespace) -> int:
     from .export import export_model
 
-    folder = export_model(a.run, a.out, overwrite=a.overwrite, limits=a.limits, checkpoint="best" if a.best else None)
+    folder = export_model(a.run, a.out, overwrite=a.overwrite, limits=a.limits, checkpoint="best" if a.best else None,
+                          organ_model=a.organ_model, organ_pass=a.organ_pass)
     print(f"model folder: {folder}")
     return 0
 
@@ -222,6 +223,9 @@ def _add_train_options(t: argparse.ArgumentParser) -> None:
                    help=f"newest checkpoints kept in OUT/checkpoints (default {d.keep_checkpoints})")
     t.add_argument("--dist-timeout", type=float, default=d.dist_timeout_minutes, metavar="MINUTES",
                    help=f"torchrun: how long a rank waits for the others (default {d.dist_timeout_minutes:g})")
+    t.add_argument("--targets", nargs="+", metavar="NAME",
+                   help="train only these of the datasets' targets (default: all), e.g. --targets liver for a network "
+                        "that runs the organ pass (tags-train export --organ-model)")
     t.add_argument("--z-split", action="append", metavar="DATASET:FRACTION",
                    help="train on the first FRACTION of that dataset's slices only (the rest is held out)")
     t.add_argument("--text-encoder", choices=["minilm", "clip"], default=m.text_encoder, help="sentence encoder")
@@ -352,6 +356,12 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--limits", default="", help="text for the model card's Limits section")
     e.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     e.add_argument("--best", action="store_true", help="export the best validated checkpoint (train --validate-every)")
+    e.add_argument("--organ-model", metavar="MODEL_FOLDER",
+                   help="a model folder whose network runs the organ pass (copied in as organ/, verified; it must "
+                        "have the run's organ targets), e.g. one trained with --targets liver --tumor-only-adapters")
+    e.add_argument("--organ-pass", choices=("organ_model", "union"), default="organ_model",
+                   help="with --organ-model: its network finds the organs alone (default), or together with the "
+                        "run's own network (union: an organ voxel is one either finds)")
     e.set_defaults(func=_export)
 
     v = sub.add_parser("evaluate", help="Dice, NSD, HD95, lesion detection; TAGS beside a baseline",

@@ -25,6 +25,7 @@ CARD_TEMPLATE = """# TAGS model: {targets}
 - Targets: {target_lines}
 - Trained for {steps} steps ({world} process(es)) on: {datasets}.
 - Preprocessing: HU window {window}, tumor grid {spacing} mm, organ grid {organ_spacing} mm.
+- Organ pass: {organ_pass}
 
 ## Lesion decision
 {decision}
@@ -62,6 +63,7 @@ def export_model(
     extra_metadata: Optional[Dict] = None, lesion_decision: Optional[LesionDecision] = None,
     metrics_markdown: Optional[str] = None, checkpoint: Optional[str] = None,
     organ_boundary: Optional[OrganBoundary] = None, steps: Optional[int] = None, history: Optional[str] = None,
+    organ_model: Optional[str | Path] = None, organ_pass: str = "organ_model",
 ) -> Path:
     """Write the model folder for the latest checkpoint of ``run`` (or the one named
     ``checkpoint``, e.g. ``"best"``: the best validated one).
@@ -70,12 +72,16 @@ def export_model(
     ``organ_boundary``: the organ boundary refinement chosen on labelled non-test cases (idem);
     ``metrics_markdown``: the card's metrics section (default: ``metrics`` as JSON);
     ``steps``, ``history``: the training steps and how they were run, for a model trained in more
-    than one run (default: the run's own steps and its ``--init`` folder).
+    than one run (default: the run's own steps and its ``--init`` folder);
+    ``organ_model``: a model folder whose network runs the organ pass (nested as ``organ/``,
+    see :mod:`tags.model_folder`), alone (``organ_pass`` "organ_model") or with the run's own
+    network ("union": an organ voxel is one either finds).
     """
     run = Path(run)
     weights, _, state = load_checkpoint(run, checkpoint)
     config = ModelConfig.from_dict(state["model_config"])
-    chosen = {"lesion_decision": lesion_decision, "organ_boundary": organ_boundary}
+    chosen = {"lesion_decision": lesion_decision, "organ_boundary": organ_boundary,
+              "organ_pass": organ_pass if organ_model is not None else "own"}
     config = dataclasses.replace(config, **{k: v for k, v in chosen.items() if v is not None})
     tc = TrainConfig.from_dict(state["train_config"])
     net = build_tags(config, checkpoint=tc.backbone_checkpoint)
@@ -106,6 +112,7 @@ def export_model(
         decision=_decision_text(config.lesion_decision),
         boundary=boundary_text(config.organ_boundary),
         limits=limits or "Not validated for clinical use.",
+        organ_pass=_organ_pass_text(organ_model, config.organ_pass),
     )
     meta = {
         "training": {
@@ -123,4 +130,20 @@ def export_model(
     return save_model_folder(
         out, config=config, weights=net.delta_state_dict(), text_embeddings=text,
         base_checkpoint_sha256=net.backbone_sha256, card=card, extra_metadata=meta, overwrite=overwrite,
+        organ_model=organ_model,
     )
+
+
+def _organ_pass_text(organ_model: Optional[str | Path], organ_pass: str) -> str:
+    if organ_model is None:
+        return "this network, with its organ targets' text prompts."
+    from tags.model_folder import read_metadata
+
+    training = read_metadata(organ_model).get("training", {})
+    steps = f", trained {training['steps']} steps" if "steps" in training else ""
+    network = (f"a separate network (the nested model folder `organ/`{steps}; its model card is "
+               "`organ/README.md`)")
+    if organ_pass == "union":
+        return (f"this network and {network}, each with its organ targets' text prompts; an organ voxel is one "
+                "either network finds (the higher of the two probabilities).")
+    return f"{network}, with its organ targets' text prompts."

@@ -94,6 +94,9 @@ class TrainConfig:
     targets and text embeddings are used instead of ``model``'s, its organ boundary and lesion
     decision are dropped (choose them again for the new weights: ``tags-train calibrate``).
     A resumed run continues from its checkpoint instead.
+    ``targets``: the datasets' targets this run trains (default: all of them), e.g. ``["liver"]``
+    for a network that only runs the organ pass (:func:`tags.model_folder.save_model_folder`'s
+    ``organ_model``).
     """
 
     datasets: List[str]
@@ -125,6 +128,7 @@ class TrainConfig:
     clip_folder: Optional[str] = None
     backbone_checkpoint: Optional[str] = None
     init: Optional[str] = None
+    targets: Optional[List[str]] = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -136,6 +140,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
         if not self.adapter_lr_scale > 0:
             raise ValueError(f"adapter-lr-scale must be above 0, not {self.adapter_lr_scale}")
+        if self.targets is not None and not self.targets:
+            raise ValueError("targets: name at least one target, or leave it unset for all of them")
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -193,8 +199,21 @@ def dataset_targets(datasets: Sequence[str]) -> Tuple[TargetSpec, ...]:
 
 
 def model_config_for(cfg: TrainConfig, text_dim: int) -> ModelConfig:
-    """``cfg.model`` with the targets of ``cfg.datasets`` and the text encoder's width."""
-    return replace(cfg.model, text_dim=text_dim, targets=dataset_targets(cfg.datasets))
+    """``cfg.model`` with the targets of ``cfg.datasets`` (those in ``cfg.targets`` when it is
+    set) and the text encoder's width."""
+    return replace(cfg.model, text_dim=text_dim, targets=chosen_targets(cfg))
+
+
+def chosen_targets(cfg: TrainConfig) -> Tuple[TargetSpec, ...]:
+    """The targets ``cfg`` trains: the datasets' targets, restricted to ``cfg.targets`` when set
+    (a ValueError names any the datasets do not have)."""
+    available = dataset_targets(cfg.datasets)
+    if cfg.targets is None:
+        return available
+    unknown = [n for n in cfg.targets if n not in {t.name for t in available}]
+    if unknown:
+        raise ValueError(f"targets {unknown} are not in the datasets (they have {[t.name for t in available]})")
+    return tuple(t for t in available if t.name in cfg.targets)
 
 
 def training_precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -308,6 +327,7 @@ def train(cfg: TrainConfig, stop_after: Optional[int] = None) -> Path:
     """
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     datasets = [read_dataset(d) for d in cfg.datasets]
+    chosen_targets(cfg)  # a target the datasets do not have: said before anything is written
     initial, requested = None, cfg.model
     # the model settings the cache's grids come from: a resumed run's own, else --init's (checked
     # before anything is written), else the command line's

