@@ -29,19 +29,18 @@ def main() -> int:
     a = ap.parse_args()
     from tags.inference import TagsPredictor
     from training.calibrate import choose_lesion_decision, collect_candidates
-    from training.demo import (ORGAN_NETWORK, RUNS, Z_TEST, metrics_table, train_tags, trained_phase_steps,
-                               validation_cases)
+    from training.demo import RUNS, Z_TEST, metrics_table, train_tags, trained_phase_steps, validation_cases
     from training.evaluate import evaluate
     from training.export import export_model
 
     demo, out = Path(a.demo), Path(a.out)
     samples = {"lits117": demo / "samples" / "Dataset501_LiTS117", "totalseg": demo / "samples" / "Dataset502_TotalSegLiver"}
-    phases = trained_phase_steps(demo)[:2]  # the tumor network's phases; the organ network is the demo's
+    phases = trained_phase_steps(demo)
     steps = sum(phases)
     t0 = time.time()
     train_tags(samples, out, phases, text_alignment=False)
     seconds = time.time() - t0
-    export_model(out / RUNS[-1], out / "model", overwrite=True, organ_model=demo / f"{ORGAN_NETWORK}.model")
+    export_model(out / RUNS[-1], out / "model", overwrite=True)
     predictors = {"with alignment": TagsPredictor.from_model_folder(demo / "model"),
                   "without alignment": TagsPredictor.from_model_folder(out / "model")}
     described = "the demo's validation cases"

@@ -4,7 +4,11 @@ masks the decision is chosen with) and measure them on the demo's test cases, TA
 baseline as measured when the model was built (the baseline's weights are not part of the model folder).
 
     .venv/bin/python scripts/recalibrate_demo.py [--model models/liver-demo] [--out build/recalibrated]
-        [--samples build/samples]
+        [--samples build/samples] [--organ-model FOLDER [--organ-pass union]]
+
+With ``--organ-model`` the model first gets that folder as its nested organ model
+(:func:`training.export.attach_organ_model`; e.g. a network trained with ``tags-train train
+--targets liver``), then its boundary and decision are chosen for the new organ masks.
 
 Writes OUT/model (the recalibrated model folder, with the new numbers in its card) and
 OUT/evaluation.json (test metrics before and after, the chosen boundary and decision). Copy
@@ -28,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(REPO / "models" / "liver-demo"))
     p.add_argument("--out", default=str(REPO / "build" / "recalibrated"))
     p.add_argument("--samples", default=str(REPO / "build" / "samples"))
+    p.add_argument("--organ-model", help="a model folder to nest as the organ model first")
+    p.add_argument("--organ-pass", choices=("organ_model", "union"), default="union")
     a = p.parse_args(argv)
     from tags.inference import TagsPredictor
     from tags.model_folder import read_metadata
@@ -44,12 +50,20 @@ def main(argv=None) -> int:
     cases = validation_cases(samples)
     model = Path(a.model).resolve()
     command = f"scripts/recalibrate_demo.py --model {model.relative_to(REPO) if model.is_relative_to(REPO) else model}"
+    if a.organ_model:
+        from training.export import attach_organ_model
+
+        command += f" --organ-model {a.organ_model} --organ-pass {a.organ_pass}"
+        before_attach = TagsPredictor.from_model_folder(a.model)
+        model = attach_organ_model(model, a.organ_model, out / "attached", organ_pass=a.organ_pass, command=command,
+                                   overwrite=True)
+        a.model = str(model)
 
     def measure(pred: TagsPredictor) -> dict:
         return {"lits": evaluate({"tags": pred}, samples["lits117"], z_from=Z_TEST, organ_source="label"),
                 "healthy": evaluate({"tags": pred}, samples["totalseg"], split="test", organ_source="model")}
 
-    before = measure(TagsPredictor.from_model_folder(a.model))
+    before = measure(before_attach if a.organ_model else TagsPredictor.from_model_folder(a.model))
     built = read_metadata(a.model)["metrics"]
     built_keys = {"lits": next(k for k in built if k.startswith("lits117")),
                   "healthy": next(k for k in built if k.startswith("totalseg"))}

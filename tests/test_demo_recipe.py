@@ -1,6 +1,5 @@
-"""tags-train demo's plan (two phases of the tumor network, then the organ network): an
-interrupted build finishes the plan it started with, and --reuse-training refuses a folder
-without its finished runs (before any work)."""
+"""tags-train demo's two-phase plan: an interrupted build finishes the plan it started with, and
+--reuse-training refuses a folder without both finished runs (before any work)."""
 
 from __future__ import annotations
 
@@ -9,8 +8,7 @@ import torch
 
 from training.checkpoints import save_checkpoint
 from training.cli import main
-from training.demo import (ORGAN_NETWORK, RUNS, phase_steps, planned_organ_network_steps, planned_steps, record_plan,
-                           trained_phase_steps)
+from training.demo import RUNS, phase_steps, planned_steps, record_plan, trained_phase_steps
 
 
 def _started(run, step: int, steps: int) -> None:
@@ -25,15 +23,12 @@ def test_an_interrupted_build_keeps_its_plan(tmp_path):
     assert (first, organ) == (286, 161) and phase_steps(10) == (6, 4)
     _started(tmp_path / RUNS[0], 100, first)  # killed in the first phase
     assert planned_steps(tmp_path) == (first, organ)
-    with pytest.raises(ValueError, match="no finished demo build"):
+    with pytest.raises(ValueError, match="two-phase"):
         trained_phase_steps(tmp_path)
     _started(tmp_path / RUNS[0], first, first)
     _started(tmp_path / RUNS[1], 20, 150)  # killed in the second phase, planned otherwise
     assert planned_steps(tmp_path) == (first, 150)
-    with pytest.raises(ValueError, match=ORGAN_NETWORK):
-        trained_phase_steps(tmp_path)  # the organ network has not started
-    _started(tmp_path / ORGAN_NETWORK, 30, 60)
-    assert trained_phase_steps(tmp_path) == (first, 20, 30)
+    assert trained_phase_steps(tmp_path) == (first, 20)
 
 
 def test_a_recorded_plan_is_kept_exactly(tmp_path):
@@ -49,7 +44,7 @@ def test_a_recorded_plan_is_kept_exactly(tmp_path):
 def test_reuse_training_refuses_a_folder_without_a_finished_build(tmp_path, capsys):
     _started(tmp_path / RUNS[0], 286, 286)  # a one-phase build folder, no baseline
     assert main(["demo", str(tmp_path), "--reuse-training"]) != 0
-    assert "no finished build" in capsys.readouterr().err
+    assert "no finished two-phase build" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == [RUNS[0]]  # nothing written
 
 
@@ -114,32 +109,3 @@ def test_the_organ_phase_is_planned_again_from_the_first_phases_speed(tmp_path):
     assert planned_steps(tmp_path) == (300, 433)
     record_plan(tmp_path, (300, 170))  # a plan without its budget is kept as it is
     assert demo.replan_organ_phase(tmp_path) is None and planned_steps(tmp_path) == (300, 170)
-
-
-def test_the_organ_networks_steps_survive_the_organ_phases_new_plan(tmp_path):
-    import json
-
-    from training import demo
-    from training.train import METRICS
-
-    assert planned_organ_network_steps(tmp_path) is None
-    record_plan(tmp_path, (300, 170), 1000.0, (2.0, 1.5), organ_network_steps=90)
-    run = tmp_path / RUNS[0]
-    run.mkdir()
-    (run / METRICS).write_text(json.dumps({"step": 300, "seconds": 480.0}) + "\n")
-    assert demo.replan_organ_phase(tmp_path) == (300, 433)
-    assert planned_organ_network_steps(tmp_path) == 90
-
-
-def test_the_organ_network_trains_the_organ_alone_without_adapters(tmp_path):
-    from training import demo
-
-    samples = {"lits117": tmp_path / "a", "totalseg": tmp_path / "b"}
-    cfg = demo.organ_network_config(samples, tmp_path / ORGAN_NETWORK, 50)
-    tumor = demo.demo_config(samples, tmp_path / RUNS[0], 50)
-    assert cfg.targets == ["liver"] and tumor.targets is None
-    assert cfg.sampling.organ_fraction == 1.0 and cfg.sampling.organ_negative_fraction > 0
-    assert not cfg.model.adapter.for_organs and not cfg.train_adapters and not cfg.model.text_alignment
-    # the same grids, windows and encoder as the tumor network: one preprocessed cache serves both
-    assert cfg.model.preprocessing == tumor.model.preprocessing and cfg.cache_dir == tumor.cache_dir
-    assert (cfg.model.encoder_size, cfg.model.organ_roi_size) == (tumor.model.encoder_size, tumor.model.organ_roi_size)

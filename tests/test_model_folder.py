@@ -261,3 +261,22 @@ def test_an_organ_model_must_have_the_organ_targets(exported, with_organ_model, 
     with pytest.raises(ModelFolderError, match="organ model of its own"):
         save_model_folder(tmp_path / "b", organ_model=paired, **common)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_organ_model_attached_to_a_model_folder(exported, with_organ_model, tmp_path):
+    """training.export.attach_organ_model: the same weights and settings, organ_pass set, the
+    card's organ-pass line and the metadata saying so; a folder that has one already is refused."""
+    from training.export import attach_organ_model
+
+    main, _, _ = exported
+    _, organ = with_organ_model
+    out = attach_organ_model(main, organ, tmp_path / "attached", command="test")
+    before, after = load_model_folder(main), load_model_folder(out)
+    assert after.organ is not None and after.config.organ_pass == "union"
+    assert after.config == dataclasses.replace(before.config, organ_pass="union")
+    assert all(np.array_equal(after.weights[k].numpy(), v.numpy()) for k, v in before.weights.items())
+    card = (out / CARD).read_text()
+    assert card.count("- Organ pass: ") == 1 and "either network finds" in card
+    assert after.metadata["organ_model_attached"]["organ_pass"] == "union"
+    with pytest.raises(ValueError, match="has an organ model already"):
+        attach_organ_model(out, organ, tmp_path / "twice")

@@ -65,8 +65,6 @@ LIMITS = (
     "LiTS (CC BY-NC-SA 4.0): non-commercial research use only."
 )
 
-ORGAN_NETWORK_LIMITS = "Runs the organ pass of the demo model (its organ/ folder), nothing else. " + LIMITS
-
 SAMPLING = SamplingConfig(
     organ_fraction=0.35, negative_fraction=0.15, synthetic_fraction=0.25, organ_negative_fraction=0.2,
     phase_probability=0.6,
@@ -84,29 +82,6 @@ ORGAN_PHASE_SHARE = 0.36
 ORGAN_PHASE_LR = 3e-4
 ORGAN_PHASE_SEED = 7
 """The second phase's learning rate and seed (a seed of its own: other crops than the first phase's)."""
-
-ORGAN_NETWORK = "organ-net"
-"""The build's third run: a network of its own for the organ pass (organ target only, the
-pretrained encoder without adapters), nested in the model folder as its organ model. The adapters
-that make the tumor pass good cost the organ pass: the two-phase network alone reached liver
-Dice 0.920 on the TotalSegmentator DICOM series where its organ pass without adapters reached
-0.962 (docs/accuracy.md, "A separate organ network")."""
-ORGAN_PASS = "union"
-"""How the demo model's two networks find the liver: an organ voxel is one either finds. The tumor
-network's organ pass keeps a liver full of tumors whole (98 % of LiTS-117's tumor voxels inside its
-mask) but spills over healthy livers' edges; a network trained on the organ alone without adapters
-fits healthy livers (liver Dice 0.958-0.964 on the TotalSegmentator DICOM series) but leaves a
-third of LiTS-117's tumors outside. Together: 0.967 and 0.868 on LiTS-117's test slices, where
-the tumor network alone had 0.920 and 0.797 (docs/accuracy.md, "A separate organ network")."""
-ORGAN_NETWORK_SHARE = 0.25
-"""Share of the TAGS training budget for the organ network (its steps cost about 0.6 of a tumor
-network's: no backward through the encoder)."""
-ORGAN_NETWORK_SAMPLING = dataclasses.replace(SAMPLING, organ_fraction=1.0, organ_negative_fraction=0.35,
-                                             organ_synthetic_fraction=0.2)
-"""The organ network's steps: a third centred outside the liver (thorax, pelvis, where the
-two-phase network had called the heart and the aorta liver), a fifth of the healthy livers with
-synthetic tumors inside (a liver full of tumors stays one organ), 60 % moved to another contrast
-phase."""
 
 
 def demo_config(samples: Dict[str, Path], run: Path, steps: int, text_alignment: bool = True) -> TrainConfig:
@@ -143,16 +118,6 @@ def organ_phase_config(samples: Dict[str, Path], run: Path, steps: int, init: Pa
                                warmup=20, seed=ORGAN_PHASE_SEED, init=str(init))
 
 
-def organ_network_config(samples: Dict[str, Path], run: Path, steps: int) -> TrainConfig:
-    """The organ network's run: the liver target only, adapters not run (the pretrained encoder's
-    features, as the organ pass had them before the adapters trained), no text alignment (a tumor
-    loss)."""
-    base = demo_config(samples, run, steps, text_alignment=False)
-    model = dataclasses.replace(base.model, adapter=dataclasses.replace(base.model.adapter, for_organs=False))
-    return dataclasses.replace(base, model=model, targets=["liver"], sampling=ORGAN_NETWORK_SAMPLING,
-                               train_adapters=False)
-
-
 def phase_steps(steps: int) -> Tuple[int, int]:
     """(first phase, organ phase) steps of a build of ``steps`` TAGS steps in all."""
     organ = max(1, round(steps * ORGAN_PHASE_SHARE))
@@ -164,39 +129,15 @@ PLAN = "plan.json"
 
 
 def record_plan(out: Path, steps: Tuple[int, int], budget_seconds: Optional[float] = None,
-                per_step: Optional[Tuple[float, float]] = None, organ_replanned: bool = False,
-                organ_network_steps: Optional[int] = None) -> None:
+                per_step: Optional[Tuple[float, float]] = None, organ_replanned: bool = False) -> None:
     """Write the build's plan (``steps`` per phase) to ``out``/:data:`PLAN`, with the TAGS
     training budget and the probe's seconds per step of each phase it was made from (what
-    :func:`replan_organ_phase` needs), whether the organ phase has been planned again, and the
-    organ network's steps (:data:`ORGAN_NETWORK`; kept from the recorded plan when not given)."""
+    :func:`replan_organ_phase` needs) and whether the organ phase has been planned again."""
     out.mkdir(parents=True, exist_ok=True)
-    if organ_network_steps is None:
-        organ_network_steps = planned_organ_network_steps(out)
     plan = {"steps": [int(v) for v in steps], "organ_replanned": bool(organ_replanned)}
     if budget_seconds is not None and per_step is not None:
         plan.update(budget_seconds=float(budget_seconds), seconds_per_step=[float(v) for v in per_step])
-    if organ_network_steps is not None:
-        plan["organ_network_steps"] = int(organ_network_steps)
     (out / PLAN).write_text(json.dumps(plan) + "\n")
-
-
-def _recorded_budget(out: Path) -> Dict:
-    """The budget and probe timings of the plan recorded in ``out`` (:func:`record_plan`'s
-    keywords; empty when it recorded none), and whether its organ phase was planned again."""
-    plan = json.loads((out / PLAN).read_text()) if (out / PLAN).is_file() else {}
-    kept = {"organ_replanned": bool(plan.get("organ_replanned", False))}
-    if "budget_seconds" in plan:
-        kept.update(budget_seconds=plan["budget_seconds"], per_step=tuple(plan["seconds_per_step"]))
-    return kept
-
-
-def planned_organ_network_steps(out: Path) -> Optional[int]:
-    """The organ network's steps in the plan recorded in ``out`` (None: none recorded)."""
-    if not (out / PLAN).is_file():
-        return None
-    steps = json.loads((out / PLAN).read_text()).get("organ_network_steps")
-    return None if steps is None else int(steps)
 
 
 def replanned_organ_steps(budget_seconds: float, first_phase: Tuple[int, float], per_step: Tuple[float, float]) -> int:
@@ -267,27 +208,23 @@ def train_tags(samples: Dict[str, Path], out: Path, steps: Tuple[int, int],
     return first, second
 
 
-def trained_phase_steps(out: Path) -> Tuple[int, int, int]:
-    """Steps trained by each run of the build in ``out`` (both phases, the organ network); a
-    ValueError if it has not all three."""
-    states = [checkpoint_state(out / run) for run in (*RUNS, ORGAN_NETWORK)]
+def trained_phase_steps(out: Path) -> Tuple[int, int]:
+    """Steps trained by each phase of the build in ``out``; a ValueError if it has not both runs."""
+    states = [checkpoint_state(out / run) for run in RUNS]
     if not all(states):
-        raise ValueError(f"{out} holds no finished demo build (training runs {', '.join(RUNS)} and {ORGAN_NETWORK})")
+        raise ValueError(f"{out} holds no two-phase demo build (training runs {' and '.join(RUNS)})")
     return tuple(int(state["step"]) for state in states)
 
 
-def seconds_per_step(samples: Dict[str, Path], probe: Path, sampling: SamplingConfig = SAMPLING,
-                     organ_network: bool = False) -> float:
-    """Seconds per TAGS training step of the demo recipe with ``sampling`` (or of the organ
-    network's run, ``organ_network``) on the machine it runs on: steps
-    :data:`PROBE_CHECKPOINT_EVERY` + 1 to :data:`PROBE_STEPS` of a throw-away run in ``probe``
-    (removed afterwards), read from the run's own log."""
+def seconds_per_step(samples: Dict[str, Path], probe: Path, sampling: SamplingConfig = SAMPLING) -> float:
+    """Seconds per TAGS training step of the demo recipe with ``sampling`` on the machine it runs
+    on: steps :data:`PROBE_CHECKPOINT_EVERY` + 1 to :data:`PROBE_STEPS` of a throw-away run in
+    ``probe`` (removed afterwards), read from the run's own log."""
     import shutil
 
     shutil.rmtree(probe, ignore_errors=True)
-    base = (organ_network_config(samples, probe, 10 * PROBE_STEPS) if organ_network
-            else dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), sampling=sampling))
-    cfg = dataclasses.replace(base, progress=False, checkpoint_every=PROBE_CHECKPOINT_EVERY)
+    cfg = dataclasses.replace(demo_config(samples, probe, 10 * PROBE_STEPS), progress=False, sampling=sampling,
+                              checkpoint_every=PROBE_CHECKPOINT_EVERY)
     train(cfg, stop_after=PROBE_STEPS)
     logged = _logged_checkpoints(probe)
     (first_step, first), (last_step, last) = logged[0], logged[-1]
@@ -318,29 +255,20 @@ RUNS = ("run", "run-organ")
 """The recipe's two training runs in a build folder, in order."""
 
 
-def phase_seconds(out: Path) -> Tuple[float, float, float]:
-    """TAGS training seconds of each run of the build in ``out``: both phases of the tumor
-    network, then the organ network."""
-    return tuple(_training_seconds(out / run) for run in (*RUNS, ORGAN_NETWORK))
+def phase_seconds(out: Path) -> Tuple[float, float]:
+    """TAGS training seconds of each phase of the build in ``out``."""
+    return tuple(_training_seconds(out / run) for run in RUNS)
 
 
-def train_organ_network(samples: Dict[str, Path], out: Path, steps: int) -> Path:
-    """The organ network (:func:`organ_network_config`) in ``out``/:data:`ORGAN_NETWORK` (an
-    interrupted run resumes), exported to ``out``/organ-net.model; returns that folder."""
-    train(organ_network_config(samples, out / ORGAN_NETWORK, steps))
-    return export_model(out / ORGAN_NETWORK, out / f"{ORGAN_NETWORK}.model", overwrite=True,
-                        limits=ORGAN_NETWORK_LIMITS)
-
-
-def train_same_budget_baseline(first: TrainConfig, out: Path, runs: Tuple[float, float, float]) -> Dict:
-    """The DynUNet baseline in ``out``/baseline for the seconds TAGS trained (``runs``: each
-    run's, :func:`phase_seconds`), on the same samples, drawn as TAGS drew them: the first
+def train_same_budget_baseline(first: TrainConfig, out: Path, phases: Tuple[float, float]) -> Dict:
+    """The DynUNet baseline in ``out``/baseline for the seconds TAGS trained (``phases``: each
+    phase's, :func:`phase_seconds`), on the same samples, drawn as TAGS drew them: the first
     phase's sampling, then :data:`ORGAN_PHASE` for the share of the time TAGS spent in its organ
-    phase and its organ network (the baseline is one network for both passes)."""
+    phase."""
     model_cfg = ModelConfig.from_dict(checkpoint_state(out / RUNS[-1])["model_config"])
-    print(f"[demo] training the DynUNet baseline for the same {sum(runs):.0f} s", flush=True)
-    return train_baseline(first, model_cfg, sum(runs), out / "baseline",
-                          schedule=((runs[0] / sum(runs), ORGAN_PHASE),))
+    print(f"[demo] training the DynUNet baseline for the same {sum(phases):.0f} s", flush=True)
+    return train_baseline(first, model_cfg, sum(phases), out / "baseline",
+                          schedule=((phases[0] / sum(phases), ORGAN_PHASE),))
 
 
 HEALTHY_VALIDATION_GRIDS = ((1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (5.0, 0.8, 0.8))
@@ -403,40 +331,30 @@ def metrics_table(reports: Dict[str, Dict]) -> str:
 
 
 def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
-                       reuse_training: bool) -> Tuple[Tuple[int, int, int], float, Dict]:
-    """(TAGS steps of each run: both tumor-network phases and the organ network; TAGS seconds;
-    baseline summary) of the build in ``out``: trained now (a new plan, or the plan of an
-    interrupted build), or read back (``reuse_training``)."""
+                       reuse_training: bool) -> Tuple[Tuple[int, int], float, Dict]:
+    """(TAGS steps of each phase, TAGS seconds, baseline summary) of the build in ``out``: trained
+    now (a new plan, or the plan of an interrupted build), or read back (``reuse_training``)."""
     if reuse_training:
-        steps, seconds = trained_phase_steps(out), sum(phase_seconds(out))
+        phases, seconds = trained_phase_steps(out), sum(phase_seconds(out))
         base = json.loads((out / "baseline" / SUMMARY).read_text())
-        print(f"[demo] reusing the trained TAGS runs ({sum(steps)} steps) and baseline in {out}", flush=True)
-        return steps, seconds, base
-    plan, organ_steps = planned_steps(out), planned_organ_network_steps(out)
-    budget = minutes * 60 * TRAIN_SHARE
-    if organ_steps is None:  # a new build (or one started before the organ network was)
-        organ_step = seconds_per_step(samples, out / "probe", organ_network=True)
-        organ_steps = max(10, int(budget * ORGAN_NETWORK_SHARE / organ_step))
-        print(f"[demo] an organ network step takes {organ_step:.2f} s: {organ_steps} steps (about "
-              f"{organ_steps * organ_step / 60:.0f} min)", flush=True)
-        if plan is not None:
-            record_plan(out, plan, organ_network_steps=organ_steps, **_recorded_budget(out))
-    if plan is None:
-        budget *= 1 - ORGAN_NETWORK_SHARE
-        per_step = (seconds_per_step(samples, out / "probe"), seconds_per_step(samples, out / "probe", ORGAN_PHASE))
-        plan = phase_steps(planned_total_steps(budget, per_step))
-        record_plan(out, plan, budget, per_step, organ_network_steps=organ_steps)
-        print(f"[demo] a step takes {per_step[0]:.2f} s ({per_step[1]:.2f} s organ-weighted): training the TAGS tumor "
-              f"network for {sum(plan)} steps (about {(plan[0] * per_step[0] + plan[1] * per_step[1]) / 60:.0f} min, "
-              f"the last {plan[1]} organ-weighted), then its organ network", flush=True)
+        print(f"[demo] reusing the trained TAGS runs ({sum(phases)} steps) and baseline in {out}", flush=True)
     else:
-        print(f"[demo] finishing the build started in {out}: {plan[0]} + {plan[1]} TAGS steps, {organ_steps} for the "
-              "organ network", flush=True)
-    first, _ = train_tags(samples, out, plan)
-    train_organ_network(samples, out, organ_steps)
-    by_run = phase_seconds(out)
-    base = train_same_budget_baseline(first, out, by_run)
-    return trained_phase_steps(out), sum(by_run), base
+        plan = planned_steps(out)
+        if plan is None:
+            budget = minutes * 60 * TRAIN_SHARE
+            per_step = (seconds_per_step(samples, out / "probe"), seconds_per_step(samples, out / "probe", ORGAN_PHASE))
+            plan = phase_steps(planned_total_steps(budget, per_step))
+            record_plan(out, plan, budget, per_step)
+            print(f"[demo] a step takes {per_step[0]:.2f} s ({per_step[1]:.2f} s organ-weighted): training TAGS for "
+                  f"{sum(plan)} steps (about {(plan[0] * per_step[0] + plan[1] * per_step[1]) / 60:.0f} min, the "
+                  f"last {plan[1]} organ-weighted)", flush=True)
+        else:
+            print(f"[demo] finishing the build started in {out}: {plan[0]} + {plan[1]} TAGS steps", flush=True)
+        first, _ = train_tags(samples, out, plan)
+        phases, by_phase = trained_phase_steps(out), phase_seconds(out)
+        seconds = sum(by_phase)
+        base = train_same_budget_baseline(first, out, by_phase)
+    return phases, seconds, base
 
 
 def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, reuse_training: bool = False) -> Path:
@@ -450,10 +368,8 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     out = Path(out)
     t0 = time.time()
     final = out / RUNS[-1]
-    organ_model = out / f"{ORGAN_NETWORK}.model"
-    if reuse_training and not (has_checkpoint(final) and has_checkpoint(out / ORGAN_NETWORK)
-                               and (out / "baseline" / SUMMARY).is_file()):
-        raise ValueError(f"--reuse-training: {out} holds no finished build ({', '.join(RUNS)} and {ORGAN_NETWORK} "
+    if reuse_training and not (has_checkpoint(final) and (out / "baseline" / SUMMARY).is_file()):
+        raise ValueError(f"--reuse-training: {out} holds no finished two-phase build ({' and '.join(RUNS)} "
                          "with a baseline beside them)")
     samples_dir = out / "samples"
     samples = (
@@ -464,11 +380,8 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
     phases, seconds, base = _tags_and_baseline(samples, out, minutes, reuse_training)
     steps = sum(phases)
-    if reuse_training:
-        export_model(out / ORGAN_NETWORK, organ_model, overwrite=True,
-                     limits=ORGAN_NETWORK_LIMITS)
     tmp_model = out / "model.unevaluated"
-    export_model(final, tmp_model, overwrite=True, organ_model=organ_model, organ_pass=ORGAN_PASS)
+    export_model(final, tmp_model, overwrite=True)
     from tags.inference import TagsPredictor
 
     predictors = {"tags": TagsPredictor.from_model_folder(tmp_model),
@@ -523,14 +436,13 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         timing["build_seconds"] = round(time.time() - t0, 1)
     machine = timing["machine"]
     history = (f"two phases: {phases[0]} steps of the demo recipe, then {phases[1]} steps fine-tuned from them "
-               f"weighted to the organ and its surroundings; the organ pass's network {phases[2]} steps on the organ "
-               "alone")
+               "weighted to the organ and its surroundings")
     markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {seconds:.0f} s ({history}); the baseline "
                 f"({base['architecture']}) {base['steps']} steps in the same time, on {machine['cpu']} "
                 f"({machine['threads']} threads, {machine['cpu_capability']}, {precision}). Command: `{command}`.")
     export_model(final, out / "model", metrics=metrics, limits=LIMITS, overwrite=True, steps=steps, history=history,
                  lesion_decision=decisions["tags"], organ_boundary=boundaries["tags"], metrics_markdown=markdown,
-                 extra_metadata={"built_by": command, **timing}, organ_model=organ_model, organ_pass=ORGAN_PASS)
+                 extra_metadata={"built_by": command, **timing})
     import shutil
 
     shutil.rmtree(tmp_model, ignore_errors=True)

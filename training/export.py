@@ -147,3 +147,31 @@ def _organ_pass_text(organ_model: Optional[str | Path], organ_pass: str) -> str:
         return (f"this network and {network}, each with its organ targets' text prompts; an organ voxel is one "
                 "either network finds (the higher of the two probabilities).")
     return f"{network}, with its organ targets' text prompts."
+
+
+def attach_organ_model(model: str | Path, organ_model: str | Path, out: str | Path, *, organ_pass: str = "union",
+                       command: str = "", overwrite: bool = False) -> Path:
+    """The model folder ``model`` with ``organ_model`` nested as its organ model (``organ_pass``
+    "organ_model" or "union"), written to ``out``: the same weights and settings, the card's
+    organ-pass line and the metadata's ``organ_model_attached`` (date, command) saying so. Its
+    organ masks change, so choose the organ boundary and the lesion decision again
+    (``tags-train calibrate``) before shipping it."""
+    import datetime
+
+    from tags.model_folder import AUTOMATIC_METADATA, CARD, load_model_folder
+
+    folder = load_model_folder(model)
+    if folder.organ is not None:
+        raise ValueError(f"{model} has an organ model already")
+    config = dataclasses.replace(folder.config, organ_pass=organ_pass)
+    line = "- Organ pass: " + _organ_pass_text(organ_model, organ_pass)
+    card = (Path(model) / CARD).read_text()
+    lines = [x for x in card.splitlines() if not x.startswith("- Organ pass: ")]
+    at = max(i for i, x in enumerate(lines) if x.startswith("- ")) + 1 if any(x.startswith("- ") for x in lines) else 1
+    card = "\n".join(lines[:at] + [line] + lines[at:]) + "\n"
+    meta = {k: v for k, v in folder.metadata.items() if k not in AUTOMATIC_METADATA}
+    meta["organ_model_attached"] = {"date": datetime.date.today().isoformat(), "organ_pass": organ_pass,
+                                    "command": command}
+    return save_model_folder(out, config=config, weights=folder.weights, text_embeddings=folder.text_embeddings,
+                             base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card=card,
+                             extra_metadata=meta, overwrite=overwrite, organ_model=organ_model)
