@@ -129,9 +129,9 @@ def save_model_folder(
     if missing:
         raise ValueError(f"no text embedding for targets {missing}")
     organ = _checked_organ_model(organ_model, config) if organ_model is not None else None
-    if (organ is not None) != (config.organ_pass != "own"):
-        raise ValueError(f"organ_pass {config.organ_pass!r} " + (
-            "needs an organ model folder" if organ is None else "does not use the organ model folder given"))
+    problem = organ_pass_problem(config, organ is not None)
+    if problem:
+        raise ValueError(problem)
     if path.exists() and not overwrite:
         raise FileExistsError(f"model folder already exists: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +166,16 @@ def save_model_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def organ_pass_problem(config: ModelConfig, organ_model: bool) -> Optional[str]:
+    """Why ``config.organ_pass`` does not fit a folder (or predictor) with (``organ_model``) or
+    without a nested organ model; None when it fits. The one rule saving, loading and the
+    predictor apply."""
+    if organ_model == (config.organ_pass != "own"):
+        return None
+    return f"organ_pass {config.organ_pass!r} " + (
+        "does not use the organ model folder given" if organ_model else "needs an organ model folder")
 
 
 def _checked_organ_model(path: str | os.PathLike, config: ModelConfig) -> ModelFolder:
@@ -230,9 +240,9 @@ def load_model_folder(path: str | os.PathLike) -> ModelFolder:
 def _nested_organ_model(path: Path, meta: Dict[str, Any], config: ModelConfig) -> Optional[ModelFolder]:
     """The verified organ model folder recorded in ``meta`` (None when there is none)."""
     record = meta.get("organ_model")
-    if (record is None) != (config.organ_pass == "own"):
-        raise ModelFolderError(f"model folder {path}: organ_pass {config.organ_pass!r} in {CONFIG} "
-                               + ("but no organ model" if record is None else "beside an organ model it does not use"))
+    problem = organ_pass_problem(config, record is not None)
+    if problem:
+        raise ModelFolderError(f"model folder {path}: {problem}")
     if record is None:
         return None
     nested = path / record["folder"]

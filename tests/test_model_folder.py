@@ -219,6 +219,9 @@ def test_organ_pass_and_organ_model_must_agree(exported, with_organ_model, tmp_p
         save_model_folder(tmp_path / "b", config=folder.config, organ_model=organ, **common)
     with pytest.raises(ValueError, match="organ_pass must be one of"):
         dataclasses.replace(folder.config, organ_pass="both")
+    with pytest.raises(ValueError, match="needs an organ model folder"):  # the predictor applies the same rule
+        TagsPredictor.from_network(perturbed_net(dataclasses.replace(folder.config, organ_pass="union")),
+                                   folder.text_embeddings, device="cpu")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

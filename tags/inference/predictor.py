@@ -25,7 +25,7 @@ from ..config import TargetSpec
 from ..device import autocast, checked_precision, default_precision, select_device
 from ..geometry import Reorientation, spacing_from_affine, to_canonical
 from ..lesion_decision import apply_decision
-from ..model_folder import ModelFolder, ModelFolderError, load_delta, load_model_folder
+from ..model_folder import ModelFolder, ModelFolderError, load_delta, load_model_folder, organ_pass_problem
 from ..network import TagsNet, build_tags
 from ..organ_boundary import refine_boundary
 from ..plausibility import implausible_organ, organ_bounds
@@ -112,9 +112,9 @@ class TagsPredictor:
         self.organ_windows = organ_windows or WindowPolicy.organ(self.config)
         self.progress = progress
         self.organ_predictor = organ_predictor
-        if (organ_predictor is None) != (self.config.organ_pass == "own"):
-            raise ValueError(f"organ_pass {self.config.organ_pass!r} " + (
-                "needs an organ predictor" if organ_predictor is None else "does not use an organ predictor"))
+        problem = organ_pass_problem(self.config, organ_predictor is not None)
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
     def from_network(cls, net: TagsNet, text_embeddings: Mapping[str, torch.Tensor], *, compile: bool = False,
