@@ -4,7 +4,7 @@ masks the decision is chosen with) and measure them on the demo's test cases, TA
 baseline as measured when the model was built (the baseline's weights are not part of the model folder).
 
     .venv/bin/python scripts/recalibrate_demo.py [--model models/liver-demo] [--out build/recalibrated]
-        [--samples build/samples] [--organ-model FOLDER [--organ-pass union]]
+        [--samples build/samples] [--organ-model FOLDER [--organ-pass union|near_union [--organ-near-mm 20]]]
 
 With ``--organ-model`` the model first gets that folder as its nested organ model
 (:func:`training.export.attach_organ_model`; e.g. a network trained with ``tags-train train
@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "build" / "recalibrated"))
     p.add_argument("--samples", default=str(REPO / "build" / "samples"))
     p.add_argument("--organ-model", help="a model folder to nest as the organ model first")
-    p.add_argument("--organ-pass", choices=("organ_model", "union"), default="union")
+    p.add_argument("--organ-pass", choices=("organ_model", "union", "near_union"), default="union")
+    p.add_argument("--organ-near-mm", type=float, default=None, help="with --organ-pass near_union (default 20)")
     a = p.parse_args(argv)
     from tags.inference import TagsPredictor
     from tags.model_folder import read_metadata
@@ -53,9 +54,11 @@ def main(argv=None) -> int:
     if a.organ_model:
         from training.export import attach_organ_model
 
-        command += f" --organ-model {a.organ_model} --organ-pass {a.organ_pass}"
+        command += f" --organ-model {a.organ_model} --organ-pass {a.organ_pass}" + (
+            f" --organ-near-mm {a.organ_near_mm:g}" if a.organ_near_mm is not None else "")
         before_attach = TagsPredictor.from_model_folder(a.model)
-        model = attach_organ_model(model, a.organ_model, out / "attached", organ_pass=a.organ_pass, command=command,
+        model = attach_organ_model(model, a.organ_model, out / "attached", organ_pass=a.organ_pass,
+                                   organ_near_mm=a.organ_near_mm, command=command,
                                    overwrite=True)
         a.model = str(model)
 

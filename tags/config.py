@@ -11,14 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 """Version of the model-folder format this code writes (2: ``text_alignment`` and
 ``lesion_decision`` in config.json; 3: ``preprocessing.anti_alias``; 4: ``organ_boundary``;
 5: the encoder's 3D adapters trained and in weights.safetensors: up to version 4 they were frozen
 by mistake, stayed the identity they are initialised to, and were not written;
 6: ``lesion_decision.min_depth_mm``; 7: ``adapter.for_organs``; 8: ``organ_pass`` and the nested
-organ model folder)."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+organ model folder; 9: ``organ_pass`` "near_union" and ``organ_near_mm``)."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 """Versions this code reads (a version-1 folder gets the defaults of the newer keys)."""
 UNTRAINED_ADAPTERS_BEFORE = 5
 """Folders of a version below this hold no adapter weights; their adapters are the identity."""
@@ -178,8 +178,8 @@ class OrganBoundary:
                              f"{self.hu_sigmas}")
 
 
-ORGAN_PASSES = ("own", "organ_model", "union")
-"""The values of :attr:`ModelConfig.organ_pass`; the last two need a nested organ model folder."""
+ORGAN_PASSES = ("own", "organ_model", "union", "near_union")
+"""The values of :attr:`ModelConfig.organ_pass`; all but "own" need a nested organ model folder."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,10 @@ class ModelConfig:
             model whose organ pass is untrained).
         organ_pass: which network finds the organs (:data:`ORGAN_PASSES`): ``"own"`` this one;
             ``"organ_model"`` the model folder's nested organ model; ``"union"`` both, an organ
-            voxel being one either finds (the higher of the two probabilities).
+            voxel being one either finds (the higher of the two probabilities); ``"near_union"``
+            this network's organ with the nested model's voxels within ``organ_near_mm`` of it
+            (the nested model fills the organ's edge, but cannot carry it into a neighbouring region).
+        organ_near_mm: the distance (mm, on the organ grid) of ``"near_union"``.
     """
 
     backbone: str = "litemedsam"
@@ -231,6 +234,7 @@ class ModelConfig:
     organ_boundary: Optional[OrganBoundary] = None
     organ_bounds: Optional[Dict[str, Dict[str, Any]]] = None
     organ_pass: str = "own"
+    organ_near_mm: float = 20.0
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -238,6 +242,8 @@ class ModelConfig:
             raise ValueError(f"encoder_size must be a positive number of pixels, not {self.encoder_size}")
         if self.organ_pass not in ORGAN_PASSES:
             raise ValueError(f"organ_pass must be one of {list(ORGAN_PASSES)}, not {self.organ_pass!r}")
+        if not self.organ_near_mm > 0:
+            raise ValueError(f"organ_near_mm must be a positive distance in mm, not {self.organ_near_mm}")
 
     def target(self, name: str) -> TargetSpec:
         for t in self.targets:

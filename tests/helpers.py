@@ -31,8 +31,11 @@ def small_config(**kw) -> ModelConfig:
 
 
 def perturbed_net(config: ModelConfig, seed: int = 0):
-    """A TAGS net whose trainable tensors are non-zero (as after training)."""
-    net = build_tags(config)
+    """A TAGS net whose trainable tensors are non-zero (as after training), the same for the same
+    ``seed`` (its initialisation too)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = build_tags(config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():

@@ -44,7 +44,7 @@ def test_a_recorded_plan_is_kept_exactly(tmp_path):
 def test_reuse_training_refuses_a_folder_without_a_finished_build(tmp_path, capsys):
     _started(tmp_path / RUNS[0], 286, 286)  # a one-phase build folder, no baseline
     assert main(["demo", str(tmp_path), "--reuse-training"]) != 0
-    assert "no finished two-phase build" in capsys.readouterr().err
+    assert "no finished build" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == [RUNS[0]]  # nothing written
 
 

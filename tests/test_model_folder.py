@@ -8,15 +8,17 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import perturbed_net, random_text, small_config
-from tags.geometry import affine_from_spacing
+from tags.geometry import affine_from_spacing, spacing_from_affine, to_canonical
 from tags.network import build_tags
 from tags.model_folder import (
     CARD, CONFIG, METADATA, TEXT, WEIGHTS, ModelFolderError, _seal, load_delta, load_model_folder,
     save_model_folder,
 )
 from tags.inference import TagsPredictor
+from tags.inference.predictor import near_mask
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +199,52 @@ def test_the_organ_pass_runs_on_the_nested_organ_model(exported, with_organ_mode
     tumors = paired.predict(img, affine, {"liver": liver})["liver_tumor"].probability
     direct = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32").predict(img, affine, {"liver": liver})
     assert np.array_equal(tumors, direct["liver_tumor"].probability)
-    # organ_pass "union": the higher probability of the two networks, voxel by voxel
-    union = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
-    union.organ_predictor = paired.organ_predictor
-    union.config = dataclasses.replace(union.config, organ_pass="union")
-    both = union.segment_organs(img, affine)["liver"]
-    expected = np.maximum(own["liver"].probability, alone["liver"].probability)
-    assert np.array_equal(both.probability, expected)
-    assert both.windows.count == own["liver"].windows.count + alone["liver"].windows.count
+    # organ_pass "union": the higher probability of the two networks, voxel by voxel on the organ
+    # grid; "near_union": only within organ_near_mm of the own network's mask there
+    canon, canon_affine, _ = to_canonical(img, affine)
+    spacing = spacing_from_affine(canon_affine)
+    box = tuple(slice(0, n) for n in canon.shape)
+    own_net = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
+    inputs, grid_spacing = own_net._grid_inputs(canon, None, box, spacing, organ=True)
+    own_grid, _ = own_net._grid_run(inputs, grid_spacing, own_net.config.target("liver"), organ=True)
+    other_grid, _ = paired.organ_predictor._grid_run(inputs, grid_spacing, own_net.config.target("liver"), organ=True)
+    combined = {}
+    for organ_pass in ("union", "near_union"):
+        runner = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
+        runner.organ_predictor = paired.organ_predictor
+        runner.config = dataclasses.replace(runner.config, organ_pass=organ_pass, organ_near_mm=8.0)
+        combined[organ_pass] = runner.segment_organs(img, affine)["liver"]
+    assert combined["union"].windows.count == own["liver"].windows.count + alone["liver"].windows.count
+    assert np.array_equal(combined["union"].probability,
+                          TagsPredictor._to_canonical_grid(torch.maximum(own_grid, other_grid), canon.shape, box))
+    # near_union: the nested network runs on the box of the voxels within 8 mm of the own mask
+    # only, and only those voxels take its probability
+    near = near_mask(own_grid >= 0.5, grid_spacing, 8.0)
+    assert (own_grid >= 0.5).any() and 0 < near.mean() < 1
+    sub = tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero(near, as_tuple=True))
+    other_sub, sub_windows = paired.organ_predictor._grid_run(inputs[(..., *sub)], grid_spacing,
+                                                              own_net.config.target("liver"), organ=True)
+    other = torch.zeros_like(own_grid)
+    other[sub] = other_sub
+    expected = torch.maximum(own_grid, other * near)
+    assert torch.equal(expected[near == 0], own_grid[near == 0])
+    assert np.array_equal(combined["near_union"].probability, TagsPredictor._to_canonical_grid(expected, canon.shape, box))
+    assert combined["near_union"].windows.count == own["liver"].windows.count + sub_windows.count
+    assert other_sub.numel() < own_grid.numel()
+    assert not np.array_equal(combined["near_union"].probability, combined["union"].probability)
+    assert not np.array_equal(combined["near_union"].probability, own["liver"].probability)
+
+
+def test_near_mask_is_the_distance_in_mm():
+    """organ_pass "near_union"'s rule: voxels within the distance of the mask, on an anisotropic grid."""
+    mask = torch.zeros((23, 23, 23), dtype=torch.bool)
+    mask[11, 11, 11] = True
+    near = near_mask(mask, (4.0, 3.0, 3.0), 10.0)
+    assert near.dtype == torch.float32 and near[11, 11, 11] == 1
+    assert near[13, 11, 11] == 1 and near[14, 11, 11] == 0  # 8 mm in, 12 mm out (4 mm slices)
+    assert near[11, 14, 11] == 1 and near[11, 15, 11] == 0  # 9 mm in, 12 mm out (3 mm rows)
+    assert near[12, 13, 11] == 1 and near[13, 13, 12] == 0  # sqrt(16 + 36) in, sqrt(64 + 36 + 9) out
+    assert not near_mask(torch.zeros((4, 4, 4), dtype=torch.bool), (1.0, 1.0, 1.0), 10.0).any()
 
 
 def test_organ_pass_and_organ_model_must_agree(exported, with_organ_model, tmp_path):
@@ -283,3 +323,11 @@ def test_an_organ_model_attached_to_a_model_folder(exported, with_organ_model, t
     assert after.metadata["organ_model_attached"]["organ_pass"] == "union"
     with pytest.raises(ValueError, match="has an organ model already"):
         attach_organ_model(out, organ, tmp_path / "twice")
+    near = load_model_folder(attach_organ_model(main, organ, tmp_path / "near", organ_pass="near_union",
+                                                organ_near_mm=15.0, command="test"))
+    assert near.config == dataclasses.replace(before.config, organ_pass="near_union", organ_near_mm=15.0)
+    assert "within 15 mm of it" in (near.path / CARD).read_text()
+    assert near.metadata["organ_model_attached"]["organ_near_mm"] == 15.0
+    with pytest.raises(ValueError, match="organ_near_mm must be a positive distance"):
+        attach_organ_model(main, organ, tmp_path / "zero", organ_pass="near_union", organ_near_mm=0.0)
+    assert not (tmp_path / "zero").exists()

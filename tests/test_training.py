@@ -179,6 +179,12 @@ def test_a_run_of_chosen_targets_exports_an_organ_model(samples, tmp_path, capsy
     # a folder without the organ target cannot run the organ pass
     assert main(["export", str(run), str(tmp_path / "model2"), "--organ-model", str(tmp_path / "model")]) != 0
     assert "organ model of its own" in capsys.readouterr().err and not (tmp_path / "model2").exists()
+    assert main(["export", str(run), str(tmp_path / "near"), "--organ-model", str(organ), "--organ-pass", "near_union",
+                 "--organ-near-mm", "12.5"]) == 0
+    assert load_model_folder(tmp_path / "near").config.organ_near_mm == 12.5
+    assert main(["export", str(run), str(tmp_path / "near2"), "--organ-model", str(organ), "--organ-pass", "near_union",
+                 "--organ-near-mm", "-1"]) != 0
+    assert "organ_near_mm must be a positive distance" in capsys.readouterr().err and not (tmp_path / "near2").exists()
 
 
 def test_the_adapters_learning_rate_scale(samples, tmp_path, capsys):
@@ -437,3 +443,21 @@ def test_organ_samples_of_a_healthy_liver_get_synthetic_tumors_and_keep_their_or
         assert np.array_equal(s.label[0].numpy() > 0.5, liver)  # the organ label is unchanged
         assert torch.allclose(s.image[0], torch.from_numpy(normalize_hu(after, mcfg.preprocessing.hu_window)))
     assert seen["healthy"] and seen["tumor case"], seen
+
+
+def test_the_demo_recipes_organ_network(samples, tmp_path, monkeypatch):
+    """tags-train demo's organ network: the liver target only, no adapters trained or run,
+    exported as a model folder that a demo model nests (near_union); a finished run is not
+    trained again."""
+    from training import demo
+
+    monkeypatch.setattr(demo, "ORGAN_NETWORK_STEPS", 2)
+    folder, seconds = demo.train_organ_network(samples, tmp_path)
+    loaded = load_model_folder(folder)
+    assert [t.name for t in loaded.config.targets] == ["liver"] and not loaded.config.adapter.for_organs
+    assert loaded.metadata["training"]["steps"] == 2 and not loaded.metadata["training"]["train_config"]["train_adapters"]
+    assert seconds > 0 and "organ pass of the demo model" in (folder / CARD).read_text()
+    metrics = (tmp_path / demo.ORGAN_NETWORK / "metrics.jsonl").read_text()
+    assert demo.train_organ_network(samples, tmp_path)[1] == seconds
+    assert (tmp_path / demo.ORGAN_NETWORK / "metrics.jsonl").read_text() == metrics
+    assert demo.ORGAN_PASS == "near_union" and demo.ORGAN_NEAR_MM > 0

@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from tags.config import ORGAN_PASSES
+
 
 def _samples(a: argparse.Namespace) -> int:
     from .samples import build_samples
@@ -143,7 +145,8 @@ def _export(a: argparse.Namespace) -> int:
     from .export import export_model
 
     folder = export_model(a.run, a.out, overwrite=a.overwrite, limits=a.limits, checkpoint="best" if a.best else None,
-                          organ_model=a.organ_model, organ_pass=a.organ_pass)
+                          organ_model=a.organ_model, organ_pass=a.organ_pass,
+                          organ_near_mm=a.organ_near_mm)
     print(f"model folder: {folder}")
     return 0
 
@@ -359,9 +362,12 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--organ-model", metavar="MODEL_FOLDER",
                    help="a model folder whose network runs the organ pass (copied in as organ/, verified; it must "
                         "have the run's organ targets), e.g. one trained with --targets liver --tumor-only-adapters")
-    e.add_argument("--organ-pass", choices=("organ_model", "union"), default="organ_model",
+    e.add_argument("--organ-pass", choices=ORGAN_PASSES[1:], default="organ_model",
                    help="with --organ-model: its network finds the organs alone (default), or together with the "
-                        "run's own network (union: an organ voxel is one either finds)")
+                        "run's own network (union: an organ voxel is one either finds; near_union: the run's own "
+                        "organ with the other network's voxels within --organ-near-mm of it)")
+    e.add_argument("--organ-near-mm", type=float, default=None, metavar="MM",
+                   help="with --organ-pass near_union: the distance in mm (default 20)")
     e.set_defaults(func=_export)
 
     v = sub.add_parser("evaluate", help="Dice, NSD, HD95, lesion detection; TAGS beside a baseline",

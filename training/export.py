@@ -63,7 +63,7 @@ def export_model(
     extra_metadata: Optional[Dict] = None, lesion_decision: Optional[LesionDecision] = None,
     metrics_markdown: Optional[str] = None, checkpoint: Optional[str] = None,
     organ_boundary: Optional[OrganBoundary] = None, steps: Optional[int] = None, history: Optional[str] = None,
-    organ_model: Optional[str | Path] = None, organ_pass: str = "organ_model",
+    organ_model: Optional[str | Path] = None, organ_pass: str = "organ_model", organ_near_mm: Optional[float] = None,
 ) -> Path:
     """Write the model folder for the latest checkpoint of ``run`` (or the one named
     ``checkpoint``, e.g. ``"best"``: the best validated one).
@@ -75,13 +75,14 @@ def export_model(
     than one run (default: the run's own steps and its ``--init`` folder);
     ``organ_model``: a model folder whose network runs the organ pass (nested as ``organ/``,
     see :mod:`tags.model_folder`), alone (``organ_pass`` "organ_model") or with the run's own
-    network ("union": an organ voxel is one either finds).
+    network ("union": an organ voxel is one either finds; "near_union": the nested network's
+    voxels within ``organ_near_mm`` of the run's own organ mask are added to it).
     """
     run = Path(run)
     weights, _, state = load_checkpoint(run, checkpoint)
     config = ModelConfig.from_dict(state["model_config"])
     chosen = {"lesion_decision": lesion_decision, "organ_boundary": organ_boundary,
-              "organ_pass": organ_pass if organ_model is not None else "own"}
+              "organ_pass": organ_pass if organ_model is not None else "own", "organ_near_mm": organ_near_mm}
     config = dataclasses.replace(config, **{k: v for k, v in chosen.items() if v is not None})
     tc = TrainConfig.from_dict(state["train_config"])
     net = build_tags(config, checkpoint=tc.backbone_checkpoint)
@@ -112,7 +113,7 @@ def export_model(
         decision=_decision_text(config.lesion_decision),
         boundary=boundary_text(config.organ_boundary),
         limits=limits or "Not validated for clinical use.",
-        organ_pass=_organ_pass_text(organ_model, config.organ_pass),
+        organ_pass=_organ_pass_text(organ_model, config),
     )
     meta = {
         "training": {
@@ -134,7 +135,7 @@ def export_model(
     )
 
 
-def _organ_pass_text(organ_model: Optional[str | Path], organ_pass: str) -> str:
+def _organ_pass_text(organ_model: Optional[str | Path], config: ModelConfig) -> str:
     if organ_model is None:
         return "this network, with its organ targets' text prompts."
     from tags.model_folder import read_metadata
@@ -143,16 +144,19 @@ def _organ_pass_text(organ_model: Optional[str | Path], organ_pass: str) -> str:
     steps = f", trained {training['steps']} steps" if "steps" in training else ""
     network = (f"a separate network (the nested model folder `organ/`{steps}; its model card is "
                "`organ/README.md`)")
-    if organ_pass == "union":
+    if config.organ_pass == "union":
         return (f"this network and {network}, each with its organ targets' text prompts; an organ voxel is one "
                 "either network finds (the higher of the two probabilities).")
+    if config.organ_pass == "near_union":
+        return (f"this network and {network}, each with its organ targets' text prompts; this network's organ "
+                f"is joined by the voxels the other finds within {config.organ_near_mm:g} mm of it.")
     return f"{network}, with its organ targets' text prompts."
 
 
 def attach_organ_model(model: str | Path, organ_model: str | Path, out: str | Path, *, organ_pass: str = "union",
-                       command: str = "", overwrite: bool = False) -> Path:
+                       organ_near_mm: Optional[float] = None, command: str = "", overwrite: bool = False) -> Path:
     """The model folder ``model`` with ``organ_model`` nested as its organ model (``organ_pass``
-    "organ_model" or "union"), written to ``out``: the same weights and settings, the card's
+    "organ_model", "union" or "near_union" with ``organ_near_mm``), written to ``out``: the same weights and settings, the card's
     organ-pass line and the metadata's ``organ_model_attached`` (date, command) saying so. Its
     organ masks change, so choose the organ boundary and the lesion decision again
     (``tags-train calibrate``) before shipping it."""
@@ -163,8 +167,9 @@ def attach_organ_model(model: str | Path, organ_model: str | Path, out: str | Pa
     folder = load_model_folder(model)
     if folder.organ is not None:
         raise ValueError(f"{model} has an organ model already")
-    config = dataclasses.replace(folder.config, organ_pass=organ_pass)
-    line = "- Organ pass: " + _organ_pass_text(organ_model, organ_pass)
+    config = dataclasses.replace(folder.config, organ_pass=organ_pass,
+                                 **({} if organ_near_mm is None else {"organ_near_mm": organ_near_mm}))
+    line = "- Organ pass: " + _organ_pass_text(organ_model, config)
     card = (Path(model) / CARD).read_text()
     lines = [x for x in card.splitlines() if not x.startswith("- Organ pass: ")]
     at = max(i for i, x in enumerate(lines) if x.startswith("- ")) + 1 if any(x.startswith("- ") for x in lines) else 1
@@ -172,6 +177,8 @@ def attach_organ_model(model: str | Path, organ_model: str | Path, out: str | Pa
     meta = {k: v for k, v in folder.metadata.items() if k not in AUTOMATIC_METADATA}
     meta["organ_model_attached"] = {"date": datetime.date.today().isoformat(), "organ_pass": organ_pass,
                                     "command": command}
+    if organ_pass == "near_union":
+        meta["organ_model_attached"]["organ_near_mm"] = config.organ_near_mm
     return save_model_folder(out, config=config, weights=folder.weights, text_embeddings=folder.text_embeddings,
                              base_checkpoint_sha256=folder.metadata["base_checkpoint"]["sha256"], card=card,
                              extra_metadata=meta, overwrite=overwrite, organ_model=organ_model)

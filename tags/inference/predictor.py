@@ -21,7 +21,7 @@ import torch
 from monai.inferers.utils import sliding_window_inference
 from scipy import ndimage
 
-from ..config import TargetSpec
+from ..config import ModelConfig, TargetSpec
 from ..device import autocast, checked_precision, default_precision, select_device
 from ..geometry import Reorientation, spacing_from_affine, to_canonical
 from ..lesion_decision import apply_decision
@@ -163,14 +163,13 @@ class TagsPredictor:
                 :func:`tags.preprocessing.prepare_ct`; default the whole volume.
 
         The mask of each organ keeps its largest connected component (found on the coarse
-        model grid, before the probabilities are resampled to the CT grid; with ``organ_pass``
-        "union", each network's before the higher of the two probabilities is taken); a model with an
+        model grid, before the probabilities are resampled to the CT grid; with two networks
+        (``organ_pass`` "union" or "near_union"), each network's before they are combined
+        there, :meth:`_organ_probabilities`); a model with an
         ``organ_boundary`` setting then grows it to the organ's edge on the CT grid
         (``TargetResult.refined``, what ``mask()`` returns).
         """
         names = list(organs) if organs is not None else [t.name for t in self.config.organ_targets]
-        runners = {"own": [self], "organ_model": [self.organ_predictor], "union": [self, self.organ_predictor]}[
-            self.config.organ_pass]
         canon, canon_affine, reo = to_canonical(np.asarray(volume_hu), affine)
         spacing = spacing_from_affine(canon_affine)
         results = {}
@@ -179,11 +178,7 @@ class TagsPredictor:
             if target.kind != "organ":
                 raise ValueError(f"{name!r} is not an organ target")
             box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
-            prob, windows = None, None
-            for runner in runners:  # a union: the higher probability of the two networks
-                p, w = runner._run_roi(canon, None, box, spacing, runner.config.target(name), organ=True)
-                prob = p if prob is None else np.maximum(prob, p, out=prob)
-                windows = w if windows is None else WindowRun(windows.count + w.count, windows.shape)
+            prob, windows = self._organ_probabilities(canon, box, spacing, name)
             refined = None
             if self.config.organ_boundary is not None:
                 b = self.config.organ_boundary
@@ -244,27 +239,87 @@ class TagsPredictor:
         return results
 
     # -- the ROI pipeline ---------------------------------------------------------------------
+    def _organ_probabilities(self, canon_hu: np.ndarray, box: tuple, spacing: Sequence[float],
+                             name: str) -> Tuple[np.ndarray, WindowRun]:
+        """(organ ``name``'s probabilities on the full canonical grid, the windows run) from the
+        network(s) of ``config.organ_pass``, combined on this network's organ grid: "union" takes
+        the higher of the two probabilities everywhere, "near_union" only within
+        ``config.organ_near_mm`` of this network's mask (>= 0.5), and runs the nested network
+        only on the box of that region (not at all when this network finds no organ)."""
+        organ_pass = self.config.organ_pass
+        if organ_pass == "organ_model":
+            prob, _, windows = self.organ_predictor._grid_roi(canon_hu, None, box, spacing,
+                                                              self.organ_predictor.config.target(name), organ=True)
+            return self._to_canonical_grid(prob, canon_hu.shape, box), windows
+        inputs, grid_spacing = self._grid_inputs(canon_hu, None, box, spacing, organ=True)
+        prob, windows = self._grid_run(inputs, grid_spacing, self.config.target(name), organ=True)
+        if organ_pass == "own":
+            return self._to_canonical_grid(prob, canon_hu.shape, box), windows
+        other_net, other_target = self.organ_predictor, self.organ_predictor.config.target(name)
+        near = (near_mask(prob >= 0.5, grid_spacing, self.config.organ_near_mm) if organ_pass == "near_union"
+                else torch.ones_like(prob))
+        sub = bounding_box(near.cpu().numpy() > 0, 0.0, (1.0, 1.0, 1.0))
+        if sub is not None:
+            if _same_organ_grid(self.config, other_net.config):  # the same grid: this pass's inputs
+                other_sub, other_windows = other_net._grid_run(inputs[(..., *sub)], grid_spacing, other_target,
+                                                               organ=True)
+                other = torch.zeros_like(prob)
+                other[sub] = other_sub
+            else:  # the nested network's own organ grid, resampled to this one
+                other, _, other_windows = other_net._grid_roi(canon_hu, None, box, spacing, other_target, organ=True)
+                other = resample(other, prob.shape, mode="linear")
+            prob = torch.maximum(prob, other * near)
+            windows = WindowRun(windows.count + other_windows.count, windows.shape)
+        return self._to_canonical_grid(prob, canon_hu.shape, box), windows
+
     @torch.no_grad()
     def _run_roi(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
                  spacing: Sequence[float], target: TargetSpec, *, organ: bool) -> Tuple[np.ndarray, WindowRun]:
         """(probabilities on the full canonical grid, non-zero only inside ``box``; the windows
-        run): the ROI is resampled to the pass's model grid (the organ pass's coarse one when
-        ``organ``), run in sliding windows and resampled back. The organ pass keeps the largest
-        connected component, found on the model grid."""
+        run): :meth:`_grid_roi` resampled back."""
+        prob, _, windows = self._grid_roi(canon_hu, organ_mask, box, spacing, target, organ=organ)
+        return self._to_canonical_grid(prob, canon_hu.shape, box), windows
+
+    @staticmethod
+    def _to_canonical_grid(prob: torch.Tensor, shape: Sequence[int], box: tuple) -> np.ndarray:
+        """Model-grid probabilities of ``box`` on the full canonical grid (zero outside ``box``)."""
+        full = np.zeros(tuple(shape), np.float32)
+        full[box] = resample(prob, tuple(s.stop - s.start for s in box), mode="linear").clamp_(0, 1).cpu().numpy()
+        return full
+
+    def _grid_roi(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
+                  spacing: Sequence[float], target: TargetSpec, *,
+                  organ: bool) -> Tuple[torch.Tensor, Tuple[float, float, float], WindowRun]:
+        """(probabilities (d, h, w) on the model grid, that grid's spacing in mm, the windows
+        run): :meth:`_grid_inputs` run by :meth:`_grid_run`."""
+        inputs, grid_spacing = self._grid_inputs(canon_hu, organ_mask, box, spacing, organ=organ)
+        prob, windows = self._grid_run(inputs, grid_spacing, target, organ=organ)
+        return prob, grid_spacing, windows
+
+    def _grid_inputs(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
+                     spacing: Sequence[float], *, organ: bool) -> Tuple[torch.Tensor, Tuple[float, float, float]]:
+        """(network inputs (1, C, d, h, w), the grid's spacing in mm): the ROI ``box`` resampled
+        to the pass's model grid (the organ pass's coarse one when ``organ``), HU normalised, the
+        organ mask as a second channel when given."""
         pre = self.config.preprocessing
-        model_spacing, trained, policy = (
-            (pre.organ_spacing, self.config.organ_roi_size, self.organ_windows) if organ
-            else (pre.spacing, self.config.roi_size, self.tumor_windows))
         crop_shape = tuple(s.stop - s.start for s in box)
-        shape = grid_shape(crop_shape, spacing, model_spacing)
+        shape = grid_shape(crop_shape, spacing, pre.organ_spacing if organ else pre.spacing)
         grid_spacing = tuple(n * s / m for n, s, m in zip(crop_shape, spacing, shape))
         # Full-resolution copies live only until they are resampled to the model grid (peak
         # memory is a few copies of the volume, see docs/performance.md).
         channels = [normalize_hu(self._to_grid(canon_hu[box], shape, "linear", anti_alias=pre.anti_alias), pre.hu_window)]
         if organ_mask is not None:
             channels.append(self._to_grid(organ_mask[box], shape, "nearest"))
-        inputs = torch.stack(channels)[None]
-        del channels
+        return torch.stack(channels)[None], grid_spacing
+
+    @torch.no_grad()
+    def _grid_run(self, inputs: torch.Tensor, grid_spacing: Sequence[float], target: TargetSpec, *,
+                  organ: bool) -> Tuple[torch.Tensor, WindowRun]:
+        """(probabilities (d, h, w), the windows run) of ``inputs`` (1, C, d, h, w) in sliding
+        windows; the organ pass keeps the largest connected component."""
+        trained, policy = ((self.config.organ_roi_size, self.organ_windows) if organ
+                           else (self.config.roi_size, self.tumor_windows))
+        shape = tuple(inputs.shape[2:])
         window, overlap = plan_windows(shape, trained, policy, slab_size=self.config.adapter.slab_size,
                                        encoder_side=self.model.encoder_side)
         log.info("%s: ROI %s voxels at %s mm, windows of %s", target.name, "x".join(map(str, shape)),
@@ -280,14 +335,11 @@ class TagsPredictor:
         logits = sliding_window_inference(
             inputs, roi_size=window, sw_batch_size=1, overlap=overlap, mode="gaussian", progress=self.progress,
             predictor=counted)
-        del inputs
         prob = torch.sigmoid(logits[0, 0])
         del logits
         if organ:
             prob = _keep_largest_component(prob)
-        full = np.zeros(canon_hu.shape, np.float32)
-        full[box] = resample(prob, crop_shape, mode="linear").clamp_(0, 1).cpu().numpy()
-        return full, WindowRun(calls, tuple(int(n) for n in window))
+        return prob, WindowRun(calls, tuple(int(n) for n in window))
 
     def _window_function(self, target: TargetSpec, trained: Sequence[int],
                          grid_spacing: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -330,6 +382,23 @@ def _checked_organ(target: TargetSpec, organ_masks: Mapping[str, np.ndarray], sh
 
 def _restore(prob: np.ndarray, reo: Reorientation) -> np.ndarray:
     return np.ascontiguousarray(reo.invert(prob))
+
+
+def _same_organ_grid(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether two models' organ passes read the same inputs (grid and HU window)."""
+    pa, pb = a.preprocessing, b.preprocessing
+    return (tuple(pa.organ_spacing), tuple(pa.hu_window), pa.anti_alias) == (
+        tuple(pb.organ_spacing), tuple(pb.hu_window), pb.anti_alias)
+
+
+def near_mask(mask: torch.Tensor, spacing: Sequence[float], distance_mm: float) -> torch.Tensor:
+    """(d, h, w) float 1/0: the voxels within ``distance_mm`` of ``mask`` (itself included), by
+    the Euclidean distance transform on a grid of ``spacing`` mm (all zero for an empty mask)."""
+    m = mask.cpu().numpy()
+    if not m.any():
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    near = ndimage.distance_transform_edt(~m, sampling=tuple(float(v) for v in spacing)) <= distance_mm
+    return torch.from_numpy(near.astype(np.float32)).to(mask.device)
 
 
 def _keep_largest_component(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
