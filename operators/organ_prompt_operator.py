@@ -89,7 +89,9 @@ class OrganPromptOperator(Operator):
             for name, r in results.items():
                 masks[name] = r.mask()
                 sources[name] = "model organ pass"
-                ct.timings.add_windows("organs", name, r.windows.count, r.windows.shape)
+                nested = r.nested_windows
+                ct.timings.add_windows("organs", name, r.windows.count, r.windows.shape,
+                                       None if nested is None else (nested.count, nested.shape))
         for name in wanted:
             log.info("organ %s: %.1f ml, from %s", name, masks[name].sum() * ct.prepared.voxel_ml, sources[name])
         return OrganMasks(masks, sources)

@@ -53,9 +53,14 @@ class StageTimings:
         """A stage timed elsewhere (start-up and load, from clock readings other operators took)."""
         self.seconds[name] = seconds
 
-    def add_windows(self, stage: str, target: str, count: int, shape: Sequence[int]) -> None:
-        """Stage ``stage`` ran ``count`` model windows of (d, h, w) ``shape`` for ``target``."""
-        self.windows.setdefault(stage, {})[target] = {"count": int(count), "shape": [int(n) for n in shape]}
+    def add_windows(self, stage: str, target: str, count: int, shape: Sequence[int],
+                    nested: Optional[Tuple[int, Sequence[int]]] = None) -> None:
+        """Stage ``stage`` ran ``count`` model windows of (d, h, w) ``shape`` for ``target``, and
+        ``nested`` = (count, shape) on the model folder's nested organ model beside them."""
+        entry = {"count": int(count), "shape": [int(n) for n in shape]}
+        if nested is not None:
+            entry["organ_model"] = {"count": int(nested[0]), "shape": [int(n) for n in nested[1]]}
+        self.windows.setdefault(stage, {})[target] = entry
 
     def __getitem__(self, name: str) -> float:
         return self.seconds[name]

@@ -85,18 +85,19 @@ def run_case(name: str, study: Path, model: Path, out: Path, extra: list) -> dic
     }
 
 
-def stage_window_gflop(pred, stage: str, target: str, shape: list, precision: str) -> float:
+def stage_window_gflop(pred, stage: str, target: str, shape: list, precision: str, nested: bool = False) -> float:
     """GFLOP of one model window of (d, h, w) ``shape`` of ``target`` in ``stage`` ("organs":
     image only; "tumors": image and an ellipsoid organ mask, whose anatomy prompts are derived),
-    counted on the window model that runs it for ``pred`` (a TagsPredictor; the organ pass's own
-    network when the model folder nests one)."""
+    counted on the window model that runs it for ``pred`` (a TagsPredictor): the nested organ
+    model's when ``nested`` (its windows beside the own network's) or when it runs the organ pass
+    alone (``organ_pass`` "organ_model")."""
     import torch
 
     from benchmarks.bench import count_gflop, ellipsoid_organ
     from tags.device import autocast
 
     organ_pass = stage == "organs"
-    if organ_pass and pred.organ_predictor is not None:
+    if organ_pass and (nested or pred.config.organ_pass == "organ_model"):
         pred = pred.organ_predictor
     config = pred.config
     trained = config.organ_roi_size if organ_pass else config.roi_size
@@ -126,10 +127,14 @@ def compute_limit(model: Path, rows: list, peaks: dict) -> None:
         for stage, targets in r["windows"].items():
             gflop = 0.0
             for target, w in targets.items():
-                key = (stage, target, tuple(w["shape"]), precision)
-                if key not in counted:
-                    counted[key] = stage_window_gflop(predictors[precision], stage, target, w["shape"], precision)
-                gflop += w["count"] * counted[key]
+                for nested, run in ((False, w), (True, w.get("organ_model"))):
+                    if run is None:
+                        continue
+                    key = (stage, target, tuple(run["shape"]), precision, nested)
+                    if key not in counted:
+                        counted[key] = stage_window_gflop(predictors[precision], stage, target, run["shape"],
+                                                          precision, nested)
+                    gflop += run["count"] * counted[key]
             stages[stage] = {"seconds": r["stages_s"].get(stage), "gflop": round(gflop, 1),
                              "ideal_s": round(gflop / peak, 2),
                              "times_ideal": round(r["stages_s"][stage] / (gflop / peak), 1) if gflop else None}

@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--organ-pass", choices=("organ_model", "union", "near_union"), default="union")
     p.add_argument("--organ-near-mm", type=float, default=None, help="with --organ-pass near_union (default 20)")
     a = p.parse_args(argv)
+    from tags.device import machine_info
     from tags.inference import TagsPredictor
     from tags.model_folder import read_metadata
     from training.calibrate import recalibrate
@@ -78,8 +79,10 @@ def main(argv=None) -> int:
         reports = {title: {"summary": {"tags": after[key]["summary"]["tags"],
                                        "baseline": built[built_keys[key]]["baseline"]}}
                    for key, title in TEST_TITLES.items()}
+        machine = machine_info()
         return (metrics_table(reports) + f"\n\nTAGS with the organ boundary and the lesion decision re-chosen on the "
-                f"demo's non-test cases (`tags-train calibrate`), measured on {datetime.date.today().isoformat()} by `{command}`; "
+                f"demo's non-test cases (`tags-train calibrate`), measured on {datetime.date.today().isoformat()} by `{command}` "
+                f"on {machine['cpu']} ({machine['threads']} threads, {machine['cpu_capability']}, {pred.precision}); "
                 "the baseline column is the baseline as measured when the model was built (its decision chosen then).")
 
     folder, reports = recalibrate(a.model, out / "model", cases, command=command, metrics=card_metrics,

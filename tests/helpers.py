@@ -54,8 +54,8 @@ def app_model_folder(path, seed: int = 0, organ_model: bool = False):
     windows, liver + liver tumor) with perturbed trainable weights: real encoder, untrained
     head. Wires and tests the application; its masks carry no clinical meaning, so its organ
     masks are not checked for plausibility (see :func:`small_config`). ``organ_model``: with a
-    nested organ model (organ/, a liver-only network of other weights) whose organ pass is united
-    with the folder's own, as in the demo model."""
+    nested organ model (organ/, a liver-only network of other weights) that fills the folder's own
+    organ within 20 mm (organ_pass "near_union"), as in the demo model."""
     import dataclasses
     import tempfile
     from pathlib import Path
@@ -76,7 +76,7 @@ def app_model_folder(path, seed: int = 0, organ_model: bool = False):
         organ = save_model_folder(Path(tmp) / "organ", config=organ_cfg, weights=organ_net.delta_state_dict(),
                                   text_embeddings=random_text(organ_cfg, seed + 1),
                                   base_checkpoint_sha256=organ_net.backbone_sha256, card=card)
-        return save_model_folder(path, config=dataclasses.replace(config, organ_pass="union"),
+        return save_model_folder(path, config=dataclasses.replace(config, organ_pass="near_union"),
                                  weights=net.delta_state_dict(), text_embeddings=random_text(config, seed),
                                  base_checkpoint_sha256=net.backbone_sha256, card=card, organ_model=organ)
 

@@ -56,7 +56,10 @@ class TargetResult:
             nothing was searched, so nothing is known about tumors).
         roi: the canonical-grid box that was processed (None when nothing was).
         reason: why the organ counts as absent (None when status is "ok").
-        windows: the model windows run for it (None when nothing was searched).
+        windows: the model windows run for it (None when nothing was searched); with
+            ``organ_pass`` "organ_model" the nested organ model's.
+        nested_windows: the nested organ model's windows when it ran beside this network
+            (``organ_pass`` "union" or "near_union"; None when it did not run).
         refined: an organ target's mask after the model's boundary refinement
             (:mod:`tags.organ_boundary`), input orientation; None when the model has none.
     """
@@ -68,6 +71,7 @@ class TargetResult:
     reason: Optional[str] = None
     windows: Optional[WindowRun] = None
     refined: Optional[np.ndarray] = None
+    nested_windows: Optional[WindowRun] = None
 
     def mask(self, threshold: Optional[float] = None) -> np.ndarray:
         """The voxels of the target: ``probability >= threshold``; by default (no threshold)
@@ -178,14 +182,15 @@ class TagsPredictor:
             if target.kind != "organ":
                 raise ValueError(f"{name!r} is not an organ target")
             box = tuple(region) if region is not None else tuple(slice(0, n) for n in canon.shape)
-            prob, windows = self._organ_probabilities(canon, box, spacing, name)
+            prob, windows, nested_windows = self._organ_probabilities(canon, box, spacing, name)
             refined = None
             if self.config.organ_boundary is not None:
                 b = self.config.organ_boundary
                 bounds = organ_bounds(name, self.config.organ_bounds) or {}
                 refined = _restore(refine_boundary(prob >= 0.5, canon, spacing, band_mm=b.band_mm,
                                                    hu_sigmas=b.hu_sigmas, hu_range=bounds.get("hu")), reo)
-            results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows, refined=refined)
+            results[name] = TargetResult(target, _restore(prob, reo), "ok", box, windows=windows, refined=refined,
+                                         nested_windows=nested_windows)
         return results
 
     def predict(
@@ -240,8 +245,9 @@ class TagsPredictor:
 
     # -- the ROI pipeline ---------------------------------------------------------------------
     def _organ_probabilities(self, canon_hu: np.ndarray, box: tuple, spacing: Sequence[float],
-                             name: str) -> Tuple[np.ndarray, WindowRun]:
-        """(organ ``name``'s probabilities on the full canonical grid, the windows run) from the
+                             name: str) -> Tuple[np.ndarray, WindowRun, Optional[WindowRun]]:
+        """(organ ``name``'s probabilities on the full canonical grid, the windows run, the nested
+        network's windows when it ran beside this one) from the
         network(s) of ``config.organ_pass``, combined on this network's organ grid: "union" takes
         the higher of the two probabilities everywhere, "near_union" only within
         ``config.organ_near_mm`` of this network's mask (>= 0.5), and runs the nested network
@@ -250,15 +256,16 @@ class TagsPredictor:
         if organ_pass == "organ_model":
             prob, _, windows = self.organ_predictor._grid_roi(canon_hu, None, box, spacing,
                                                               self.organ_predictor.config.target(name), organ=True)
-            return self._to_canonical_grid(prob, canon_hu.shape, box), windows
+            return self._to_canonical_grid(prob, canon_hu.shape, box), windows, None
         inputs, grid_spacing = self._grid_inputs(canon_hu, None, box, spacing, organ=True)
         prob, windows = self._grid_run(inputs, grid_spacing, self.config.target(name), organ=True)
         if organ_pass == "own":
-            return self._to_canonical_grid(prob, canon_hu.shape, box), windows
+            return self._to_canonical_grid(prob, canon_hu.shape, box), windows, None
         other_net, other_target = self.organ_predictor, self.organ_predictor.config.target(name)
         near = (near_mask(prob >= 0.5, grid_spacing, self.config.organ_near_mm) if organ_pass == "near_union"
                 else torch.ones_like(prob))
         sub = bounding_box(near.cpu().numpy() > 0, 0.0, (1.0, 1.0, 1.0))
+        other_windows = None
         if sub is not None:
             if _same_organ_grid(self.config, other_net.config):  # the same grid: this pass's inputs
                 other_sub, other_windows = other_net._grid_run(inputs[(..., *sub)], grid_spacing, other_target,
@@ -269,8 +276,7 @@ class TagsPredictor:
                 other, _, other_windows = other_net._grid_roi(canon_hu, None, box, spacing, other_target, organ=True)
                 other = resample(other, prob.shape, mode="linear")
             prob = torch.maximum(prob, other * near)
-            windows = WindowRun(windows.count + other_windows.count, windows.shape)
-        return self._to_canonical_grid(prob, canon_hu.shape, box), windows
+        return self._to_canonical_grid(prob, canon_hu.shape, box), windows, other_windows
 
     @torch.no_grad()
     def _run_roi(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
