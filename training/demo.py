@@ -92,8 +92,10 @@ liver's edge (liver Dice 0.920 on the TotalSegmentator DICOM series where the en
 adapters reached 0.964); without them a network leaves a third of a liver full of tumors
 outside its mask (docs/accuracy.md, "A separate organ network")."""
 ORGAN_NETWORK_STEPS = 120
-"""The organ network's steps: it trains no adapters and its gradient stops before the encoder, so
-a step costs a fifth of a tumor network's (about 0.85 s in fp32 on a 2-core AVX2 EPYC)."""
+"""The organ network's steps, taken from the TAGS budget before the two phases are planned. It
+trains no adapters and its gradient stops before the encoder: a step cost 0.85 s under bf16 on a
+2-core AMX Xeon (1.7 min of the 26 min TAGS budget) and about 3.3 s in fp32 on a 2-core AVX2
+EPYC (6.6 min, a quarter of it; docs/accuracy.md, "A separate organ network")."""
 ORGAN_NETWORK_SAMPLING = dataclasses.replace(SAMPLING, organ_fraction=1.0, organ_negative_fraction=0.35,
                                              organ_synthetic_fraction=0.2)
 """The organ network's steps: a third centred outside the liver (thorax, pelvis), a fifth of the
