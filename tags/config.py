@@ -212,7 +212,7 @@ class ModelConfig:
             ``"organ_model"`` the model folder's nested organ model; ``"union"`` both, an organ
             voxel being one either finds (the higher of the two probabilities); ``"near_union"``
             this network's organ with the nested model's voxels within ``organ_near_mm`` of it
-            (the nested model fills the organ's edge, but cannot carry it into a neighbouring region).
+            (the nested model fills the organ's edge, but reaches no further than that distance).
         organ_near_mm: the distance (mm, on the organ grid) of ``"near_union"``.
     """
 

@@ -121,7 +121,7 @@ def save_model_folder(
         card: model card text (README.md).
         extra_metadata: training data summary, metrics, the command that built it, ...
         organ_model: a model folder whose network runs the organ pass of this one, alone or
-            with this one's (``config.organ_pass`` "organ_model" or "union"; verified, copied in
+            with this one's (``config.organ_pass`` "organ_model", "union" or "near_union"; verified, copied in
             as ``organ/``); it must hold every organ target of ``config``.
     """
     path = Path(path)

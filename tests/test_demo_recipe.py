@@ -109,3 +109,11 @@ def test_the_organ_phase_is_planned_again_from_the_first_phases_speed(tmp_path):
     assert planned_steps(tmp_path) == (300, 433)
     record_plan(tmp_path, (300, 170))  # a plan without its budget is kept as it is
     assert demo.replan_organ_phase(tmp_path) is None and planned_steps(tmp_path) == (300, 170)
+
+
+def test_the_organ_network_scales_with_the_budget():
+    from training import demo
+
+    assert demo.organ_network_steps(60) == demo.ORGAN_NETWORK_STEPS
+    assert demo.organ_network_steps(30) == round(demo.ORGAN_NETWORK_STEPS / 2)
+    assert demo.organ_network_steps(1) == 10

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from helpers import perturbed_net, random_text, small_config
 from tags.geometry import affine_from_spacing, spacing_from_affine, to_canonical
@@ -19,6 +20,8 @@ from tags.model_folder import (
 )
 from tags.inference import TagsPredictor
 from tags.inference.predictor import near_mask
+
+to_canonical_grid = TagsPredictor._to_canonical_grid
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +183,7 @@ def with_organ_model(exported, tmp_path_factory):
     return path, organ
 
 
-def test_the_organ_pass_runs_on_the_nested_organ_model(exported, with_organ_model, lits117):
+def test_the_organ_pass_runs_on_the_nested_organ_model(exported, with_organ_model, lits117, monkeypatch):
     main, _, _ = exported
     path, organ = with_organ_model
     assert sorted(p.name for p in (path / "organ").iterdir()) == sorted([CONFIG, WEIGHTS, TEXT, METADATA, CARD])
@@ -219,22 +222,58 @@ def test_the_organ_pass_runs_on_the_nested_organ_model(exported, with_organ_mode
     assert np.array_equal(combined["union"].probability,
                           TagsPredictor._to_canonical_grid(torch.maximum(own_grid, other_grid), canon.shape, box))
     # near_union: the nested network runs on the box of the voxels within 8 mm of the own mask
-    # only, and only those voxels take its probability
+    # only, only those voxels take its probability, and the joined organ is one component
     near = near_mask(own_grid >= 0.5, grid_spacing, 8.0)
     assert (own_grid >= 0.5).any() and 0 < near.mean() < 1
+    grids = []
+    monkeypatch.setattr(TagsPredictor, "_to_canonical_grid",
+                        staticmethod(lambda prob, shape, b: grids.append(prob) or to_canonical_grid(prob, shape, b)))
+    runner = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
+    runner.organ_predictor = paired.organ_predictor
+    runner.config = dataclasses.replace(runner.config, organ_pass="near_union", organ_near_mm=8.0)
+    result = runner.segment_organs(img, affine)["liver"]
+    (got,) = grids
+    assert np.array_equal(result.probability, combined["near_union"].probability)
+    assert torch.equal(got[near == 0], own_grid[near == 0])  # outside the near region: the own network's
+    assert torch.all(got[own_grid >= 0.5] >= own_grid[own_grid >= 0.5])  # the own organ is kept
+    labels, n = ndimage.label((got >= 0.5).numpy())
+    assert n == 1 and not torch.equal(got, own_grid)  # one organ; the nested network's probabilities in it
     sub = tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero(near, as_tuple=True))
-    other_sub, sub_windows = paired.organ_predictor._grid_run(inputs[(..., *sub)], grid_spacing,
-                                                              own_net.config.target("liver"), organ=True)
-    other = torch.zeros_like(own_grid)
-    other[sub] = other_sub
-    expected = torch.maximum(own_grid, other * near)
-    assert torch.equal(expected[near == 0], own_grid[near == 0])
-    assert np.array_equal(combined["near_union"].probability, TagsPredictor._to_canonical_grid(expected, canon.shape, box))
     assert combined["near_union"].windows == own["liver"].windows
-    assert combined["near_union"].nested_windows == sub_windows
-    assert other_sub.numel() < own_grid.numel()
+    assert combined["near_union"].nested_windows.count >= 1
+    assert np.prod([s.stop - s.start for s in sub]) < own_grid.numel()
     assert not np.array_equal(combined["near_union"].probability, combined["union"].probability)
-    assert not np.array_equal(combined["near_union"].probability, own["liver"].probability)
+    # an own network that finds no organ: the nested one does not run
+    empty = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
+    empty.organ_predictor, empty.config = runner.organ_predictor, runner.config
+    monkeypatch.setattr(empty, "_grid_run", lambda x, *a, **k: (torch.zeros(x.shape[2:]), own["liver"].windows))
+    nothing = empty.segment_organs(img, affine)["liver"]
+    assert nothing.nested_windows is None and not nothing.probability.any()
+
+
+def test_near_union_with_a_nested_model_on_another_organ_grid(exported, with_organ_model, lits117):
+    """A nested organ model whose organ grid differs runs on its own grid over the whole box; its
+    probabilities are resampled to the outer grid and still only count near the outer mask."""
+    main, _, _ = exported
+    _, organ = with_organ_model
+    img, _, affine = _case(lits117)
+    folder = load_model_folder(organ)
+    cfg = dataclasses.replace(folder.config, preprocessing=dataclasses.replace(
+        folder.config.preprocessing, organ_spacing=(3.0, 4.0, 4.0)))
+    other = TagsPredictor.from_network(perturbed_net(cfg, seed=5), folder.text_embeddings, device="cpu",
+                                       precision="fp32")
+    own = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
+    base = own.segment_organs(img, affine)["liver"]
+    runner = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32")
+    runner.organ_predictor = other
+    runner.config = dataclasses.replace(runner.config, organ_pass="near_union", organ_near_mm=8.0)
+    got = runner.segment_organs(img, affine)["liver"]
+    assert got.nested_windows is not None and got.probability.shape == base.probability.shape
+    assert np.all(got.probability[base.mask()] >= base.probability[base.mask()] - 1e-6)
+    other.device = torch.device("meta")  # as if on another device: the two share the organ pass's inputs
+    with pytest.raises(ValueError, match="organ predictor runs on meta"):
+        TagsPredictor.from_network(perturbed_net(runner.config), load_model_folder(main).text_embeddings,
+                                   device="cpu", organ_predictor=other)
 
 
 def test_near_mask_is_the_distance_in_mm():
@@ -332,4 +371,6 @@ def test_an_organ_model_attached_to_a_model_folder(exported, with_organ_model, t
     assert near.metadata["organ_model_attached"]["organ_near_mm"] == 15.0
     with pytest.raises(ValueError, match="organ_near_mm must be a positive distance"):
         attach_organ_model(main, organ, tmp_path / "zero", organ_pass="near_union", organ_near_mm=0.0)
-    assert not (tmp_path / "zero").exists()
+    with pytest.raises(ValueError, match="only applies to organ_pass 'near_union', not 'union'"):
+        attach_organ_model(main, organ, tmp_path / "unused", organ_pass="union", organ_near_mm=10.0)
+    assert not (tmp_path / "zero").exists() and not (tmp_path / "unused").exists()

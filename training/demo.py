@@ -153,14 +153,24 @@ def organ_network_config(samples: Dict[str, Path], run: Path, steps: Optional[in
                                train_adapters=False)
 
 
-def train_organ_network(samples: Dict[str, Path], out: Path) -> Tuple[Path, float]:
+def organ_network_steps(minutes: float) -> int:
+    """The organ network's steps in a build of ``minutes``: :data:`ORGAN_NETWORK_STEPS` per 60
+    minutes (at least 10), so that a short build keeps most of its TAGS budget."""
+    return max(10, round(ORGAN_NETWORK_STEPS * minutes / 60.0))
+
+
+def train_organ_network(samples: Dict[str, Path], out: Path, steps: Optional[int] = None) -> Tuple[Path, float]:
     """(model folder, training seconds) of the build's organ network: ``out``/organ-net trained
-    (or resumed; nothing to do when finished) and exported to ``out``/organ-net.model."""
+    for ``steps`` (default :data:`ORGAN_NETWORK_STEPS`; a started run keeps the steps it was
+    started with), nothing to do when finished, and exported to ``out``/organ-net.model."""
     run = out / ORGAN_NETWORK
     state = checkpoint_state(run)
-    if state is None or int(state["step"]) < ORGAN_NETWORK_STEPS:
-        print(f"[demo] training the organ network ({ORGAN_NETWORK_STEPS} steps, liver only, no adapters)", flush=True)
-        train(organ_network_config(samples, run))
+    if state is not None:
+        steps = int(state["train_config"]["steps"])
+    steps = steps or ORGAN_NETWORK_STEPS
+    if state is None or int(state["step"]) < steps:
+        print(f"[demo] training the organ network ({steps} steps, liver only, no adapters)", flush=True)
+        train(organ_network_config(samples, run, steps))
     folder = export_model(run, out / f"{ORGAN_NETWORK}.model", overwrite=True, limits=ORGAN_NETWORK_LIMITS + LIMITS)
     return folder, _training_seconds(run)
 
@@ -309,9 +319,9 @@ def phase_seconds(out: Path) -> Tuple[float, float]:
 
 def train_same_budget_baseline(first: TrainConfig, out: Path, phases: Tuple[float, float]) -> Dict:
     """The DynUNet baseline in ``out``/baseline for the seconds TAGS trained (``phases``: each
-    phase's, :func:`phase_seconds`), on the same samples, drawn as TAGS drew them: the first
-    phase's sampling, then :data:`ORGAN_PHASE` for the share of the time TAGS spent in its organ
-    phase."""
+    phase's, :func:`phase_seconds`, the organ network's counted with the first), on the same
+    samples, drawn as TAGS drew them: the first phase's sampling, then :data:`ORGAN_PHASE` for the
+    share of the time TAGS spent in its organ phase."""
     model_cfg = ModelConfig.from_dict(checkpoint_state(out / RUNS[-1])["model_config"])
     print(f"[demo] training the DynUNet baseline for the same {sum(phases):.0f} s", flush=True)
     return train_baseline(first, model_cfg, sum(phases), out / "baseline",
@@ -378,20 +388,24 @@ def metrics_table(reports: Dict[str, Dict]) -> str:
 
 
 def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
-                       reuse_training: bool) -> Tuple[Tuple[int, int], float, Dict, Path]:
-    """(TAGS steps of each phase, TAGS seconds (the organ network's included), baseline summary,
-    the organ network's model folder) of the build in ``out``: trained now (a new plan, or the
-    plan of an interrupted build), or read back (``reuse_training``). The organ network trains
-    first; the two phases get the rest of the TAGS budget."""
+                       reuse_training: bool) -> Tuple[Tuple[int, int], float, Dict, Optional[Path], float]:
+    """(TAGS steps of each phase, their seconds, baseline summary, the organ network's model
+    folder, its seconds) of the build in ``out``: trained now (a new plan, or the plan of an
+    interrupted build), or read back (``reuse_training``). The organ network trains first; the
+    two phases get the rest of the TAGS budget. A build folder planned before the recipe had an
+    organ network (a plan, no organ network run) is finished and reused without one."""
+    organ_run = out / ORGAN_NETWORK
     if reuse_training:
         phases, seconds = trained_phase_steps(out), sum(phase_seconds(out))
-        organ_model, organ_seconds = out / f"{ORGAN_NETWORK}.model", _training_seconds(out / ORGAN_NETWORK)
+        organ_model = out / f"{ORGAN_NETWORK}.model" if (out / f"{ORGAN_NETWORK}.model").is_dir() else None
+        organ_seconds = _training_seconds(organ_run) if organ_model is not None else 0.0
         base = json.loads((out / "baseline" / SUMMARY).read_text())
-        print(f"[demo] reusing the trained TAGS runs ({sum(phases)} steps), organ network and baseline in {out}",
-              flush=True)
+        print(f"[demo] reusing the trained TAGS runs ({sum(phases)} steps), "
+              f"{'organ network ' if organ_model else ''}and baseline in {out}", flush=True)
     else:
-        organ_model, organ_seconds = train_organ_network(samples, out)
         plan = planned_steps(out)
+        organ_model, organ_seconds = (None, 0.0) if plan is not None and not organ_run.exists() else (
+            train_organ_network(samples, out, organ_network_steps(minutes)))
         if plan is None:
             budget = minutes * 60 * TRAIN_SHARE - organ_seconds
             per_step = (seconds_per_step(samples, out / "probe"), seconds_per_step(samples, out / "probe", ORGAN_PHASE))
@@ -407,7 +421,7 @@ def _tags_and_baseline(samples: Dict[str, Path], out: Path, minutes: float,
         seconds = sum(by_phase)
         # the baseline spends the organ network's time as TAGS' first phase spent its own
         base = train_same_budget_baseline(first, out, (by_phase[0] + organ_seconds, by_phase[1]))
-    return phases, seconds + organ_seconds, base, organ_model
+    return phases, seconds, base, organ_model, organ_seconds
 
 
 def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, reuse_training: bool = False) -> Path:
@@ -421,9 +435,8 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     out = Path(out)
     t0 = time.time()
     final = out / RUNS[-1]
-    if reuse_training and not (has_checkpoint(final) and (out / "baseline" / SUMMARY).is_file()
-                               and (out / f"{ORGAN_NETWORK}.model").is_dir()):
-        raise ValueError(f"--reuse-training: {out} holds no finished build ({', '.join(RUNS)} and {ORGAN_NETWORK} "
+    if reuse_training and not (has_checkpoint(final) and (out / "baseline" / SUMMARY).is_file()):
+        raise ValueError(f"--reuse-training: {out} holds no finished build ({' and '.join(RUNS)} "
                          "with a baseline beside them)")
     samples_dir = out / "samples"
     samples = (
@@ -432,10 +445,10 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         else build_samples(samples_dir, overwrite=True)
     )
     # TAGS and the baseline get the same wall time; the rest is loading, calibration, evaluation.
-    phases, seconds, base, organ_model = _tags_and_baseline(samples, out, minutes, reuse_training)
+    phases, seconds, base, organ_model, organ_seconds = _tags_and_baseline(samples, out, minutes, reuse_training)
     steps = sum(phases)
     tmp_model = out / "model.unevaluated"
-    paired = dict(organ_model=organ_model, organ_pass=ORGAN_PASS, organ_near_mm=ORGAN_NEAR_MM)
+    paired = dict(organ_model=organ_model, organ_pass=ORGAN_PASS, organ_near_mm=ORGAN_NEAR_MM) if organ_model else {}
     export_model(final, tmp_model, overwrite=True, **paired)
     from tags.inference import TagsPredictor
 
@@ -473,13 +486,14 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         "lesion_decision": {k: v["chosen"] for k, v in calibration.items()},
         "organ_boundary": {k: v["chosen"] for k, v in boundary_reports.items()},
         "baseline": base,
-        "tags_training_seconds": seconds,
+        "tags_training_seconds": seconds + organ_seconds,
     }
     command = "tags-train demo " + shlex.quote(str(out)) + f" --minutes {minutes:g}"
     from tags.device import machine_info
 
     precision = json.loads((final / TRAIN_CONFIG).read_text())["precision"]
-    timing = {"tags_training_seconds": seconds, "baseline_seconds": base.get("seconds"),
+    timing = {"tags_training_seconds": seconds + organ_seconds, "organ_network_seconds": organ_seconds,
+              "baseline_seconds": base.get("seconds"),
               "machine": {**machine_info(), "training_precision": precision}}
     if reuse_training:
         previous = out / "model" / METADATA
@@ -491,10 +505,13 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
         timing["build_seconds"] = round(time.time() - t0, 1)
     machine = timing["machine"]
     history = (f"two phases: {phases[0]} steps of the demo recipe, then {phases[1]} steps fine-tuned from them "
-               f"weighted to the organ and its surroundings; the organ pass's second network (organ/) "
-               f"{ORGAN_NETWORK_STEPS} steps")
-    markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {seconds:.0f} s ({history}); the baseline "
-                f"({base['architecture']}) {base['steps']} steps in the same time, on {machine['cpu']} "
+               f"weighted to the organ and its surroundings")
+    organ_text = ""
+    if organ_model is not None:
+        organ_steps = int(checkpoint_state(out / ORGAN_NETWORK)["step"])
+        organ_text = f", and the organ pass's second network (organ/) {organ_steps} steps in {organ_seconds:.0f} s"
+    markdown = (metrics_table(reports) + f"\n\nTAGS trained {steps} steps in {seconds:.0f} s ({history}){organ_text}; "
+                f"the baseline ({base['architecture']}) {base['steps']} steps in the same time, on {machine['cpu']} "
                 f"({machine['threads']} threads, {machine['cpu_capability']}, {precision}). Command: `{command}`.")
     export_model(final, out / "model", metrics=metrics, limits=LIMITS, overwrite=True, steps=steps, history=history,
                  lesion_decision=decisions["tags"], organ_boundary=boundaries["tags"], metrics_markdown=markdown,

@@ -78,6 +78,7 @@ def export_model(
     network ("union": an organ voxel is one either finds; "near_union": the nested network's
     voxels within ``organ_near_mm`` of the run's own organ mask are added to it).
     """
+    _check_near_mm(organ_pass if organ_model is not None else "own", organ_near_mm)
     run = Path(run)
     weights, _, state = load_checkpoint(run, checkpoint)
     config = ModelConfig.from_dict(state["model_config"])
@@ -135,6 +136,13 @@ def export_model(
     )
 
 
+def _check_near_mm(organ_pass: str, organ_near_mm: Optional[float]) -> None:
+    """A ValueError when a distance is given for an organ pass that does not use it."""
+    if organ_near_mm is not None and organ_pass != "near_union":
+        raise ValueError(f"an organ distance (organ_near_mm {organ_near_mm:g}) only applies to organ_pass "
+                         f"'near_union', not {organ_pass!r}")
+
+
 def _organ_pass_text(organ_model: Optional[str | Path], config: ModelConfig) -> str:
     if organ_model is None:
         return "this network, with its organ targets' text prompts."
@@ -164,6 +172,7 @@ def attach_organ_model(model: str | Path, organ_model: str | Path, out: str | Pa
 
     from tags.model_folder import AUTOMATIC_METADATA, CARD, load_model_folder
 
+    _check_near_mm(organ_pass, organ_near_mm)
     folder = load_model_folder(model)
     if folder.organ is not None:
         raise ValueError(f"{model} has an organ model already")

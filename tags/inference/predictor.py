@@ -119,6 +119,9 @@ class TagsPredictor:
         problem = organ_pass_problem(self.config, organ_predictor is not None)
         if problem:
             raise ValueError(problem)
+        if organ_predictor is not None and organ_predictor.device != self.device:
+            raise ValueError(f"the organ predictor runs on {organ_predictor.device}, this one on {self.device}: "
+                             "they share the organ pass's inputs")
 
     @classmethod
     def from_network(cls, net: TagsNet, text_embeddings: Mapping[str, torch.Tensor], *, compile: bool = False,
@@ -249,9 +252,12 @@ class TagsPredictor:
         """(organ ``name``'s probabilities on the full canonical grid, the windows run, the nested
         network's windows when it ran beside this one) from the
         network(s) of ``config.organ_pass``, combined on this network's organ grid: "union" takes
-        the higher of the two probabilities everywhere, "near_union" only within
-        ``config.organ_near_mm`` of this network's mask (>= 0.5), and runs the nested network
-        only on the box of that region (not at all when this network finds no organ)."""
+        the higher of the two probabilities everywhere (each network's largest component), and
+        "near_union" only within ``config.organ_near_mm`` of this network's mask (>= 0.5, largest
+        component), the largest component of the result kept (the nested network's voxels joined
+        to this network's organ). "near_union" runs the nested network not at all when this
+        network finds no organ, and, when both read the same organ grid, only on the box of the
+        near region."""
         organ_pass = self.config.organ_pass
         if organ_pass == "organ_model":
             prob, _, windows = self.organ_predictor._grid_roi(canon_hu, None, box, spacing,
@@ -267,15 +273,21 @@ class TagsPredictor:
         sub = bounding_box(near.cpu().numpy() > 0, 0.0, (1.0, 1.0, 1.0))
         other_windows = None
         if sub is not None:
+            # near_union: no component choice inside the near box (a spill could be its largest
+            # there); the joined organ's largest component below instead
+            largest = organ_pass == "union"
             if _same_organ_grid(self.config, other_net.config):  # the same grid: this pass's inputs
                 other_sub, other_windows = other_net._grid_run(inputs[(..., *sub)], grid_spacing, other_target,
-                                                               organ=True)
+                                                               organ=True, largest_component=largest)
                 other = torch.zeros_like(prob)
                 other[sub] = other_sub
-            else:  # the nested network's own organ grid, resampled to this one
-                other, _, other_windows = other_net._grid_roi(canon_hu, None, box, spacing, other_target, organ=True)
+            else:  # the nested network's own organ grid over the whole box, resampled to this one
+                other, _, other_windows = other_net._grid_roi(canon_hu, None, box, spacing, other_target, organ=True,
+                                                              largest_component=largest)
                 other = resample(other, prob.shape, mode="linear")
             prob = torch.maximum(prob, other * near)
+            if not largest:
+                prob = _keep_largest_component(prob)
         return self._to_canonical_grid(prob, canon_hu.shape, box), windows, other_windows
 
     @torch.no_grad()
@@ -294,12 +306,12 @@ class TagsPredictor:
         return full
 
     def _grid_roi(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
-                  spacing: Sequence[float], target: TargetSpec, *,
-                  organ: bool) -> Tuple[torch.Tensor, Tuple[float, float, float], WindowRun]:
+                  spacing: Sequence[float], target: TargetSpec, *, organ: bool,
+                  largest_component: Optional[bool] = None) -> Tuple[torch.Tensor, Tuple[float, float, float], WindowRun]:
         """(probabilities (d, h, w) on the model grid, that grid's spacing in mm, the windows
         run): :meth:`_grid_inputs` run by :meth:`_grid_run`."""
         inputs, grid_spacing = self._grid_inputs(canon_hu, organ_mask, box, spacing, organ=organ)
-        prob, windows = self._grid_run(inputs, grid_spacing, target, organ=organ)
+        prob, windows = self._grid_run(inputs, grid_spacing, target, organ=organ, largest_component=largest_component)
         return prob, grid_spacing, windows
 
     def _grid_inputs(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
@@ -320,9 +332,10 @@ class TagsPredictor:
 
     @torch.no_grad()
     def _grid_run(self, inputs: torch.Tensor, grid_spacing: Sequence[float], target: TargetSpec, *,
-                  organ: bool) -> Tuple[torch.Tensor, WindowRun]:
+                  organ: bool, largest_component: Optional[bool] = None) -> Tuple[torch.Tensor, WindowRun]:
         """(probabilities (d, h, w), the windows run) of ``inputs`` (1, C, d, h, w) in sliding
-        windows; the organ pass keeps the largest connected component."""
+        windows; the largest connected component kept when ``largest_component`` (default: for
+        the organ pass)."""
         trained, policy = ((self.config.organ_roi_size, self.organ_windows) if organ
                            else (self.config.roi_size, self.tumor_windows))
         shape = tuple(inputs.shape[2:])
@@ -343,7 +356,7 @@ class TagsPredictor:
             predictor=counted)
         prob = torch.sigmoid(logits[0, 0])
         del logits
-        if organ:
+        if (organ if largest_component is None else largest_component):
             prob = _keep_largest_component(prob)
         return prob, WindowRun(calls, tuple(int(n) for n in window))
 
