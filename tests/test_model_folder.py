@@ -193,6 +193,8 @@ def test_the_organ_pass_runs_on_the_nested_organ_model(exported, with_organ_mode
     img, liver, affine = _case(lits117)
     paired = TagsPredictor.from_model_folder(path, device="cpu", precision="fp32")
     assert paired.organ_predictor is not None and paired.organ_predictor.precision == "fp32"
+    policy = dataclasses.replace(paired.organ_windows, overlap=0.5)  # a window policy reaches both networks
+    assert TagsPredictor.from_model_folder(path, device="cpu", organ_windows=policy).organ_predictor.organ_windows == policy
     got = paired.segment_organs(img, affine)["liver"].probability
     alone = TagsPredictor.from_model_folder(organ, device="cpu", precision="fp32").segment_organs(img, affine)
     own = TagsPredictor.from_model_folder(main, device="cpu", precision="fp32").segment_organs(img, affine)

