@@ -390,8 +390,9 @@ def build_parser(train_options: bool = True) -> argparse.ArgumentParser:
     v.set_defaults(func=_evaluate)
 
     m = sub.add_parser("demo", help="build the demo model from registry data (samples, train, baseline, eval, export)",
-                       description="Builds OUT/samples, trains TAGS and a same-budget DynUNet baseline, evaluates "
-                                   "both on held-out data and exports OUT/model with a model card.")
+                       description="Builds OUT/samples, trains a liver-only network for the organ pass, then TAGS, and "
+                                   "a same-budget DynUNet baseline, evaluates both on held-out data and exports "
+                                   "OUT/model (the organ network nested as OUT/model/organ) with a model card.")
     m.add_argument("out", help="work folder")
     m.add_argument("--minutes", type=float, default=60.0, help="approximate total budget (default 60)")
     m.add_argument("--reuse-training", action="store_true",
