@@ -29,7 +29,7 @@ def main() -> int:
     a = ap.parse_args()
     from tags.inference import TagsPredictor
     from training.calibrate import choose_lesion_decision, collect_candidates
-    from training.demo import (ORGAN_NEAR_MM, ORGAN_NETWORK, ORGAN_PASS, RUNS, Z_TEST, metrics_table, train_tags,
+    from training.demo import (ORGAN_NETWORK, RUNS, Z_TEST, metrics_table, paired_organ_pass, train_tags,
                                trained_phase_steps, validation_cases)
     from training.evaluate import evaluate
     from training.export import export_model
@@ -43,8 +43,7 @@ def main() -> int:
     seconds = time.time() - t0
     # the same organ pass as the demo model (its nested organ network), so only the tumor network differs
     organ = demo / f"{ORGAN_NETWORK}.model"
-    export_model(out / RUNS[-1], out / "model", overwrite=True,
-                 **(dict(organ_model=organ, organ_pass=ORGAN_PASS, organ_near_mm=ORGAN_NEAR_MM) if organ.is_dir() else {}))
+    export_model(out / RUNS[-1], out / "model", overwrite=True, **paired_organ_pass(organ if organ.is_dir() else None))
     predictors = {"with alignment": TagsPredictor.from_model_folder(demo / "model"),
                   "without alignment": TagsPredictor.from_model_folder(out / "model")}
     described = "the demo's validation cases"

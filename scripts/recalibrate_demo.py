@@ -52,12 +52,12 @@ def main(argv=None) -> int:
     cases = validation_cases(samples)
     model = Path(a.model).resolve()
     command = f"scripts/recalibrate_demo.py --model {model.relative_to(REPO) if model.is_relative_to(REPO) else model}"
+    as_given = TagsPredictor.from_model_folder(a.model)  # "before": the model as given, before any attach
     if a.organ_model:
         from training.export import attach_organ_model
 
         command += f" --organ-model {a.organ_model} --organ-pass {a.organ_pass}" + (
             f" --organ-near-mm {a.organ_near_mm:g}" if a.organ_near_mm is not None else "")
-        before_attach = TagsPredictor.from_model_folder(a.model)
         model = attach_organ_model(model, a.organ_model, out / "attached", organ_pass=a.organ_pass,
                                    organ_near_mm=a.organ_near_mm, command=command,
                                    overwrite=True)
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         return {"lits": evaluate({"tags": pred}, samples["lits117"], z_from=Z_TEST, organ_source="label"),
                 "healthy": evaluate({"tags": pred}, samples["totalseg"], split="test", organ_source="model")}
 
-    before = measure(before_attach if a.organ_model else TagsPredictor.from_model_folder(a.model))
+    before = measure(as_given)
     built = read_metadata(a.model)["metrics"]
     built_keys = {"lits": next(k for k in built if k.startswith("lits117")),
                   "healthy": next(k for k in built if k.startswith("totalseg"))}

@@ -143,14 +143,21 @@ def organ_phase_config(samples: Dict[str, Path], run: Path, steps: int, init: Pa
                                warmup=20, seed=ORGAN_PHASE_SEED, init=str(init))
 
 
-def organ_network_config(samples: Dict[str, Path], run: Path, steps: Optional[int] = None) -> TrainConfig:
-    """The organ network's run (:data:`ORGAN_NETWORK`, default :data:`ORGAN_NETWORK_STEPS`
-    steps): the liver target only, adapters neither trained nor run (the pretrained encoder's
-    features), no text alignment (a tumor loss)."""
-    base = demo_config(samples, run, steps or ORGAN_NETWORK_STEPS, text_alignment=False)
+def organ_network_config(samples: Dict[str, Path], run: Path, steps: int) -> TrainConfig:
+    """The organ network's run (:data:`ORGAN_NETWORK`) of ``steps``: the liver target only,
+    adapters neither trained nor run (the pretrained encoder's features), no text alignment (a
+    tumor loss)."""
+    base = demo_config(samples, run, steps, text_alignment=False)
     model = dataclasses.replace(base.model, adapter=dataclasses.replace(base.model.adapter, for_organs=False))
     return dataclasses.replace(base, model=model, targets=["liver"], sampling=ORGAN_NETWORK_SAMPLING,
                                train_adapters=False)
+
+
+def paired_organ_pass(organ_model: Optional[Path]) -> Dict:
+    """:func:`training.export.export_model`'s keywords that nest a build's organ network with the
+    recipe's organ pass (:data:`ORGAN_PASS`, :data:`ORGAN_NEAR_MM`); none without one."""
+    return {} if organ_model is None else dict(organ_model=organ_model, organ_pass=ORGAN_PASS,
+                                               organ_near_mm=ORGAN_NEAR_MM)
 
 
 def organ_network_steps(minutes: float) -> int:
@@ -448,7 +455,7 @@ def build_demo(out: str | Path, minutes: float = 60.0, overwrite: bool = False, 
     phases, seconds, base, organ_model, organ_seconds = _tags_and_baseline(samples, out, minutes, reuse_training)
     steps = sum(phases)
     tmp_model = out / "model.unevaluated"
-    paired = dict(organ_model=organ_model, organ_pass=ORGAN_PASS, organ_near_mm=ORGAN_NEAR_MM) if organ_model else {}
+    paired = paired_organ_pass(organ_model)
     export_model(final, tmp_model, overwrite=True, **paired)
     from tags.inference import TagsPredictor
 

@@ -269,25 +269,27 @@ class TagsPredictor:
         if organ_pass == "own":
             return self._to_canonical_grid(prob, canon_hu.shape, box), windows, None
         other_net, other_target = self.organ_predictor, self.organ_predictor.config.target(name)
-        near = (near_mask(prob >= 0.5, grid_spacing, self.config.organ_near_mm) if organ_pass == "near_union"
-                else torch.ones_like(prob))
-        sub = bounding_box(near.cpu().numpy() > 0, 0.0, (1.0, 1.0, 1.0))
+        union = organ_pass == "union"
+        if union:
+            near, sub = None, tuple(slice(0, n) for n in prob.shape)
+        else:
+            near = near_mask(prob >= 0.5, grid_spacing, self.config.organ_near_mm)
+            sub = bounding_box(near.cpu().numpy() > 0, 0.0, (1.0, 1.0, 1.0))
         other_windows = None
         if sub is not None:
             # near_union: no component choice inside the near box (a spill could be its largest
             # there); the joined organ's largest component below instead
-            largest = organ_pass == "union"
             if _same_organ_grid(self.config, other_net.config):  # the same grid: this pass's inputs
                 other_sub, other_windows = other_net._grid_run(inputs[(..., *sub)], grid_spacing, other_target,
-                                                               organ=True, largest_component=largest)
+                                                               organ=True, largest_component=union)
                 other = torch.zeros_like(prob)
                 other[sub] = other_sub
             else:  # the nested network's own organ grid over the whole box, resampled to this one
                 other, _, other_windows = other_net._grid_roi(canon_hu, None, box, spacing, other_target, organ=True,
-                                                              largest_component=largest)
+                                                              largest_component=union)
                 other = resample(other, prob.shape, mode="linear")
-            prob = torch.maximum(prob, other * near)
-            if not largest:
+            prob = torch.maximum(prob, other if union else other * near)
+            if not union:
                 prob = _keep_largest_component(prob)
         return self._to_canonical_grid(prob, canon_hu.shape, box), windows, other_windows
 
