@@ -33,7 +33,7 @@ KEEP_FREED_MEMORY_ENV = "TAGS_KEEP_FREED_MEMORY"
 """Set to 0 to leave glibc's malloc at its defaults (see :func:`keep_freed_memory`)."""
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(*, one_arena: bool = True) -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
     By default glibc serves every block above its mmap threshold (at most 32 MB) with a fresh
@@ -41,8 +41,8 @@ def keep_freed_memory() -> bool:
     hundred MB and more, so on a CPU every forward page-faults all of them in again: on the
     2-core benchmark machine the kernel time was larger than the model's own (51 s system
     time in a 68 s benchmark, docs/performance.md). This turns mmap off, keeps up to
-    :data:`TRIM_THRESHOLD` of free memory at the top of the heap, and lets every thread share
-    the one main heap (one malloc arena): the application's operators run in a Holoscan
+    :data:`TRIM_THRESHOLD` of free memory at the top of the heap, and, with ``one_arena``, lets
+    every thread share the one main heap (one malloc arena): the application's operators run in a Holoscan
     scheduler thread, whose own arena grew and shrank in 64 MB heaps and page-faulted a
     quarter of its activations in again (tumor pass of the 512 x 512 x 200 benchmark CT: 22 s
     -> 12 s). The cost is that the process keeps its freed blocks; the application hands them
@@ -52,7 +52,11 @@ def keep_freed_memory() -> bool:
 
     For a process that runs inference and ends (one study per ``python app``), and for a
     single training process (``tags-train`` outside torchrun: a demo training step on 2 EPYC
-    cores 6.9 -> 4.2 s, system time 30 -> 3 s, peak RSS 4.8 -> 5.1 GB). Not applied to torchrun
+    cores 6.9 -> 4.2 s, system time 30 -> 3 s, peak RSS 4.8 -> 5.1 GB), which takes it without
+    the one arena (``one_arena=False``): training's threads allocate at once, and on one arena
+    they wait for its lock (2-core AMX Xeon, bf16, demo step: 2.95 s with glibc's defaults, 5.88 s
+    with the one arena alone, 5.58 s with all three settings, 2.38 s without the one arena;
+    docs/performance.md). Not applied to torchrun
     ranks: with it the two-process DDP test's workers peaked at 8.6 GB each instead of 6.5.
 
     A no-op (returns False) on other C libraries, or when $TAGS_KEEP_FREED_MEMORY is 0.
@@ -63,8 +67,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = _libc()
-        ok = all(libc.mallopt(param, value) == 1 for param, value in (
-            (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, 1)))
+        settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) + (((_M_ARENA_MAX, 1),) if one_arena else ())
+        ok = all(libc.mallopt(param, value) == 1 for param, value in settings)
     except (OSError, AttributeError):
         return False
     global _applied

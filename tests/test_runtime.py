@@ -21,7 +21,7 @@ import pytest
 PROBE = """
 import resource, sys, threading, torch
 from tags.runtime import keep_freed_memory
-applied = keep_freed_memory()
+applied = keep_freed_memory(one_arena=sys.argv[3] == "1")
 torch.set_num_threads(2)  # as on the 2-core target (with one thread oneDNN adds a scratch buffer of its own)
 channels, worker = int(sys.argv[1]), sys.argv[2] == "thread"
 conv = torch.nn.Conv2d(64, channels, 1)
@@ -47,22 +47,23 @@ print(int(applied), min(faults))
 """
 
 
-def _probe(env_value: str, channels: int, where: str) -> tuple:
+def _probe(env_value: str, channels: int, where: str, one_arena: bool = True) -> tuple:
     env = dict(os.environ, TAGS_KEEP_FREED_MEMORY=env_value)
-    out = subprocess.run([sys.executable, "-c", PROBE, str(channels), where], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", PROBE, str(channels), where, str(int(one_arena))], env=env, capture_output=True,
                          text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     applied, faults = out.stdout.split()
     return bool(int(applied)), int(faults)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-@pytest.mark.parametrize("channels,where", [(256, "main"), (96, "thread")])
-def test_freed_tensors_are_reused_without_page_faults(channels, where):
+@pytest.mark.parametrize("channels,where,one_arena", [(256, "main", True), (96, "thread", True),
+                                                     (256, "main", False)])  # the last: a training process's setting
+def test_freed_tensors_are_reused_without_page_faults(channels, where, one_arena):
     pages = 4 * 2 * (8 * channels * 128 * 128 * 4) // 4096  # four forwards, two activations each, never reused
-    applied, faults = _probe("1", channels, where)
+    applied, faults = _probe("1", channels, where, one_arena)
     assert applied
     assert faults < pages // 20, f"{faults} page faults in four forwards that could reuse their memory"
-    applied, faults = _probe("0", channels, where)  # glibc defaults: activations unmapped, faulted in again
+    applied, faults = _probe("0", channels, where, one_arena)  # glibc defaults: activations unmapped, faulted in again
     assert not applied
     assert faults > pages // 2
 

@@ -431,12 +431,13 @@ def command() -> int:
     """The ``tags-train`` command (console script, ``python -m training.cli``): this process's
     settings, then :func:`run`. Not for in-process calls: it changes the whole process.
 
-    :func:`tags.runtime.lean_imports` first. Freed memory is kept for reuse
-    (:func:`tags.runtime.keep_freed_memory`, applied after the command line is parsed) in one
-    training process, not in torchrun ranks, and not when the command asks for memory over speed
-    (``train --activation-checkpointing``): kept blocks fragmented the heap over the steps of a
-    checkpointed window (2026-12-05, 2-core AVX2 EPYC, 64 x 128 x 128 windows: peak 3.5 GB after
-    one step, 4.9 GB after three; 3.6-3.7 GB when handed back; docs/performance.md)."""
+    :func:`tags.runtime.lean_imports` first. Freed memory is kept for reuse, each thread
+    allocating from its own arena (:func:`tags.runtime.keep_freed_memory` with
+    ``one_arena=False``, applied after the command line is parsed) in one training process, not
+    in torchrun ranks. With ``--activation-checkpointing`` too: with the one arena, kept blocks had
+    fragmented the heap over the steps of a checkpointed window (2026-12-05, 2-core AVX2 EPYC,
+    64 x 128 x 128 windows: peak 3.5 GB after one step, 4.9 GB after three); without it the
+    checkpointed runs of the training benchmark peak as with glibc's defaults (docs/performance.md)."""
     from tags.runtime import LEAN_PACKAGES, MODEL_LEAN_PACKAGES, keep_freed_memory, lean_imports
 
     # the model's libraries lean too: segment-anything's utilities import all of torchvision and
@@ -445,8 +446,8 @@ def command() -> int:
     _quiet_warnings()
     args = _parse(sys.argv[1:])  # argparse prints help or a usage error and exits
     one_process = os.environ.get("WORLD_SIZE", "") in ("", "1")
-    if one_process and not getattr(args, "activation_checkpointing", False):
-        keep_freed_memory()
+    if one_process:
+        keep_freed_memory(one_arena=False)
     return run(args)
 
 
