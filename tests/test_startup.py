@@ -146,27 +146,30 @@ print(json.dumps(bad))
     assert bad == {name: sorted(names) for name, names in LEAN_REBOUND.items()}
 
 
-def test_tags_train_keeps_freed_memory_unless_it_saves_memory():
-    """``tags-train``'s process settings follow its parsed command line: freed memory is kept
-    for reuse, except under --activation-checkpointing (memory over speed); --help is printed
-    once."""
+def test_tags_train_keeps_freed_memory_with_an_arena_per_thread():
+    """``tags-train``'s process settings follow its parsed command line: one training process
+    keeps freed memory for reuse without the one shared arena (training's threads waited for its
+    lock), with and without --activation-checkpointing; a torchrun rank leaves glibc's defaults;
+    --help is printed once."""
     code = r"""
-import sys, warnings
+import json, sys, warnings
 warnings.filterwarnings("ignore")
 import training.cli as cli, tags.runtime as runtime
-cli.run = lambda args: print("kept", runtime._applied) or 0
+calls = []
+runtime.keep_freed_memory = lambda **kw: calls.append(kw) or True
+cli.run = lambda args: print(json.dumps(calls)) or 0
 sys.argv = ["tags-train", "train", "ds", "--out", "o"] + sys.argv[1:]
 raise SystemExit(cli.command())
 """
-    env = dict(os.environ, WORLD_SIZE="1")
-    env.pop("TAGS_KEEP_FREED_MEMORY", None)
     out = {}
-    for extra in ([], ["--activation-checkpointing"]):
+    for world, extra in (("1", []), ("1", ["--activation-checkpointing"]), ("2", [])):
+        env = dict(os.environ, WORLD_SIZE=world)
         proc = subprocess.run([sys.executable, "-c", code, *extra], capture_output=True, text=True, cwd=REPO, env=env,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-1500:]
-        out[bool(extra)] = proc.stdout.split()[-1]
-    assert out == {False: "True", True: "False"}
+        out[(world, bool(extra))] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {("1", False): [{"one_arena": False}], ("1", True): [{"one_arena": False}], ("2", False): []}
+    env = dict(os.environ, WORLD_SIZE="1")
     proc = subprocess.run([sys.executable, "-m", "training.cli", "train", "--help"], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.count("usage: tags-train train") == 1
