@@ -437,7 +437,8 @@ def command() -> int:
     in torchrun ranks. With ``--activation-checkpointing`` too: with the one arena, kept blocks had
     fragmented the heap over the steps of a checkpointed window (2026-12-05, 2-core AVX2 EPYC,
     64 x 128 x 128 windows: peak 3.5 GB after one step, 4.9 GB after three); without it the
-    checkpointed runs of the training benchmark peak as with glibc's defaults (docs/performance.md)."""
+    checkpointed 12-step runs of the training benchmark peak at 3.1-3.2 GB, against 2.9-3.0 GB with
+    glibc's defaults (2-core AMX Xeon, bf16; docs/performance.md)."""
     from tags.runtime import LEAN_PACKAGES, MODEL_LEAN_PACKAGES, keep_freed_memory, lean_imports
 
     # the model's libraries lean too: segment-anything's utilities import all of torchvision and
