@@ -1,6 +1,7 @@
-"""Inference-only forwards of upstream TinyViT blocks, against upstream: attention blocks that
-skip padded window queries (tags.inference.window_attention) and MBConv blocks with oneDNN-fused
-convolutions (tags.inference.mbconv)."""
+"""Inference-only forwards of upstream blocks, against upstream: TinyViT attention blocks that
+skip padded window queries (tags.inference.window_attention), MBConv blocks with oneDNN-fused
+convolutions (tags.inference.mbconv) and SAM's output upscaling with its last GELU inside the
+transposed convolution (tags.inference.upscaling)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tags.inference.mbconv import InferenceMBConv, use_fused_mbconv
 from tags.inference.optimize import resized
 from tags.network import build_tags
 from tags.preprocessing import normalize_hu
+from tags.inference.upscaling import InferenceConvTransposeGELU, use_fused_upscaling
 from tags.inference.window_attention import InferenceTinyViTBlock, use_inference_attention, windowed_attention
 
 
@@ -142,6 +144,61 @@ def test_fused_mbconv_needs_folded_batchnorm():
     assert use_fused_mbconv(_randomise(MBConv(32, 32, 4.0, torch.nn.GELU, 0.0))) == 0
 
 
+def _upscaling():
+    """SAM's mask-decoder output upscaling as ``MaskDecoder`` builds it (64 -> 16 -> 8 channels
+    here), random (:func:`_randomise`)."""
+    from segment_anything.modeling.common import LayerNorm2d
+
+    return _randomise(torch.nn.Sequential(
+        torch.nn.ConvTranspose2d(64, 16, kernel_size=2, stride=2), LayerNorm2d(16), torch.nn.GELU(),
+        torch.nn.ConvTranspose2d(16, 8, kernel_size=2, stride=2), torch.nn.GELU()))
+
+
+def test_fused_upscaling_equals_upstream(monkeypatch):
+    """Only the convolution a GELU follows is fused; the same outputs as upstream, the fused kernel
+    only for fp32 CPU inference without gradients or autocast (else upstream's steps, exactly)."""
+    import tags.inference.onednn as onednn
+
+    calls = []
+    fused = onednn.conv_transpose
+    monkeypatch.setattr(onednn, "conv_transpose", lambda *a: calls.append(1) or fused(*a))
+    upstream = _upscaling()
+    ours = copy.deepcopy(upstream)
+    assert use_fused_upscaling(ours) == 1 and use_fused_upscaling(ours) == 0
+    assert isinstance(ours[3], InferenceConvTransposeGELU) and isinstance(ours[4], torch.nn.Identity)
+    assert type(ours[0]) is torch.nn.ConvTranspose2d and type(ours[2]) is torch.nn.GELU
+    assert ours.state_dict().keys() == upstream.state_dict().keys()
+    x = torch.randn(2, 64, 6, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = upstream(x)
+        got = ours(x)
+    assert calls == [1] and expected.std() > 0.1 and got.shape == (2, 8, 24, 20)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    torch.testing.assert_close(ours(x), upstream(x), rtol=0, atol=0)  # gradients on
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ours(x), upstream(x), rtol=0, atol=0)
+    assert calls == []
+
+
+def test_fused_upscaling_flops_counted_like_upstream():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tags.inference.onednn import flop_formulas
+
+    upstream = _upscaling()
+    ours = copy.deepcopy(upstream)
+    use_fused_upscaling(ours)
+    x = torch.randn(2, 64, 6, 5)
+    counts = []
+    for block in (upstream, ours):
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_formulas()) as fc:
+            block(x)
+        counts.append(fc.get_total_flops())
+    assert counts[0] > 2 * 6 * 5 * 64 * 16 * 4  # the first transposed convolution at least
+    assert counts[1] == counts[0]
+
+
 def test_pretrained_encoder_features_on_real_ct(lits117):
     """The real LiteMedSAM encoder loaded as TagsPredictor loads it (BatchNorm folded,
     channels-last) gives the same features on real CT slices with every attention block and
@@ -175,6 +232,8 @@ def test_predictor_and_resized_networks_use_them():
         assert blocks and all(isinstance(b, InferenceTinyViTBlock) for b in blocks)
         convs = [m for m in net.modules() if type(m).__name__.endswith("MBConv")]
         assert convs and all(isinstance(b, InferenceMBConv) for b in convs)
+        upscaling = net.mask_decoder.output_upscaling
+        assert isinstance(upscaling[3], InferenceConvTransposeGELU) and isinstance(upscaling[4], torch.nn.Identity)
     plain = build_tags(cfg, pretrained=False).eval()
     with pytest.raises(ValueError, match="prepare_for_inference"):
         resized(plain, 96)

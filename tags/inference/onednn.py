@@ -42,6 +42,13 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
         "add", 1.0, None, [], None)
 
 
+def conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor, attr: str = "none") -> torch.Tensor:
+    """``conv(x)`` of a transposed convolution followed by the post-op ``attr``, one kernel."""
+    return torch.ops.mkldnn._convolution_transpose_pointwise(
+        x, conv.weight, conv.bias, conv.padding, conv.output_padding, conv.stride, conv.dilation, conv.groups,
+        attr, [], "none")
+
+
 def _conv_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of one ``_convolution_pointwise`` call (either overload), as torch counts a
     convolution: the unary overload's weight is its second argument, the binary one's (after
@@ -53,9 +60,18 @@ def _conv_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
     return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
 
 
+def _conv_transpose_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one ``_convolution_transpose_pointwise`` call, as torch counts a transposed
+    convolution (the post-op not counted)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=True)
+
+
 def flop_formulas() -> dict:
     """FLOP formulas of the fused kernels, for ``FlopCounterMode(custom_mapping=...)``; empty in a
     torch without oneDNN (where they never run)."""
     if not torch.backends.mkldnn.is_available():
         return {}
-    return {torch.ops.mkldnn._convolution_pointwise: _conv_flop}
+    return {torch.ops.mkldnn._convolution_pointwise: _conv_flop,
+            torch.ops.mkldnn._convolution_transpose_pointwise: _conv_transpose_flop}

@@ -14,6 +14,7 @@ from ..network import TagsNet, build_tags
 from ..position import FramedPositionEmbedding
 from .mbconv import use_fused_mbconv
 from .surgery import channels_last_convs, fuse_conv_bn
+from .upscaling import use_fused_upscaling
 from .window_attention import use_inference_attention
 
 PREPARED = "prepared_for_inference"
@@ -25,8 +26,9 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
 
     Eval mode; frozen BatchNorm layers folded into their convolutions
     (:func:`tags.inference.surgery.fuse_conv_bn`); MBConv blocks with fused convolutions for
-    fp32 on the CPU (:func:`tags.inference.mbconv.use_fused_mbconv`); channels-last 2D
-    convolutions; TinyViT blocks that skip padded window queries
+    fp32 on the CPU (:func:`tags.inference.mbconv.use_fused_mbconv`) and the mask decoder's last
+    transposed convolution with its GELU inside (:func:`tags.inference.upscaling.use_fused_upscaling`);
+    channels-last 2D convolutions; TinyViT blocks that skip padded window queries
     (:func:`tags.inference.window_attention.use_inference_attention`); the head's first
     convolution padded to 8 input channels (:meth:`tags.head.VolumeHead.pad_input_channels`).
     Do not train it or save its state afterwards; build or load another one for that.
@@ -36,6 +38,7 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
     net.eval()
     fuse_conv_bn(net)
     use_fused_mbconv(net)
+    use_fused_upscaling(net.mask_decoder.output_upscaling)
     channels_last_convs(net)
     use_inference_attention(net)
     net.head.pad_input_channels()
@@ -82,5 +85,6 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     other = other.to(next(net.parameters()).device).eval()
     use_inference_attention(other)
     use_fused_mbconv(other)
+    use_fused_upscaling(other.mask_decoder.output_upscaling)
     setattr(other, PREPARED, True)
     return other

@@ -15,6 +15,9 @@ block's own modules and weights:
   and columns are real (at most four groups: full, last row, last column, corner) and each
   group is one batched attention with its real queries against all of its keys (padded keys
   stay, as upstream: they take part in every window's softmax);
+- each group's q, k and v are copied once from the projection's output straight into the
+  group's window layout, the padded positions filled with the zero token's q, k, v (no padded
+  token map in between);
 - the output projection runs on the real tokens only.
 
 The result equals the upstream block to float rounding (``tests/test_inference_blocks.py``).
@@ -83,33 +86,32 @@ def windowed_attention(attn: nn.Module, x: torch.Tensor, ws: int) -> torch.Tenso
     heads, kd = attn.num_heads, attn.key_dim
     if attn.d != kd:
         raise ValueError("windowed_attention needs value and key widths equal (TinyViTBlock's attn_ratio 1)")
-    nH, nW = -(-H // ws), -(-W // ws)
-    pH, pW = nH * ws, nW * ws
-    qkv = attn.qkv(attn.norm(x))  # (B, H, W, heads * 3 * kd): per head q, k, v
-    if pH > H or pW > W:
-        padded = qkv.new_empty(B, pH, pW, qkv.shape[-1])
-        padded[:, :H, :W] = qkv
-        pad_token = attn.qkv(attn.norm.bias)  # the q, k, v of a zero token: LayerNorm(0) = bias
-        padded[:, H:] = pad_token
-        padded[:, :H, W:] = pad_token
-    else:
-        padded = qkv
-    windows = padded.view(B, nH, ws, nW, ws, heads, 3, kd)
+    qkv = attn.qkv(attn.norm(x)).view(B, H, W, heads, 3, kd)  # per head q, k, v
+    pad_token = None
     out = qkv.new_empty(B, H, W, heads, kd)
     bias = attn.ab.view(heads, ws, ws, ws * ws)  # (heads, query row, query col, key)
     for rows, qr in _window_groups(H, ws):
         for cols, qc in _window_groups(W, ws):
-            # One copy into (q/k/v, window, head, row, column, channel).
-            g = windows[:, rows, :, cols].permute(6, 0, 1, 3, 5, 2, 4, 7)
-            gh, gw = g.shape[2], g.shape[3]
-            g = g.contiguous().view(3, B * gh * gw, heads, ws, ws, kd)
+            gh, gw = rows.stop - rows.start, cols.stop - cols.start
+            r0, c0 = rows.start * ws, cols.start * ws
+            # The group's windows as (q/k/v, window, head, row, column, channel), written through
+            # a (B, gh, row, gw, column, head, q/k/v, channel) view: one copy of the real tokens.
+            g = qkv.new_empty(3, B, gh, gw, heads, ws, ws, kd)
+            dst = g.permute(1, 2, 5, 3, 6, 4, 0, 7)
+            src = qkv[:, r0:r0 + gh * qr, c0:c0 + gw * qc].unflatten(1, (gh, qr)).unflatten(3, (gw, qc))
+            dst[:, :, :qr, :, :qc].copy_(src)
+            if qr < ws or qc < ws:
+                if pad_token is None:  # the q, k, v of a zero token: LayerNorm(0) = bias
+                    pad_token = attn.qkv(attn.norm.bias).view(heads, 3, kd)
+                dst[:, :, qr:] = pad_token
+                dst[:, :, :qr, :, qc:] = pad_token
+            g = g.view(3, B * gh * gw, heads, ws, ws, kd)
             q = g[0, :, :, :qr, :qc].reshape(-1, heads, qr * qc, kd) * attn.scale
             k = g[1].view(-1, heads, ws * ws, kd)
             v = g[2].view(-1, heads, ws * ws, kd)
             a = q @ k.transpose(-2, -1)  # (Bg, heads, qr * qc, ws * ws)
             a += bias[:, :qr, :qc].reshape(heads, qr * qc, ws * ws)
             o = (a.softmax(dim=-1) @ v).view(B, gh, gw, heads, qr, qc, kd)
-            r0, c0 = rows.start * ws, cols.start * ws
             target = out[:, r0:r0 + gh * qr, c0:c0 + gw * qc].unflatten(1, (gh, qr)).unflatten(3, (gw, qc))
             target.copy_(o.permute(0, 1, 4, 2, 5, 3, 6))  # (B, gh, qr, gw, qc, heads, kd)
     return attn.proj(out.view(B, H, W, heads * kd))
