@@ -112,9 +112,43 @@ def test_fused_mbconv_equals_upstream(monkeypatch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     calls.clear()
     torch.testing.assert_close(ours(x.clone()), upstream(x.clone()), rtol=0, atol=0)  # gradients on
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        ours(x.clone())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        torch.testing.assert_close(ours(x.clone()), upstream(x.clone()), rtol=0, atol=0)
     assert calls == []
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN runs no bf16 on this CPU")
+def test_fused_mbconv_under_bf16_autocast(monkeypatch):
+    """Under CPU autocast to bf16 the fused kernels run in bf16 with weights cast once: a bf16
+    result as close to the fp32 block as autocast's own steps are, the fp32 parameters untouched."""
+    import tags.inference.onednn as onednn
+
+    calls = []
+    fused_conv = onednn.conv
+    monkeypatch.setattr(onednn, "conv", lambda *a: calls.append(1) or fused_conv(*a))
+    upstream = _mbconv()
+    ours = copy.deepcopy(upstream)
+    use_fused_mbconv(ours)
+    x = torch.randn(2, 32, 24, 20).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        exact = upstream(x.clone())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference = upstream(x.clone())
+            got = ours(x.clone())
+            again = ours(x.clone())
+    assert calls == [1, 1, 1, 1] and got.dtype == reference.dtype == torch.bfloat16
+    assert ours.conv1.weight.dtype == torch.float32
+    assert ours.conv1.__dict__["_onednn_params"][1].dtype == torch.bfloat16
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+    tolerance = 2 * (reference.float() - exact).abs().max().item()
+    assert 0 < tolerance < 0.1 * exact.abs().max().item()
+    torch.testing.assert_close(got.float(), exact, rtol=0, atol=tolerance)
+    with torch.no_grad():  # changed weights are cast again
+        ours.conv1.weight.mul_(2.0)
+        upstream.conv1.weight.mul_(2.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            changed = ours(x.clone())
+        torch.testing.assert_close(changed.float(), upstream(x.clone()), rtol=0, atol=4 * tolerance)
 
 
 def test_fused_mbconv_flops_counted_like_upstream():
@@ -176,9 +210,14 @@ def test_fused_upscaling_equals_upstream(monkeypatch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     calls.clear()
     torch.testing.assert_close(ours(x), upstream(x), rtol=0, atol=0)  # gradients on
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         torch.testing.assert_close(ours(x), upstream(x), rtol=0, atol=0)
     assert calls == []
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            got, reference = ours(x), upstream(x)
+        assert calls == [1] and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), expected, rtol=0, atol=4 * (reference.float() - expected).abs().max().item())
 
 
 def test_fused_upscaling_flops_counted_like_upstream():

