@@ -12,6 +12,7 @@ from typing import Sequence
 from ..backbones import RESIZABLE_BLOCK_KINDS, input_hw
 from ..network import TagsNet, build_tags
 from ..position import FramedPositionEmbedding
+from .decoder_attention import use_inference_decoder_attention
 from .mbconv import use_fused_mbconv
 from .surgery import channels_last_convs, fuse_conv_bn
 from .upscaling import use_fused_upscaling
@@ -28,6 +29,8 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
     (:func:`tags.inference.surgery.fuse_conv_bn`); MBConv blocks with fused convolutions for
     fp32 on the CPU (:func:`tags.inference.mbconv.use_fused_mbconv`) and the mask decoder's last
     transposed convolution with its GELU inside (:func:`tags.inference.upscaling.use_fused_upscaling`);
+    the decoder's attention from many queries to few keys with its softmax along the long axis
+    (:func:`tags.inference.decoder_attention.use_inference_decoder_attention`);
     channels-last 2D convolutions; TinyViT blocks that skip padded window queries
     (:func:`tags.inference.window_attention.use_inference_attention`); the head's first
     convolution padded to 8 input channels (:meth:`tags.head.VolumeHead.pad_input_channels`).
@@ -39,6 +42,7 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
     fuse_conv_bn(net)
     use_fused_mbconv(net)
     use_fused_upscaling(net.mask_decoder.output_upscaling)
+    use_inference_decoder_attention(net.mask_decoder.transformer)
     channels_last_convs(net)
     use_inference_attention(net)
     net.head.pad_input_channels()
@@ -86,5 +90,6 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     use_inference_attention(other)
     use_fused_mbconv(other)
     use_fused_upscaling(other.mask_decoder.output_upscaling)
+    use_inference_decoder_attention(other.mask_decoder.transformer)
     setattr(other, PREPARED, True)
     return other
