@@ -1,8 +1,8 @@
 """Inference-only forwards of upstream blocks, against upstream: TinyViT attention blocks that
 skip padded window queries (tags.inference.window_attention), MBConv blocks with oneDNN-fused
 convolutions (tags.inference.mbconv), SAM's output upscaling with its last GELU inside the
-transposed convolution (tags.inference.upscaling) and SAM's decoder attention with transposed
-scores when keys are few (tags.inference.decoder_attention)."""
+transposed convolution (tags.inference.upscaling) and SAM's two-way decoder transformer with the
+image tokens projected once per block (tags.inference.two_way_transformer)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from tags.inference.surgery import channels_last_convs, fuse_conv_bn
 from tags.config import ModelConfig
-from tags.inference.decoder_attention import InferenceAttention, use_inference_decoder_attention
+from tags.inference.two_way_transformer import InferenceTwoWayTransformer, use_inference_two_way_transformer
 from tags.inference.mbconv import InferenceMBConv, use_fused_mbconv
 from tags.inference.optimize import resized
 from tags.network import build_tags
@@ -240,33 +240,50 @@ def test_fused_upscaling_flops_counted_like_upstream():
     assert counts[1] == counts[0]
 
 
-@pytest.mark.parametrize("n_q,n_k,transposed", [(300, 14, True), (14, 300, False), (20, 20, False), (300, 70, False)])
-def test_decoder_attention_equals_upstream(n_q, n_k, transposed, monkeypatch):
-    """SAM's decoder Attention (downsampled, as in its cross attentions): the same outputs as
-    upstream; the transposed scores only for fewer keys than queries and than FEW_KEYS."""
+@pytest.mark.parametrize("n_image,softmax_dims", [
+    (300, [-1, -1, -2] * 2 + [-1]),  # image-to-token: 14 prompt tokens are the few keys
+    (10, [-1, -2, -1] * 2 + [-2]),   # token-to-image: 10 image tokens are the few keys
+])
+def test_two_way_transformer_equals_upstream(n_image, softmax_dims, monkeypatch):
+    """SAM's two-way transformer as the mask decoder builds it (two blocks, the first without
+    position encoding in its self attention), random: the same outputs as upstream; the softmax
+    along the queries' axis where the keys are the fewer; a changed weight is used; training runs
+    upstream's forward."""
     from segment_anything.modeling.transformer import TwoWayTransformer
 
     calls = []
     softmax = torch.softmax
     monkeypatch.setattr(torch, "softmax", lambda x, dim: calls.append(dim) or softmax(x, dim=dim))
-    transformer = _randomise(TwoWayTransformer(depth=1, embedding_dim=64, num_heads=4, mlp_dim=32))
-    upstream = transformer.layers[0].cross_attn_image_to_token
-    ours = copy.deepcopy(transformer)
-    assert use_inference_decoder_attention(ours) == 4 and use_inference_decoder_attention(ours) == 0
-    attention = ours.layers[0].cross_attn_image_to_token
-    assert isinstance(attention, InferenceAttention)
+    upstream = _randomise(TwoWayTransformer(depth=2, embedding_dim=64, num_heads=4, mlp_dim=32))
+    ours = copy.deepcopy(upstream)
+    assert use_inference_two_way_transformer(ours) == 1 and use_inference_two_way_transformer(ours) == 0
+    assert isinstance(ours, InferenceTwoWayTransformer)
     g = torch.Generator().manual_seed(2)
-    q, k, v = (torch.randn(3, n, 64, generator=g) for n in (n_q, n_k, n_k))
+    h = 10 if n_image == 10 else 15
+    image = torch.randn(3, 64, h, n_image // h, generator=g)
+    pe = torch.randn(1, 64, h, n_image // h, generator=g)
+    tokens = torch.randn(3, 14, 64, generator=g)
+
+    def both():
+        with torch.no_grad():
+            expected = upstream(image, pe, tokens)
+            calls.clear()
+            got = ours(image, pe, tokens)
+        for e, o in zip(expected, got):
+            assert e.std() > 0.1
+            torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
+
+    both()
+    assert calls == softmax_dims  # per block: self, token-to-image, image-to-token; the final one
     with torch.no_grad():
-        expected = upstream(q, k, v)
-        calls.clear()
-        got = attention(q, k, v)
-    assert calls == ([-2] if transposed else [-1]) and expected.std() > 0.1
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        for m in (upstream, ours):
+            m.layers[1].cross_attn_image_to_token.q_proj.weight.mul_(1.5)
+            m.final_attn_token_to_image.v_proj.bias.add_(0.5)
+    both()
+    ours.train()
     calls.clear()
-    attention.train()
-    attention(q, k, v)
-    assert calls == [-1]  # training: upstream
+    ours(image, pe, tokens)
+    assert calls == [-1] * 7  # training: upstream
 
 
 def test_pretrained_encoder_features_on_real_ct(lits117):
@@ -304,9 +321,7 @@ def test_predictor_and_resized_networks_use_them():
         assert convs and all(isinstance(b, InferenceMBConv) for b in convs)
         upscaling = net.mask_decoder.output_upscaling
         assert isinstance(upscaling[3], InferenceConvTransposeGELU) and isinstance(upscaling[4], torch.nn.Identity)
-        attentions = [m for m in net.mask_decoder.transformer.modules() if type(m).__name__.endswith("Attention")]
-        assert len(attentions) == 7 and all(isinstance(m, InferenceAttention) for m in attentions)
-        assert not any(isinstance(m, InferenceAttention) for m in net.image_encoder.modules())
+        assert isinstance(net.mask_decoder.transformer, InferenceTwoWayTransformer)
     plain = build_tags(cfg, pretrained=False).eval()
     with pytest.raises(ValueError, match="prepare_for_inference"):
         resized(plain, 96)

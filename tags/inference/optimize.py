@@ -12,9 +12,9 @@ from typing import Sequence
 from ..backbones import RESIZABLE_BLOCK_KINDS, input_hw
 from ..network import TagsNet, build_tags
 from ..position import FramedPositionEmbedding
-from .decoder_attention import use_inference_decoder_attention
 from .mbconv import use_fused_mbconv
 from .surgery import channels_last_convs, fuse_conv_bn
+from .two_way_transformer import use_inference_two_way_transformer
 from .upscaling import use_fused_upscaling
 from .window_attention import use_inference_attention
 
@@ -27,10 +27,11 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
 
     Eval mode; frozen BatchNorm layers folded into their convolutions
     (:func:`tags.inference.surgery.fuse_conv_bn`); MBConv blocks with fused convolutions for
-    fp32 on the CPU (:func:`tags.inference.mbconv.use_fused_mbconv`) and the mask decoder's last
+    the CPU, fp32 or bf16 autocast (:func:`tags.inference.mbconv.use_fused_mbconv`) and the mask decoder's last
     transposed convolution with its GELU inside (:func:`tags.inference.upscaling.use_fused_upscaling`);
-    the decoder's attention from many queries to few keys with its softmax along the long axis
-    (:func:`tags.inference.decoder_attention.use_inference_decoder_attention`);
+    the decoder's two-way transformer with the image tokens projected once per block and the
+    softmax of few keys along the long axis
+    (:func:`tags.inference.two_way_transformer.use_inference_two_way_transformer`);
     channels-last 2D convolutions; TinyViT blocks that skip padded window queries
     (:func:`tags.inference.window_attention.use_inference_attention`); the head's first
     convolution padded to 8 input channels (:meth:`tags.head.VolumeHead.pad_input_channels`).
@@ -42,7 +43,7 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
     fuse_conv_bn(net)
     use_fused_mbconv(net)
     use_fused_upscaling(net.mask_decoder.output_upscaling)
-    use_inference_decoder_attention(net.mask_decoder.transformer)
+    use_inference_two_way_transformer(net.mask_decoder)
     channels_last_convs(net)
     use_inference_attention(net)
     net.head.pad_input_channels()
@@ -90,6 +91,6 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     use_inference_attention(other)
     use_fused_mbconv(other)
     use_fused_upscaling(other.mask_decoder.output_upscaling)
-    use_inference_decoder_attention(other.mask_decoder.transformer)
+    use_inference_two_way_transformer(other.mask_decoder)
     setattr(other, PREPARED, True)
     return other
