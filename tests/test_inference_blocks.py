@@ -275,6 +275,8 @@ def test_two_way_transformer_equals_upstream(n_image, softmax_dims, monkeypatch)
 
     both()
     assert calls == softmax_dims  # per block: self, token-to-image, image-to-token; the final one
+    pe = torch.randn(3, 64, h, n_image // h, generator=g)  # one position encoding per image
+    both()
     with torch.no_grad():
         for m in (upstream, ours):
             m.layers[1].cross_attn_image_to_token.q_proj.weight.mul_(1.5)
