@@ -54,7 +54,8 @@ def image_projections(keys: torch.Tensor, pe: torch.Tensor, projections: Sequenc
     """Several linear projections of the image tokens ``keys`` (B, N, C), each of ``keys + pe``
     (``pe`` (1, N, C) or (B, N, C)) where its flag is True, else of ``keys``: one product with the weights
     side by side (kept on ``owner``, made again when a weight changes), the position encoding's
-    projection and the biases added in place. Returns views of the (B, N, sum C') output."""
+    projection (outside autocast: one (N, C) product) and the biases added in place. Returns
+    views of the (B, N, sum C') output."""
     key = tuple((p.weight.data_ptr(), p.weight._version, p.bias.data_ptr(), p.bias._version, with_pe)
                 for p, with_pe in projections)
     kept = owner.__dict__.setdefault("_image_projections", {})
@@ -65,8 +66,9 @@ def image_projections(keys: torch.Tensor, pe: torch.Tensor, projections: Sequenc
             b = torch.cat([p.bias for p, _ in projections])
         kept.update(key=key, w=w, w_pe=w_pe, b=b)
     out = torch.matmul(keys, kept["w"].t())
-    pe_out = torch.matmul(pe.to(kept["w_pe"].dtype), kept["w_pe"].t())
-    pe_out += kept["b"]
+    with torch.autocast(keys.device.type, enabled=False):  # small: in the weights' precision
+        pe_out = torch.matmul(pe.to(kept["w_pe"].dtype), kept["w_pe"].t())
+        pe_out += kept["b"]
     out += pe_out
     return out.split([p.out_features for p, _ in projections], dim=-1)
 
