@@ -140,7 +140,7 @@ def test_fused_mbconv_under_bf16_autocast(monkeypatch):
             again = ours(x.clone())
     assert calls == [1, 1, 1, 1] and got.dtype == reference.dtype == torch.bfloat16
     assert ours.conv1.weight.dtype == torch.float32
-    assert ours.conv1.__dict__["_onednn_params"][1].dtype == torch.bfloat16
+    assert ours.conv1.__dict__["_onednn_params"][1][0].dtype == torch.bfloat16
     torch.testing.assert_close(again, got, rtol=0, atol=0)
     tolerance = 2 * (reference.float() - exact).abs().max().item()
     assert 0 < tolerance < 0.1 * exact.abs().max().item()
@@ -182,7 +182,7 @@ def test_fused_mbconv_needs_folded_batchnorm():
 
 def _upscaling():
     """SAM's mask-decoder output upscaling as ``MaskDecoder`` builds it (64 -> 16 -> 8 channels
-    here), random (:func:`_randomise`)."""
+    in this test), random (:func:`_randomise`)."""
     from segment_anything.modeling.common import LayerNorm2d
 
     return _randomise(torch.nn.Sequential(

@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from .surgery import kept_derived
+
 
 def fused_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
     """The precision the fused kernels run in for input ``x``, or None where they do not apply:
@@ -51,17 +53,12 @@ def applies(x: torch.Tensor) -> bool:
 def params(module: nn.Module, dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``module``'s weight and bias in ``dtype``: the parameters themselves in their own dtype,
     else copies made once and kept on the module (made again when a parameter is replaced or
-    changed in place)."""
+    changed in place; :func:`tags.inference.surgery.kept_derived`)."""
     w, b = module.weight, module.bias
     if w.dtype == dtype:
         return w, b
-    key = (dtype, w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
-    kept = module.__dict__.get("_onednn_params")
-    if kept is None or kept[0] != key:
-        with torch.no_grad():
-            kept = (key, w.to(dtype), None if b is None else b.to(dtype))
-        module.__dict__["_onednn_params"] = kept
-    return kept[1], kept[2]
+    return kept_derived(module, "_onednn_params", [t for t in (w, b) if t is not None],
+                        lambda: (w.to(dtype), None if b is None else b.to(dtype)), extra=dtype)
 
 
 def exact_gelu(act: nn.Module) -> bool:

@@ -1,9 +1,10 @@
 """In-place network surgery for inference: BatchNorm folding, channels-last weights and
-swapping upstream blocks for inference-only subclasses (used by :mod:`tags.inference.optimize`)."""
+swapping upstream blocks for inference-only subclasses (used by :mod:`tags.inference.optimize`), and
+tensors derived from parameters kept for inference kernels (:func:`kept_derived`)."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Hashable, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -68,3 +69,18 @@ def swap_to_subclass(module: nn.Module, base_name: str, marker: type, make_subcl
         m.__class__ = _SUBCLASSES[key]
         swapped += 1
     return swapped
+
+
+def kept_derived(owner: nn.Module, slot: str, sources: Sequence[torch.Tensor], make: Callable[[], object],
+                 extra: Hashable = None) -> object:
+    """``make()`` (tensors derived from ``sources``, e.g. weights cast or concatenated for an
+    inference kernel), made once and kept on ``owner`` under ``slot``; made again when a source
+    tensor is replaced or changed in place, or ``extra`` differs. Runs ``make`` without
+    gradients."""
+    key = (tuple((t.data_ptr(), t._version) for t in sources), extra)
+    kept = owner.__dict__.get(slot)
+    if kept is None or kept[0] != key:
+        with torch.no_grad():
+            kept = (key, make())
+        owner.__dict__[slot] = kept
+    return kept[1]

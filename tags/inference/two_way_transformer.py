@@ -29,7 +29,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from .surgery import swap_to_subclass
+from .surgery import kept_derived, swap_to_subclass
 
 FEW_KEYS = 64
 """Key counts below this (and below the query count) take the transposed scores."""
@@ -53,22 +53,19 @@ def image_projections(keys: torch.Tensor, pe: torch.Tensor, projections: Sequenc
                       owner: nn.Module) -> Tuple[torch.Tensor, ...]:
     """Several linear projections of the image tokens ``keys`` (B, N, C), each of ``keys + pe``
     (``pe`` (1, N, C) or (B, N, C)) where its flag is True, else of ``keys``: one product with the weights
-    side by side (kept on ``owner``, made again when a weight changes), the position encoding's
-    projection (outside autocast: one (N, C) product) and the biases added in place. Returns
-    views of the (B, N, sum C') output."""
-    key = tuple((p.weight.data_ptr(), p.weight._version, p.bias.data_ptr(), p.bias._version, with_pe)
-                for p, with_pe in projections)
-    kept = owner.__dict__.setdefault("_image_projections", {})
-    if kept.get("key") != key:
-        with torch.no_grad():
-            w = torch.cat([p.weight for p, _ in projections])
-            w_pe = torch.cat([p.weight if with_pe else torch.zeros_like(p.weight) for p, with_pe in projections])
-            b = torch.cat([p.bias for p, _ in projections])
-        kept.update(key=key, w=w, w_pe=w_pe, b=b)
-    out = torch.matmul(keys, kept["w"].t())
+    side by side (kept on ``owner``: :func:`tags.inference.surgery.kept_derived`), the position
+    encoding's projection (outside autocast: one (N, C) product) and the biases added in place.
+    Returns views of the (B, N, sum C') output."""
+    w, w_pe, b = kept_derived(
+        owner, "_image_projections", [t for p, _ in projections for t in (p.weight, p.bias)],
+        lambda: (torch.cat([p.weight for p, _ in projections]),
+                 torch.cat([p.weight if with_pe else torch.zeros_like(p.weight) for p, with_pe in projections]),
+                 torch.cat([p.bias for p, _ in projections])),
+        extra=tuple(with_pe for _, with_pe in projections))
+    out = torch.matmul(keys, w.t())
     with torch.autocast(keys.device.type, enabled=False):  # small: in the weights' precision
-        pe_out = torch.matmul(pe.to(kept["w_pe"].dtype), kept["w_pe"].t())
-        pe_out += kept["b"]
+        pe_out = torch.matmul(pe.to(w_pe.dtype), w_pe.t())
+        pe_out += b
     out += pe_out
     return out.split([p.out_features for p, _ in projections], dim=-1)
 

@@ -58,4 +58,3 @@ def use_fused_upscaling(upscaling: nn.Sequential) -> int:
             swapped += swap_to_subclass(conv, "ConvTranspose2d", InferenceConvTransposeGELU, _make_class)
             upscaling[i + 1] = nn.Identity()
     return swapped
-
