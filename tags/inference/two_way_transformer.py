@@ -66,7 +66,7 @@ def image_projections(keys: torch.Tensor, pe: torch.Tensor, projections: Sequenc
     with torch.autocast(keys.device.type, enabled=False):  # small: in the weights' precision
         pe_out = torch.matmul(pe.to(w_pe.dtype), w_pe.t())
         pe_out += b
-    out += pe_out
+    out += pe_out.to(out.dtype)  # in the output's dtype: a mixed in-place add makes and copies a temporary
     return out.split([p.out_features for p, _ in projections], dim=-1)
 
 

@@ -110,7 +110,7 @@ def windowed_attention(attn: nn.Module, x: torch.Tensor, ws: int) -> torch.Tenso
             k = g[1].view(-1, heads, ws * ws, kd)
             v = g[2].view(-1, heads, ws * ws, kd)
             a = q @ k.transpose(-2, -1)  # (Bg, heads, qr * qc, ws * ws)
-            a += bias[:, :qr, :qc].reshape(heads, qr * qc, ws * ws)
+            a += bias[:, :qr, :qc].reshape(heads, qr * qc, ws * ws).to(a.dtype)  # one dtype: no temporary
             o = (a.softmax(dim=-1) @ v).view(B, gh, gw, heads, qr, qc, kd)
             target = out[:, r0:r0 + gh * qr, c0:c0 + gw * qc].unflatten(1, (gh, qr)).unflatten(3, (gw, qc))
             target.copy_(o.permute(0, 1, 4, 2, 5, 3, 6))  # (B, gh, qr, gw, qc, heads, kd)
