@@ -126,7 +126,7 @@ class TagsNet(nn.Module):
 
         token, scale, shift = self.text(text)
         per_slice = lambda t: per_slice_of(t, d)  # noqa: E731
-        emb = emb * (1.0 + per_slice(scale)) + per_slice(shift)
+        emb = torch.addcmul(per_slice(shift), emb, 1.0 + per_slice(scale))  # emb * (1 + scale) + shift, one pass
 
         if prompts is None:
             prompts = text_only_prompts(n).to(image.device)
