@@ -8,7 +8,8 @@ or with HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH / HOLOSCAN_MODEL_PATH set (th
 The SDK's own options pass through: -l / --log-level (DEBUG, INFO, WARN, ERROR, CRITICAL),
 -w / --workdir, -t / --triton-server-netloc; any other argument is refused with its name.
 Results are written to a staging folder and moved into the output folder only when the whole
-run succeeded: a failed run leaves the output folder as it was.
+run succeeded: a failed run leaves the output folder as it was (or absent, when the run would have
+made it).
 """
 
 from __future__ import annotations
@@ -235,11 +236,13 @@ def run(argv: List[str], *, started: Optional[float] = None) -> Path:
     if not Path(model_path).exists():
         raise ModelFolderError(f"model folder not found: {model_path}")
     output = Path(output_path)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tags-partial-", dir=output))
     args = [a for a in sdk_args]
     rest = _strip_paths(args)
     full = [sys.executable, "app", "-i", str(input_path), "-o", str(staging), "-m", str(model_path), *rest]
+    done = False
     try:
         TagsSegApp(full, options=options).run()
         written = sorted(staging.iterdir())
@@ -247,8 +250,14 @@ def run(argv: List[str], *, started: Optional[float] = None) -> Path:
             raise RuntimeError("the application finished without writing a result")
         for f in written:
             f.replace(output / f.name)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not done and created:  # the folder this run made is not left behind empty
+            try:
+                output.rmdir()
+            except OSError:  # something else was written into it meanwhile: kept
+                pass
     return output
 
 
