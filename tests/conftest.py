@@ -13,7 +13,8 @@ torch.set_num_threads(int(os.environ.get("TAGS_TEST_THREADS", "2")))
 
 def pytest_configure(config):
     """Run in-process inference as ``python app`` does: glibc malloc keeps freed activations
-    for reuse instead of unmapping them (tags.runtime; halves a 256-pixel window's time here).
+    for reuse instead of unmapping them (tags.runtime; it halved a 256-pixel window's time on a
+    2-core CPU).
     Subprocesses started by tests choose for themselves."""
     from tags.runtime import keep_freed_memory
 

@@ -27,16 +27,19 @@ def prepare_for_inference(net: TagsNet) -> TagsNet:
     """Rewrite ``net`` in place for inference and return it.
 
     Eval mode; frozen BatchNorm layers folded into their convolutions
-    (:func:`tags.inference.surgery.fuse_conv_bn`); TinyViT's MBConv and PatchMerging blocks with fused
-    convolutions for the CPU, fp32 or bf16 autocast (:func:`tags.inference.mbconv.use_fused_mbconv`) and the mask decoder's last
-    transposed convolution with its GELU inside (:func:`tags.inference.upscaling.use_fused_upscaling`);
-    the decoder's two-way transformer with the image tokens projected once per block and the
-    softmax of few keys along the long axis
-    (:func:`tags.inference.two_way_transformer.use_inference_two_way_transformer`);
-    channels-last 2D convolutions; TinyViT blocks that skip padded window queries
-    (:func:`tags.inference.window_attention.use_inference_attention`); the head's first
-    convolution padded to 8 input channels (:meth:`tags.head.VolumeHead.pad_input_channels`) and the
-    head run channels-last (:func:`tags.inference.volume_head.use_channels_last_head`).
+    (:func:`tags.inference.surgery.fuse_conv_bn`); channels-last 2D convolutions; the head's
+    first convolution padded to 8 input channels (:meth:`tags.head.VolumeHead.pad_input_channels`).
+    Then the blocks with an inference forward swapped to it:
+    - TinyViT blocks that skip padded window queries
+      (:func:`tags.inference.window_attention.use_inference_attention`);
+    - TinyViT's MBConv and PatchMerging blocks with fused convolutions for the CPU, fp32 or bf16
+      autocast (:func:`tags.inference.mbconv.use_fused_mbconv`);
+    - the mask decoder's last transposed convolution with its GELU inside
+      (:func:`tags.inference.upscaling.use_fused_upscaling`);
+    - the decoder's two-way transformer with the image tokens projected once per block and the
+      softmax of few keys along the long axis
+      (:func:`tags.inference.two_way_transformer.use_inference_two_way_transformer`);
+    - the 3D head channels-last (:func:`tags.inference.volume_head.use_channels_last_head`).
     Do not train it or save its state afterwards; build or load another one for that.
     """
     if getattr(net, PREPARED, False):
