@@ -128,18 +128,10 @@ def lung_centre_line(hu: np.ndarray) -> Optional[Tuple[float, float]]:
     is the midpoint of the two lungs' outer columns; the medians over the counted slices are
     returned.
     """
-    from scipy import ndimage
-
     mids, widths = [], []
     for plane in hu:  # one slice at a time: a label image of the whole range would cost 4 bytes a voxel
-        labels, n = ndimage.label(plane < LUNG_HU)
-        if n < 2:
-            continue
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        outer_air = int(sizes[border[border > 0]].sum())
-        sizes[border] = 0  # background and the air outside the body
-        if sizes.sum() < MIN_LUNG_SHARE * max(plane.size - outer_air, 1):
+        labels, sizes, body = slice_lungs(plane)
+        if np.count_nonzero(sizes) < 2 or sizes.sum() < MIN_LUNG_SHARE * body:
             continue
         second, first = np.argsort(sizes)[-2:]
         if sizes[second] < MIN_SECOND_LUNG * sizes[first]:
@@ -153,3 +145,31 @@ def lung_centre_line(hu: np.ndarray) -> Optional[Tuple[float, float]]:
     if not mids:
         return None
     return float(np.median(mids)), float(np.median(widths))
+
+
+def slice_lungs(plane: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """(labels, pixels per label, body pixels) of one (H, W) slice in HU: lung regions are air
+    (< :data:`LUNG_HU`) not connected to the slice's border, each label's size with the border's
+    labels and the background set to 0; the body is everything but the air connected to the
+    border."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(plane < LUNG_HU)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    outer_air = int(sizes[border[border > 0]].sum())
+    sizes[border] = 0  # background and the air outside the body
+    sizes[0] = 0
+    return labels, sizes, max(plane.size - outer_air, 1)
+
+
+def lung_base(hu: np.ndarray) -> Optional[int]:
+    """The lowest slice (index along the canonical ``d``, which runs towards superior) of the
+    (D, H, W) ``hu`` whose lungs fill at least :data:`MIN_LUNG_SHARE` of the body's cross-section
+    (:func:`slice_lungs`), or None when no slice does (a series below the diaphragm). Lung bases
+    and bowel gas stay below that share, so this lies a little above the lowest lung tissue."""
+    for z, plane in enumerate(hu):
+        _, sizes, body = slice_lungs(plane)
+        if sizes.sum() >= MIN_LUNG_SHARE * body:
+            return z
+    return None

@@ -30,6 +30,7 @@ from ..network import TagsNet, build_tags
 from ..organ_boundary import refine_boundary
 from ..plausibility import implausible_organ, organ_bounds
 from ..preprocessing import BODY_HU, bounding_box, grid_shape, normalize_hu, resample
+from .organ_search import OrganSearch, search_rows, window_rows
 from .window_model import TagsWindowModel, WindowModel
 from .windows import WindowPolicy, plan_windows
 
@@ -260,12 +261,14 @@ class TagsPredictor:
         network finds no organ, and, when both read the same organ grid, only on the box of the
         near region."""
         organ_pass = self.config.organ_pass
+        search = OrganSearch.of(self.config, name, canon_hu[box], spacing)
         if organ_pass == "organ_model":
             prob, _, windows = self.organ_predictor._grid_roi(canon_hu, None, box, spacing,
-                                                              self.organ_predictor.config.target(name), organ=True)
+                                                              self.organ_predictor.config.target(name), organ=True,
+                                                              search=search)
             return self._to_canonical_grid(prob, canon_hu.shape, box), windows, None
         inputs, grid_spacing = self._grid_inputs(canon_hu, None, box, spacing, organ=True)
-        prob, windows = self._grid_run(inputs, grid_spacing, self.config.target(name), organ=True)
+        prob, windows = self._grid_run(inputs, grid_spacing, self.config.target(name), organ=True, search=search)
         if organ_pass == "own":
             return self._to_canonical_grid(prob, canon_hu.shape, box), windows, None
         other_net, other_target = self.organ_predictor, self.organ_predictor.config.target(name)
@@ -310,11 +313,13 @@ class TagsPredictor:
 
     def _grid_roi(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
                   spacing: Sequence[float], target: TargetSpec, *, organ: bool,
-                  largest_component: Optional[bool] = None) -> Tuple[torch.Tensor, Tuple[float, float, float], WindowRun]:
+                  largest_component: Optional[bool] = None,
+                  search: Optional[OrganSearch] = None) -> Tuple[torch.Tensor, Tuple[float, float, float], WindowRun]:
         """(probabilities (d, h, w) on the model grid, that grid's spacing in mm, the windows
         run): :meth:`_grid_inputs` run by :meth:`_grid_run`."""
         inputs, grid_spacing = self._grid_inputs(canon_hu, organ_mask, box, spacing, organ=organ)
-        prob, windows = self._grid_run(inputs, grid_spacing, target, organ=organ, largest_component=largest_component)
+        prob, windows = self._grid_run(inputs, grid_spacing, target, organ=organ, largest_component=largest_component,
+                                       search=search)
         return prob, grid_spacing, windows
 
     def _grid_inputs(self, canon_hu: np.ndarray, organ_mask: Optional[np.ndarray], box: tuple,
@@ -335,10 +340,13 @@ class TagsPredictor:
 
     @torch.no_grad()
     def _grid_run(self, inputs: torch.Tensor, grid_spacing: Sequence[float], target: TargetSpec, *,
-                  organ: bool, largest_component: Optional[bool] = None) -> Tuple[torch.Tensor, WindowRun]:
+                  organ: bool, largest_component: Optional[bool] = None,
+                  search: Optional[OrganSearch] = None) -> Tuple[torch.Tensor, WindowRun]:
         """(probabilities (d, h, w), the windows run) of ``inputs`` (1, C, d, h, w) in sliding
         windows; the largest connected component kept when ``largest_component`` (default: for
-        the organ pass)."""
+        the organ pass). With ``search`` and a policy that searches, the rows of windows along
+        the slices run outward from the organ's expected slice until its extent lies inside them
+        (:mod:`tags.inference.organ_search`)."""
         trained, policy = ((self.config.organ_roi_size, self.organ_windows) if organ
                            else (self.config.roi_size, self.tumor_windows))
         shape = tuple(inputs.shape[2:])
@@ -354,9 +362,23 @@ class TagsPredictor:
             calls += x.shape[0]
             return run(x)
 
-        logits = sliding_window_inference(
-            inputs, roi_size=window, sw_batch_size=1, overlap=overlap, mode="gaussian", progress=self.progress,
-            predictor=counted)
+        rows = window_rows(shape[0], window[0], overlap[0])
+        if search is not None and policy.search and len(rows) > 1:
+            def run_row(r: slice) -> torch.Tensor:
+                return sliding_window_inference(
+                    inputs[:, :, r], roi_size=window, sw_batch_size=1, overlap=(0.0, *overlap[1:]), mode="gaussian",
+                    progress=self.progress, predictor=counted)[0, 0]
+
+            logits, ran = search_rows(rows, run_row, shape=shape, expected=search.grid_slice(shape[0]),
+                                      edge=self.config.adapter.slab_size,
+                                      min_voxels=search.min_voxels(grid_spacing))
+            log.info("%s: %d of %d window rows along the slices run (organ search from slice %d)", target.name, ran,
+                     len(rows), search.grid_slice(shape[0]))
+            logits = logits.to(inputs.device)[None, None]
+        else:
+            logits = sliding_window_inference(
+                inputs, roi_size=window, sw_batch_size=1, overlap=overlap, mode="gaussian", progress=self.progress,
+                predictor=counted)
         prob = torch.sigmoid(logits[0, 0])
         del logits
         if (organ if largest_component is None else largest_component):

@@ -28,6 +28,12 @@ ORGAN_SIDE_RANGE = (1.0, 2.0)
 """The same for the organ pass: never narrower than trained (narrower organ windows cost
 held-out Dice on the demo model, docs/performance.md)."""
 
+ORGAN_MAX_DEPTH = 1.5
+"""Deepest organ window along the slices, as a multiple of the trained depth (48 slices for the
+demo model's 32): rows shallow enough for the organ search to stop at the organ's extent (a
+512 x 512 x 200 chest-abdomen CT: one row of 40 slices instead of one window of 72), deep
+enough that an abdominal series needs few rows (docs/performance.md, "Organ search")."""
+
 
 @dataclass(frozen=True)
 class WindowPolicy:
@@ -51,6 +57,8 @@ class WindowPolicy:
             Sides are rounded to the step that keeps the encoder at the trained scale
             (:func:`side_step`). Only encoders that can change their input size use it.
         square: one in-plane side for rows and columns (the larger of the two fitted ones).
+        search: run the rows of windows along the slices outward from the organ's expected
+            slice and stop at its extent (:mod:`tags.inference.organ_search`; the organ pass).
     """
 
     overlap: float = 0.25
@@ -58,6 +66,7 @@ class WindowPolicy:
     min_depth: Optional[int] = None
     sides: Optional[Tuple[int, int]] = None
     square: bool = False
+    search: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -83,9 +92,12 @@ class WindowPolicy:
         windows (rows and columns apart cost held-out liver Dice on the one case where they
         differed, 0.9542 -> 0.9489, docs/performance.md); a thin series gets a window as shallow
         as one slab allows (the 20-slice TotalSegmentator DICOM series: 12 organ-grid slices
-        instead of 32, organ pass 6.8 -> 2.1 s in fp32, liver Dice 0.963 -> 0.960)."""
+        instead of 32, organ pass 6.8 -> 2.1 s in fp32, liver Dice 0.963 -> 0.960); windows at
+        most :data:`ORGAN_MAX_DEPTH` times the trained depth, whose rows along the slices the
+        organ search runs (:mod:`tags.inference.organ_search`)."""
+        max_depth = int(config.organ_roi_size[0] * ORGAN_MAX_DEPTH) // config.adapter.slab_size * config.adapter.slab_size
         return cls(sides=_scaled(config.organ_roi_size[1], ORGAN_SIDE_RANGE), square=True,
-                   min_depth=config.adapter.slab_size)
+                   min_depth=config.adapter.slab_size, max_depth=max_depth, search=True)
 
 
 def _scaled(trained_side: int, side_range: Tuple[float, float]) -> Tuple[int, int]:

@@ -1,0 +1,144 @@
+"""Organ search: window rows along the slices, run outward from the expected slice until the
+organ's extent lies inside them; equal to MONAI's sliding window when every row runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers.utils import sliding_window_inference
+
+from tags.geometry import spacing_from_affine, to_canonical
+from tags.inference import TagsPredictor, WindowPolicy
+from tags.inference.organ_search import NOT_RUN_LOGIT, expected_slice, search_rows, window_rows
+from tags.plausibility import lung_base
+from tags.preprocessing import prepare_ct
+from training.dicom_series import read_series
+from training.registry_data import totalseg_sdist_dir
+from training.samples import AORTA_LIVER_DOME, read_nifti
+
+REPO = Path(__file__).resolve().parents[1]
+WINDOW = (40, 32, 32)
+
+
+def _window_dependent(x: torch.Tensor) -> torch.Tensor:
+    """Logits that depend on the whole window (its mean), so the blend of overlaps matters."""
+    return (x - x.mean(dim=(2, 3, 4), keepdim=True)) * 5.0
+
+
+def _row_runner(inputs: torch.Tensor, ran: list):
+    def run_row(r: slice) -> torch.Tensor:
+        ran.append((r.start, r.stop))
+        return sliding_window_inference(inputs[:, :, r], roi_size=WINDOW, sw_batch_size=1, overlap=(0.0, 0.25, 0.25),
+                                        mode="gaussian", predictor=_window_dependent)[0, 0]
+    return run_row
+
+
+def test_every_row_run_equals_monai_over_the_whole_roi():
+    """No organ found anywhere: every row runs, and the rows blended along the slices equal one
+    ``sliding_window_inference`` over the ROI (the same window places, the same Gaussian
+    weights)."""
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.rand(1, 1, 72, 40, 50, generator=g)
+    overlap = 7.5 / WINDOW[0]
+    rows = window_rows(72, WINDOW[0], overlap)
+    assert [(r.start, r.stop) for r in rows] == [(0, 40), (32, 72)]
+    ran = []
+    logits, n = search_rows(rows, _row_runner(inputs, ran), shape=(72, 40, 50), expected=0, edge=4,
+                            min_voxels=10**9)
+    assert n == 2 and ran == [(0, 40), (32, 72)]
+    full = sliding_window_inference(inputs, roi_size=WINDOW, sw_batch_size=1, overlap=(overlap, 0.25, 0.25),
+                                    mode="gaussian", predictor=_window_dependent)[0, 0]
+    # equal but where MONAI floors its 3D Gaussian weights at 1e-3 of the peak (the windows'
+    # corners), which a product of per-axis weights does not
+    assert (logits - full).abs().max() < 2e-3 < 1.0 < full.abs().max()
+    far = (slice(8, 32), slice(12, 28), slice(12, 38))  # no window corner in reach
+    torch.testing.assert_close(logits[far], full[far], atol=1e-5, rtol=1e-5)
+    assert window_rows(30, 40, overlap) == [slice(0, 30)]  # one row: nothing to search
+
+
+def _organ_at(slices: slice) -> torch.Tensor:
+    x = torch.zeros(1, 1, 100, 24, 24)
+    x[:, :, slices, 6:18, 6:18] = 1.0
+    return x
+
+
+def _stepwise(inputs: torch.Tensor, ran: list):
+    def run_row(r: slice) -> torch.Tensor:
+        ran.append(r.start)
+        return inputs[0, 0, r] * 20.0 - 10.0
+    return run_row
+
+
+@pytest.mark.parametrize("expected, organ, rows_run", [
+    (5, slice(2, 20), [0]),  # found complete in the first row: one row of four
+    (5, slice(2, 38), [0, 24]),  # reaches the first row's top slab: the next row up
+    (95, slice(2, 20), [60, 48, 24, 0]),  # not found from the top: rows walk down to it
+    (50, slice(0, 100), [24, 48, 60, 0]),  # the whole ROI: every row
+])
+def test_rows_run_outward_until_the_organ_ends_inside_them(expected, organ, rows_run):
+    inputs = _organ_at(organ)
+    rows = window_rows(100, 40, 15.5 / 40)
+    assert [r.start for r in rows] == [0, 24, 48, 60]
+    ran = []
+    logits, n = search_rows(rows, _stepwise(inputs, ran), shape=(100, 24, 24), expected=expected, edge=4,
+                            min_voxels=50)
+    assert ran == rows_run and n == len(rows_run)
+    covered = np.zeros(100, bool)
+    for start in rows_run:
+        covered[start:start + 40] = True
+    found = (logits >= 0).numpy()
+    assert np.array_equal(found, inputs[0, 0].numpy() > 0.5), "the organ is found whole"
+    assert (logits[torch.from_numpy(~covered)] == NOT_RUN_LOGIT).all()
+
+
+def test_too_small_a_find_does_not_stop_the_search():
+    """A speck below ``min_voxels`` in the first row is not the organ: the search goes on to the
+    organ in the last row and keeps the blended result of every row it ran."""
+    inputs = _organ_at(slice(70, 90))
+    inputs[0, 0, 10, 0, 0] = 1.0
+    rows = window_rows(100, 40, 15.5 / 40)
+    ran = []
+    logits, _ = search_rows(rows, _stepwise(inputs, ran), shape=(100, 24, 24), expected=5, edge=4, min_voxels=50)
+    assert ran == [0, 24, 48, 60]
+    assert logits[10, 0, 0] > 0 and (logits[70:90, 6:18, 6:18] > 0).all()
+
+
+@pytest.fixture(scope="module")
+def aorta_ct():
+    """The TotalSegmentator aorta-report CT: a real chest and upper abdomen, 191 slices of 1.5 mm,
+    the liver from its lowest slice to the dome at slice :data:`AORTA_LIVER_DOME`."""
+    vol, aff = read_nifti(totalseg_sdist_dir() / "aorta_report" / "example_ct.nii.gz")
+    return vol.astype(np.float32), aff
+
+
+def test_the_expected_slice_lies_in_the_liver_below_the_lungs(aorta_ct):
+    vol, aff = aorta_ct
+    canon, caff, _ = to_canonical(vol, aff)
+    base = lung_base(canon)
+    assert base is not None and 0 < base < AORTA_LIVER_DOME, "the lungs' base lies between the liver's ends"
+    assert 0 <= expected_slice(canon, spacing_from_affine(caff)) < base
+    # no lungs in the series (the TotalSegmentator DICOM series, 20 slices of upper abdomen): its top
+    dicom, daff = read_series(totalseg_sdist_dir() / "example_ct_dicom")
+    dcanon, dcaff, _ = to_canonical(dicom.astype(np.float32), daff)
+    assert lung_base(dcanon) is None
+    assert expected_slice(dcanon, spacing_from_affine(dcaff)) == dcanon.shape[0] - 1
+
+
+def test_the_demo_models_organ_search_on_a_chest_abdomen_ct(aorta_ct):
+    """The shipped model's organ pass on the chest-abdomen CT runs one of its two window rows
+    (the liver ends inside the lower one) and finds the liver the pass over both rows finds."""
+    vol, aff = aorta_ct
+    pred = TagsPredictor.from_model_folder(REPO / "models" / "liver-demo", device="cpu", precision="fp32")
+    region = prepare_ct(vol, aff).body_box
+    searched = pred.segment_organs(vol, aff, ["liver"], region=region)["liver"]
+    assert searched.windows.count == 1 and searched.windows.shape[0] == 40
+    policy = pred.organ_windows
+    pred.organ_windows = WindowPolicy(overlap=policy.overlap, max_depth=policy.max_depth, min_depth=policy.min_depth,
+                                      sides=policy.sides, square=policy.square, search=False)
+    full = pred.segment_organs(vol, aff, ["liver"], region=region)["liver"]
+    assert full.windows.count == 2
+    a, b = searched.mask(), full.mask()
+    assert a.sum() > 0 and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.99
