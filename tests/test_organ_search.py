@@ -142,3 +142,21 @@ def test_the_demo_models_organ_search_on_a_chest_abdomen_ct(aorta_ct):
     assert full.windows.count == 2
     a, b = searched.mask(), full.mask()
     assert a.sum() > 0 and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.99
+
+
+def test_where_the_search_starts_and_what_ends_it():
+    """The expected slice maps onto the organ grid in proportion; a liver ends the search at its
+    smallest plausible volume, an organ without bounds at MIN_ORGAN_ML."""
+    from helpers import small_config
+    from tags.inference.organ_search import MIN_ORGAN_ML, OrganSearch
+
+    import dataclasses
+
+    config = dataclasses.replace(small_config(), organ_bounds=None)  # the library's ORGAN_BOUNDS
+    hu = np.full((60, 16, 16), 40.0, np.float32)  # soft tissue, no lungs: the top slice
+    search = OrganSearch.of(config, "liver", hu, (1.5, 3.0, 3.0))
+    assert (search.expected, search.depth, search.min_ml) == (59, 60, 20.0)
+    assert search.grid_slice(24) == 23 and OrganSearch(0, 60, 20.0).grid_slice(24) == 0
+    assert OrganSearch(30, 60, 20.0).grid_slice(24) == 12
+    assert search.min_voxels((4.0, 3.0, 3.0)) == 555  # 20 ml of 36 mm3 voxels
+    assert OrganSearch.of(config, "an_organ_without_bounds", hu, (1.5, 3.0, 3.0)).min_ml == MIN_ORGAN_ML

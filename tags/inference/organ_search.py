@@ -41,6 +41,9 @@ BELOW_LUNG_BASE_MM = 40.0
 """Upper-abdominal organs are looked for first this far below the lungs' base
 (:func:`tags.plausibility.lung_base`): the liver's and spleen's bulk lies under the diaphragm,
 whose dome reaches up to about that base."""
+MIN_ORGAN_ML = 5.0
+"""The smallest organ that ends the search for an organ without plausibility bounds (a speck of
+a few voxels is not an organ)."""
 LUNG_SCAN_STEP_MM = 4.0
 """In-plane and slice step of the lung scan of :func:`expected_slice` (enough for a structure
 that fills 15 % of the body's cross-section)."""
@@ -62,7 +65,8 @@ def expected_slice(hu: np.ndarray, spacing: Sequence[float]) -> int:
 class OrganSearch:
     """Where an organ pass's search starts: the expected slice (:func:`expected_slice`) of an ROI
     ``depth`` slices deep on the canonical grid, and the smallest organ that counts as found (the
-    organ's smallest plausible volume, :data:`tags.plausibility.ORGAN_BOUNDS`; 0 without bounds)."""
+    organ's smallest plausible volume, :data:`tags.plausibility.ORGAN_BOUNDS`;
+    :data:`MIN_ORGAN_ML` for an organ without bounds)."""
 
     expected: int
     depth: int
@@ -73,7 +77,8 @@ class OrganSearch:
         """The search for organ ``name`` of a model of ``config`` in the canonical (D, H, W) ROI
         ``roi_hu`` (spacing in mm, axis order z, y, x)."""
         bounds = organ_bounds(name, config.organ_bounds)
-        return cls(expected_slice(roi_hu, spacing), int(roi_hu.shape[0]), float(bounds["ml"][0]) if bounds else 0.0)
+        return cls(expected_slice(roi_hu, spacing), int(roi_hu.shape[0]),
+                   float(bounds["ml"][0]) if bounds else MIN_ORGAN_ML)
 
     def grid_slice(self, grid_depth: int) -> int:
         """The expected slice on a grid of ``grid_depth`` slices over the same ROI."""
