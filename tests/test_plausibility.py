@@ -8,7 +8,7 @@ import pytest
 from tags.config import LesionDecision
 from tags.geometry import to_canonical
 from tags.lesion_decision import apply_decision, components, depths_up_to
-from tags.plausibility import implausible_organ, lung_centre_line
+from tags.plausibility import implausible_organ, lung_base, lung_centre_line
 from tags.preprocessing import prepare_ct
 from training.dicom_series import read_series
 from training.registry_data import totalseg_sdist_dir
@@ -160,3 +160,14 @@ def test_lesion_depth_in_the_organ():
     assert comps[0].depth_mm is None  # measured apart
     with pytest.raises(ValueError, match="depth"):
         apply_decision(prob.copy(), LesionDecision(min_depth_mm=10.0), 0.002, organ=organ)
+
+
+def test_lungs_are_found_when_air_surrounds_the_whole_slice(thorax):
+    """A field of view padded with air on every side (a round reconstruction field): the slice's
+    border is all air, so the tissue is not a region on the border. It is not counted as lung
+    either: the centre line moves with the padding and the lungs' base stays the same."""
+    hu, _ = thorax
+    padded = np.pad(hu, ((0, 0), (6, 6), (6, 6)), constant_values=-1024.0)
+    mid, width = lung_centre_line(hu)
+    assert lung_centre_line(padded) == (mid + 6, width)
+    assert lung_base(padded) == lung_base(hu)

@@ -7,19 +7,24 @@ window over a slab of the ROI), and the rows are run one at a time:
 
 1. first the row nearest the slice where the organ is expected (:func:`expected_slice`);
 2. while the organ found so far (the largest component of the blended rows, >= 0.5) reaches into
-   the outer ``edge`` slices of the rows run, the neighbouring row on that side;
+   the slices a neighbouring row shares with the rows run, that row;
 3. while no organ of at least ``min_voxels`` is found, the neighbouring row nearer the expected
    slice, until every row has run.
 
 The rows are blended along the slices with the Gaussian weights MONAI's
 ``sliding_window_inference`` gives them: with every row run the result equals that function's
 over the whole ROI, but near the windows' corners, where MONAI floors its 3D weights at 1e-3 of
-the peak (logits within 2e-3; tests/test_organ_search.py). Rows never run stay at logit
-:data:`NOT_RUN_LOGIT` (probability 0). The expected slice only orders the rows, so it changes
-the cost, not which organ is found, with one exception: a first organ found complete in rows
-that do not hold the true organ (a false organ of at least ``min_voxels`` that does not reach
-the rows' edges) ends the search where a pass over every row would have kept the larger true
-organ. Shapes are (d, h, w) on the organ grid, ``d`` towards superior.
+the peak and a product of per-axis weights does not (tests/test_organ_search.py). Rows never run
+stay at logit :data:`NOT_RUN_LOGIT` (probability 0).
+
+Where a search that stops early differs from a pass over every row:
+- in the slices a run row shares with a row not run, the run row's logits stand alone; the row
+  not run could have added organ to them, next to an organ that does not reach them;
+- a first organ found complete in rows that do not hold the true organ (a false organ of at least
+  ``min_voxels``) ends the search where a pass over every row would have kept the larger true
+  organ. Which rows run, and so this, depends on where the search starts.
+
+Shapes are (d, h, w) on the organ grid, ``d`` towards superior.
 """
 
 from __future__ import annotations
@@ -105,7 +110,6 @@ def search_rows(
     *,
     shape: Tuple[int, int, int],
     expected: int,
-    edge: int,
     min_voxels: int,
 ) -> Tuple[torch.Tensor, int]:
     """(blended logits (d, h, w) float32, the number of rows run).
@@ -115,40 +119,41 @@ def search_rows(
         run_row: a row's slice range -> its logits (row depth, h, w), blended in plane.
         shape: (d, h, w) of the ROI.
         expected: the slice the search starts from (:func:`expected_slice` on the organ grid).
-        edge: an organ within this many slices of the outer slices of the rows run continues on that side.
         min_voxels: the smallest organ (voxels >= 0.5 in its largest component) that counts
             as found.
+
+    After each row the next one is chosen again from the blend so far: below, while the organ
+    reaches into the slices the row below shares with the rows run; above, the same; while no
+    organ is found, the neighbour nearer ``expected``.
     """
     depth = rows[0].stop - rows[0].start
     weight = compute_importance_map((depth,), mode="gaussian").float().cpu()
     total = torch.zeros(shape, dtype=torch.float32)
     weights = torch.zeros(shape[0], dtype=torch.float32)
     centres = [(r.start + r.stop - 1) / 2.0 for r in rows]
-    first = int(np.argmin([abs(c - expected) for c in centres]))
-    lo = hi = first  # rows lo..hi have run (always a contiguous range)
-    ran, todo = set(), [first]
-    while todo:
-        i = todo.pop()
-        if i in ran:
-            continue
-        ran.add(i)
+    lo = hi = int(np.argmin([abs(c - expected) for c in centres]))  # rows lo..hi run
+    i: Optional[int] = lo
+    while i is not None:
         r = rows[i]
         total[r] += weight[:, None, None] * run_row(r).float().cpu()
         weights[r] += weight
         lo, hi = min(lo, i), max(hi, i)
+        below = lo - 1 if lo > 0 else None
+        above = hi + 1 if hi < len(rows) - 1 else None
         organ = _largest_component_extent(total, weights)
         if organ is None or organ[2] < min_voxels:
             # not found yet: the neighbour nearer the expected slice
-            options = [j for j in (lo - 1, hi + 1) if 0 <= j < len(rows)]
-            if options:
-                todo.append(min(options, key=lambda j: abs(centres[j] - expected)))
-            continue
-        z0, z1, _ = organ  # inclusive extent
-        if lo > 0 and z0 < rows[lo].start + edge:
-            todo.append(lo - 1)
-        if hi < len(rows) - 1 and z1 >= rows[hi].stop - edge:
-            todo.append(hi + 1)
-    return _blended(total, weights), len(ran)
+            options = [j for j in (below, above) if j is not None]
+            i = min(options, key=lambda j: abs(centres[j] - expected)) if options else None
+        else:
+            z0, z1, _ = organ  # inclusive extent
+            if below is not None and z0 < rows[below].stop:
+                i = below
+            elif above is not None and z1 >= rows[above].start:
+                i = above
+            else:
+                i = None
+    return _blended(total, weights), hi - lo + 1
 
 
 def _blended(total: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -261,7 +261,8 @@ class TagsPredictor:
         network finds no organ, and, when both read the same organ grid, only on the box of the
         near region."""
         organ_pass = self.config.organ_pass
-        search = OrganSearch.of(self.config, name, canon_hu[box], spacing)
+        runner = self.organ_predictor if organ_pass == "organ_model" else self
+        search = OrganSearch.of(self.config, name, canon_hu[box], spacing) if runner.organ_windows.search else None
         if organ_pass == "organ_model":
             prob, _, windows = self.organ_predictor._grid_roi(canon_hu, None, box, spacing,
                                                               self.organ_predictor.config.target(name), organ=True,
@@ -370,7 +371,6 @@ class TagsPredictor:
                     progress=self.progress, predictor=counted)[0, 0]
 
             logits, ran = search_rows(rows, run_row, shape=shape, expected=search.grid_slice(shape[0]),
-                                      edge=self.config.adapter.slab_size,
                                       min_voxels=search.min_voxels(grid_spacing))
             log.info("%s: %d of %d window rows along the slices run (organ search from slice %d)", target.name, ran,
                      len(rows), search.grid_slice(shape[0]))
