@@ -91,7 +91,7 @@ class OrganPromptOperator(Operator):
                 sources[name] = "model organ pass"
                 nested = r.nested_windows
                 ct.timings.add_windows("organs", name, r.windows.count, r.windows.shape,
-                                       None if nested is None else (nested.count, nested.shape))
+                                       None if nested is None else (nested.count, nested.shape), r.windows.rows)
         for name in wanted:
             log.info("organ %s: %.1f ml, from %s", name, masks[name].sum() * ct.prepared.voxel_ml, sources[name])
         return OrganMasks(masks, sources)

@@ -54,10 +54,15 @@ class StageTimings:
         self.seconds[name] = seconds
 
     def add_windows(self, stage: str, target: str, count: int, shape: Sequence[int],
-                    nested: Optional[Tuple[int, Sequence[int]]] = None) -> None:
+                    nested: Optional[Tuple[int, Sequence[int]]] = None,
+                    rows: Optional[Tuple[int, int]] = None) -> None:
         """Stage ``stage`` ran ``count`` model windows of (d, h, w) ``shape`` for ``target``, and
-        ``nested`` = (count, shape) on the model folder's nested organ model beside them."""
+        ``nested`` = (count, shape) on the model folder's nested organ model beside them; ``rows``
+        = (window rows run, rows of the ROI) when the organ search stopped at the organ's extent
+        or ran every row of several."""
         entry = {"count": int(count), "shape": [int(n) for n in shape]}
+        if rows is not None:
+            entry["rows"] = {"run": int(rows[0]), "of": int(rows[1])}
         if nested is not None:
             entry["organ_model"] = {"count": int(nested[0]), "shape": [int(n) for n in nested[1]]}
         self.windows.setdefault(stage, {})[target] = entry

@@ -104,6 +104,7 @@ def test_app_writes_a_conformant_seg_in_the_same_study(studies, totalseg_run):
     assert all(v >= 0 for v in summary["timings_s"].values())
     windows = summary["windows"]
     assert set(windows) == {"organs", "tumors"} and windows["organs"]["liver"]["count"] >= 1
+    assert "rows" not in windows["organs"]["liver"]  # a thin series: one row of organ windows, no search
     assert windows["tumors"]["liver_tumor"]["count"] >= 1 and len(windows["tumors"]["liver_tumor"]["shape"]) == 3
     assert summary["runtime"]["device"] == "cpu" and summary["runtime"]["precision"] in ("fp32", "bf16")
     lesions = json.loads(files["lesions"].read_text())["targets"]["liver_tumor"]

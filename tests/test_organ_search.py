@@ -168,12 +168,12 @@ def test_the_demo_models_organ_search_on_a_chest_abdomen_ct(aorta_ct):
     pred = TagsPredictor.from_model_folder(REPO / "models" / "liver-demo", device="cpu", precision="fp32")
     region = prepare_ct(vol, aff).body_box
     searched = pred.segment_organs(vol, aff, ["liver"], region=region)["liver"]
-    assert searched.windows.count == 1 and searched.windows.shape[0] == 40
+    assert searched.windows.count == 1 and searched.windows.shape[0] == 40 and searched.windows.rows == (1, 2)
     policy = pred.organ_windows
     pred.organ_windows = WindowPolicy(overlap=policy.overlap, max_depth=policy.max_depth, min_depth=policy.min_depth,
                                       sides=policy.sides, square=policy.square, search=False)
     full = pred.segment_organs(vol, aff, ["liver"], region=region)["liver"]
-    assert full.windows.count == 2
+    assert full.windows.count == 2 and full.windows.rows is None
     # the pass before the search: one window as deep as the ROI (72 organ-grid slices)
     pred.organ_windows = WindowPolicy(overlap=policy.overlap, min_depth=policy.min_depth, sides=policy.sides,
                                       square=policy.square)

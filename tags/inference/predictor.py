@@ -40,10 +40,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WindowRun:
     """The sliding windows one pass ran: how many, and their (d, h, w) size on the model grid
-    (every window of a pass has the same size)."""
+    (every window of a pass has the same size); for an organ search
+    (:mod:`tags.inference.organ_search`), the window rows along the slices it ran and the rows
+    the ROI has."""
 
     count: int
     shape: Tuple[int, int, int]
+    rows: Optional[Tuple[int, int]] = None
 
 
 @dataclass
@@ -364,6 +367,7 @@ class TagsPredictor:
             return run(x)
 
         rows = window_rows(shape[0], window[0], overlap[0])
+        searched = None
         if search is not None and policy.search and len(rows) > 1:
             def run_row(r: slice) -> torch.Tensor:
                 return sliding_window_inference(
@@ -375,6 +379,7 @@ class TagsPredictor:
             log.info("%s: %d of %d window rows along the slices run (organ search from slice %d)", target.name, ran,
                      len(rows), search.grid_slice(shape[0]))
             logits = logits.to(inputs.device)[None, None]
+            searched = (ran, len(rows))
         else:
             logits = sliding_window_inference(
                 inputs, roi_size=window, sw_batch_size=1, overlap=overlap, mode="gaussian", progress=self.progress,
@@ -383,7 +388,7 @@ class TagsPredictor:
         del logits
         if (organ if largest_component is None else largest_component):
             prob = _keep_largest_component(prob)
-        return prob, WindowRun(calls, tuple(int(n) for n in window))
+        return prob, WindowRun(calls, tuple(int(n) for n in window), searched)
 
     def _window_function(self, target: TargetSpec, trained: Sequence[int],
                          grid_spacing: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
