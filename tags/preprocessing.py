@@ -55,6 +55,17 @@ def bounding_box(mask: np.ndarray, margin_mm: float, spacing: Sequence[float]) -
     return tuple(slice(int(a), int(b)) for a, b in zip(start, end))
 
 
+def largest_component(mask: np.ndarray) -> Tuple[np.ndarray, int, int]:
+    """(label image, number of components, label of the largest) of the 6-connected components
+    of the bool ``mask``; the label is 0 when there is none."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return labels, 0, 0
+    return labels, n, 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=n + 1)[1:]))
+
+
 def grid_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> Tuple[int, int, int]:
     """Shape of the same field of view sampled at ``target`` spacing."""
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))

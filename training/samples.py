@@ -135,8 +135,8 @@ the liver dome (checked on sagittal slices through the right lobe)."""
 
 AORTA_LIVER_FREE_FROM = 70
 """First canonical slice (inferior first) of the TotalSegmentator aorta-report CT above the
-liver dome (:data:`AORTA_LIVER_DOME`), so slices 70-190 (18 mm and more above it) hold no liver. They train the organ pass on a thorax;
-slices 0-69 (liver, spleen, stomach, no liver label) are a validation case for false-positive
+liver dome (:data:`AORTA_LIVER_DOME`), so slices 70-190 (18 mm and more above it) hold no liver.
+They train the organ pass on a thorax; slices 0-69 (liver, spleen, stomach, no liver label) are a validation case for false-positive
 tumors, with the organ prompt from the model's organ pass."""
 
 TOTALSEG_LICENCE = "TotalSegmentator 2.18.0 source distribution (Apache-2.0), tests/reference_files"

@@ -35,10 +35,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
-from scipy import ndimage
 
 from ..config import ModelConfig
 from ..plausibility import lung_base, organ_bounds
+from ..preprocessing import largest_component
 
 NOT_RUN_LOGIT = -30.0
 """Logit of the slices no row ran on (sigmoid: 1e-13)."""
@@ -166,11 +166,9 @@ def _blended(total: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def _largest_component_extent(total: torch.Tensor, weights: torch.Tensor) -> Optional[Tuple[int, int, int]]:
     """(first slice, last slice, voxels) of the largest 6-connected component of logits >= 0
     (probability >= 0.5) of the rows blended so far, or None."""
-    labels, n = ndimage.label((_blended(total, weights) >= 0).numpy())
+    labels, n, k = largest_component((_blended(total, weights) >= 0).numpy())
     if n == 0:
         return None
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    k = int(np.argmax(sizes))
-    zs = np.nonzero((labels == k).any(axis=(1, 2)))[0]
-    return int(zs[0]), int(zs[-1]), int(sizes[k])
+    organ = labels == k
+    zs = np.nonzero(organ.any(axis=(1, 2)))[0]
+    return int(zs[0]), int(zs[-1]), int(np.count_nonzero(organ))

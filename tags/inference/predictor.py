@@ -29,7 +29,7 @@ from ..model_folder import ModelFolder, ModelFolderError, load_delta, load_model
 from ..network import TagsNet, build_tags
 from ..organ_boundary import refine_boundary
 from ..plausibility import implausible_organ, organ_bounds
-from ..preprocessing import BODY_HU, bounding_box, grid_shape, normalize_hu, resample
+from ..preprocessing import BODY_HU, bounding_box, grid_shape, largest_component, normalize_hu, resample
 from .organ_search import OrganSearch, search_rows, window_rows
 from .window_model import TagsWindowModel, WindowModel
 from .windows import WindowPolicy, plan_windows
@@ -374,10 +374,11 @@ class TagsPredictor:
                     inputs[:, :, r], roi_size=window, sw_batch_size=1, overlap=(0.0, *overlap[1:]), mode="gaussian",
                     progress=self.progress, predictor=counted)[0, 0]
 
-            logits, ran = search_rows(rows, run_row, shape=shape, expected=search.grid_slice(shape[0]),
+            expected = search.grid_slice(shape[0])
+            logits, ran = search_rows(rows, run_row, shape=shape, expected=expected,
                                       min_voxels=search.min_voxels(grid_spacing))
             log.info("%s: %d of %d window rows along the slices run (organ search from slice %d)", target.name, ran,
-                     len(rows), search.grid_slice(shape[0]))
+                     len(rows), expected)
             logits = logits.to(inputs.device)[None, None]
             searched = (ran, len(rows))
         else:
@@ -454,9 +455,8 @@ def _keep_largest_component(prob: torch.Tensor, threshold: float = 0.5) -> torch
     """``prob`` (d, h, w) with every voxel >= ``threshold`` outside the largest 6-connected
     component of such voxels set to zero. (MONAI's KeepLargestConnectedComponent does the same
     with scikit-image, which the application does not otherwise need; scipy's label is already a dependency.)"""
-    labels, n = ndimage.label((prob >= threshold).cpu().numpy())
+    labels, n, largest = largest_component((prob >= threshold).cpu().numpy())
     if n <= 1:
         return prob
-    largest = 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=n + 1)[1:]))
     outside = torch.from_numpy((labels > 0) & (labels != largest)).to(prob.device)
     return prob.masked_fill(outside, 0.0)
